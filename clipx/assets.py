@@ -1,0 +1,7 @@
+"""Where the files shipped with the repository live (the demo model, the CLIP BPE, demo images)."""
+
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+CLIP_BPE_DIR = ASSETS_DIR / "clip-bpe"
+DEMO_MODEL_DIR = ASSETS_DIR / "shapes-clip"

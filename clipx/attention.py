@@ -1,0 +1,139 @@
+"""Multi-head self-attention with three interchangeable backends over the same weights.
+
+- `eager`: explicit softmax(q k^T * scale + mask) v, softmax in fp32. The only path whose
+  scores and pattern exist as tensors, so the only one that feeds `hook_scores` /
+  `hook_pattern`. A layer whose scores or pattern are hooked runs eagerly whatever its backend.
+- `sdpa`: torch's scaled_dot_product_attention (any kernel torch picks).
+- `flash`: the `flash_attn` package on CUDA fp16/bf16 where installed, else SDPA restricted to
+  its flash kernel. Neither takes an explicit mask, so masks must reduce to `is_causal`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hooks import HookPoint
+
+BACKENDS = ("eager", "sdpa", "flash")
+
+try:  # optional: only on CUDA machines that installed it
+    from flash_attn import flash_attn_func
+except ImportError:
+    flash_attn_func = None
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def flash_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why `flash` cannot run for weights on this device and dtype, or None if it can."""
+    if device.type != "cuda":
+        return (f"FlashAttention needs a CUDA GPU, but the model is on {device.type}. "
+                "Move it with model.to('cuda', torch.float16) or use attention='sdpa'.")
+    if dtype not in (torch.float16, torch.bfloat16):
+        return (f"FlashAttention needs float16 or bfloat16 weights, but the model is {dtype}. "
+                "Use model.to(torch.float16) (or bfloat16), or attention='sdpa'.")
+    if flash_attn_func is None and not torch.backends.cuda.is_flash_attention_available():
+        return ("FlashAttention is not available: the flash_attn package is not installed "
+                "(pip install flash-attn) and this torch build has no SDPA flash kernel.")
+    if flash_attn_func is None and torch.cuda.get_device_capability(device) < (8, 0):
+        return ("torch's SDPA flash kernel needs a GPU of compute capability 8.0 or newer; "
+                "install flash_attn or use attention='sdpa'.")
+    return None
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.backend = "sdpa"
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.hook_q = HookPoint()        # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_scores = HookPoint()   # [batch, head, query, key], scaled and masked, pre-softmax
+        self.hook_pattern = HookPoint()  # [batch, head, query, key]
+        self.hook_z = HookPoint()        # [batch, pos, head, d_head], per-head mixed values
+        self.hook_out = HookPoint()      # [batch, pos, d_model]
+
+    def forward(self, x: torch.Tensor, *, causal: bool = False, key_padding: torch.Tensor | None = None,
+                right_padded: bool = False, force_eager: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`key_padding` is a [batch, key] bool tensor, True where a key must be ignored.
+
+        With a causal mask and padding only on the right (`right_padded`), no real token ever
+        sees a pad, so the fused backends drop the padding mask and run `is_causal` alone:
+        outputs at real positions are unchanged, only those at pad positions differ.
+        Returns the output and, when the eager path ran, the attention pattern.
+        """
+        b, n, _ = x.shape
+        q = self.hook_q(self.q_proj(x).view(b, n, self.num_heads, self.head_dim))
+        k = self.hook_k(self.k_proj(x).view(b, n, self.num_heads, self.head_dim))
+        v = self.hook_v(self.v_proj(x).view(b, n, self.num_heads, self.head_dim))
+
+        eager = force_eager or self.backend == "eager" or self.hook_scores.active or self.hook_pattern.active
+        if eager:
+            z, pattern = self._eager(q, k, v, causal, key_padding)
+        else:
+            if causal and right_padded:
+                key_padding = None
+            z, pattern = self._fused(q, k, v, causal, key_padding), None
+        z = self.hook_z(z)
+        out = self.hook_out(self.out_proj(z.reshape(b, n, -1)))
+        return out, pattern
+
+    def _eager(self, q, k, v, causal, key_padding):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-1, -2)) * self.scale
+        mask = _boolean_mask(causal, key_padding, q.shape[-2], q.device)
+        if mask is not None:
+            # finfo.min, not -inf, so a fully masked row stays finite (as in transformers)
+            scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+        scores = self.hook_scores(scores)
+        pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        return (pattern @ v).transpose(1, 2), pattern
+
+    def _fused(self, q, k, v, causal, key_padding):
+        if self.backend == "flash":
+            if key_padding is not None:
+                raise ValueError("the flash backend takes no padding mask; pad text on the right "
+                                 "(the tokenizer does) or use attention='sdpa'")
+            reason = flash_unavailable_reason(q.device, q.dtype)
+            if reason:
+                raise RuntimeError(reason)
+            if flash_attn_func is not None:
+                return flash_attn_func(q, k, v, 0.0, self.scale, causal)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        attn_mask = None
+        if key_padding is not None:
+            # additive finfo.min rather than a boolean mask: a fully masked row stays finite
+            mask = _boolean_mask(causal, key_padding, q.shape[-2], q.device)
+            attn_mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+                mask, torch.finfo(q.dtype).min)
+        kwargs = dict(attn_mask=attn_mask, is_causal=causal and attn_mask is None, scale=self.scale)
+        if self.backend == "flash":
+            with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v, **kwargs).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, k, v, **kwargs).transpose(1, 2)
+
+
+def _boolean_mask(causal: bool, key_padding: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+    """True where attention is forbidden, broadcastable to [batch, head, query, key]."""
+    mask = None
+    if causal:
+        mask = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+    if key_padding is not None:
+        pad = key_padding[:, None, None, :]
+        mask = pad if mask is None else mask | pad
+    return mask

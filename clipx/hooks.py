@@ -1,0 +1,169 @@
+"""Named hook points, scoped hooks and `run_with_cache` (in the spirit of TransformerLens).
+
+Every activation the model computes passes through a `HookPoint`, an identity module with a
+stable dotted name (`vision.blocks.3.attn.hook_pattern`). A hook is `fn(tensor, hook)`; a
+tensor it returns replaces the activation (ablation, patching). Backward hooks see the
+gradient flowing into the activation and may replace it too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
+# A name, a glob ("vision.blocks.*.attn.hook_pattern"), a list of names, or a predicate on names.
+NameFilter = Union[str, Iterable[str], Callable[[str], bool], None]
+
+
+class HookPoint(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = ""  # set by HookedModule once the tree is built
+        self.fwd_hooks: list[HookFn] = []
+        self.bwd_hooks: list[HookFn] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.fwd_hooks or self.bwd_hooks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for fn in self.fwd_hooks:
+            out = fn(x, self)
+            if out is not None:
+                x = out
+        if self.bwd_hooks and x.requires_grad:
+            x.register_hook(self._run_bwd_hooks)
+        return x
+
+    def _run_bwd_hooks(self, grad: torch.Tensor) -> torch.Tensor:
+        for fn in self.bwd_hooks:
+            out = fn(grad, self)
+            if out is not None:
+                grad = out
+        return grad
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+def _matcher(names: NameFilter) -> Callable[[str], bool]:
+    if names is None:
+        return lambda name: True
+    if callable(names):
+        return names
+    if isinstance(names, str):
+        names = [names]
+    patterns = list(names)
+    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+class Cache(dict):
+    """Activations by hook name; gradients under `name + "_grad"` (TransformerLens' convention)."""
+
+    def grad(self, name: str) -> torch.Tensor:
+        return self[name + "_grad"]
+
+    def activations(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.items() if not k.endswith("_grad")}
+
+
+class HookedModule(nn.Module):
+    """Mixin for the root module: finds, names and manages its hook points."""
+
+    def setup_hooks(self) -> None:
+        self._hook_points: dict[str, HookPoint] = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                self._hook_points[name] = module
+
+    def hook_names(self) -> list[str]:
+        return list(self._hook_points)
+
+    def hook_point(self, name: str) -> HookPoint:
+        try:
+            return self._hook_points[name]
+        except KeyError:
+            raise KeyError(f"no hook point named {name!r}; model.hook_names() lists them") from None
+
+    def _resolve(self, names: NameFilter) -> list[HookPoint]:
+        if isinstance(names, str) and not any(c in names for c in "*?["):
+            return [self.hook_point(names)]
+        match = _matcher(names)
+        points = [p for n, p in self._hook_points.items() if match(n)]
+        if not points:
+            raise KeyError(f"no hook point matches {names!r}; model.hook_names() lists them")
+        return points
+
+    @contextmanager
+    def hooks(self, fwd: Iterable[tuple[NameFilter, HookFn]] = (),
+              bwd: Iterable[tuple[NameFilter, HookFn]] = ()) -> Iterator["HookedModule"]:
+        """Attach hooks for the duration of the block; they are removed on exit, also on error."""
+        added: list[tuple[list[HookFn], HookFn]] = []
+        try:
+            for pairs, attr in ((fwd, "fwd_hooks"), (bwd, "bwd_hooks")):
+                for names, fn in pairs:
+                    for point in self._resolve(names):
+                        getattr(point, attr).append(fn)
+                        added.append((getattr(point, attr), fn))
+            yield self
+        finally:
+            for hook_list, fn in reversed(added):
+                hook_list.remove(fn)
+
+    def reset_hooks(self) -> None:
+        for point in self._hook_points.values():
+            point.fwd_hooks.clear()
+            point.bwd_hooks.clear()
+
+    @contextmanager
+    def recording(self, names: NameFilter = None, requires_grad: bool = False) -> Iterator[Cache]:
+        """Fill a Cache with the activations at `names` while the block runs.
+
+        With `requires_grad`, an activation that does not require grad (frozen weights, or inside
+        `torch.no_grad()` turned off by the caller) is swapped for a leaf that does: the first
+        recorded activation in each tower, so gradients reach every recorded activation after it.
+        """
+        cache = Cache()
+
+        def record(x: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+            if requires_grad and not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            cache[hook.name] = x
+            return x
+
+        with self.hooks(fwd=[(p.name, record) for p in self._resolve(names)]):
+            yield cache
+
+    def run_with_cache(self, *args: Any, names: NameFilter = None,
+                       objective: Callable[[Any], torch.Tensor] | None = None,
+                       detach: bool = True, **kwargs: Any) -> tuple[Any, Cache]:
+        """Run the model, recording the activations at the hook points `names` selects.
+
+        With `objective` (a function of the outputs that returns a scalar), the cache also holds
+        the gradient of that scalar with respect to every recorded activation, under
+        `name + "_grad"`. This works inside `torch.no_grad()` and on frozen weights.
+        """
+        want_grad = objective is not None
+        with torch.set_grad_enabled(want_grad or torch.is_grad_enabled()), \
+                self.recording(names, requires_grad=want_grad) as cache:
+            out = self(*args, **kwargs)
+            if want_grad:
+                target = objective(out)
+                if not isinstance(target, torch.Tensor) or target.numel() != 1:
+                    raise ValueError("objective must return a scalar tensor, e.g. "
+                                     "lambda out: out.logits_per_image[0, 0]")
+                recorded = list(cache.items())
+                grads = torch.autograd.grad(target, [v for _, v in recorded], allow_unused=True)
+                for (name, value), g in zip(recorded, grads):
+                    cache[name + "_grad"] = torch.zeros_like(value) if g is None else g
+        if detach:
+            for k in cache:
+                cache[k] = cache[k].detach()
+        return out, cache

@@ -1,0 +1,360 @@
+"""CLIP, both towers, readable top to bottom, with a hook point at every sublayer.
+
+Numerically it follows Hugging Face's `CLIPModel`: pre-LN blocks, quick_gelu (or gelu),
+the vision tower pooled at the class token through `ln_post`, the text tower causal and
+pooled at EOS after `ln_final`, both projected and compared by cosine * exp(logit_scale).
+Module names follow TransformerLens (`blocks.3.attn`, `ln1`, `hook_resid_post`); `checkpoint.py`
+maps them to and from the Hugging Face and OpenAI key layouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention, check_backend, flash_unavailable_reason
+from .config import CLIPConfig, TextConfig, TowerConfig, VisionConfig
+from .hooks import HookedModule, HookPoint
+
+ACTIVATIONS = {
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+def _activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported hidden_act {name!r}; clipx knows {sorted(ACTIVATIONS)}") from None
+
+
+class LayerNorm(nn.LayerNorm):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__(width, eps=eps)
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(super().forward(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = _activation(config.hidden_act)
+        self.hook_pre = HookPoint()   # [batch, pos, d_mlp], before the activation
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp], after it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.hook_post(self.act(self.hook_pre(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.attn = Attention(config.hidden_size, config.num_attention_heads)
+        self.ln2 = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x: torch.Tensor, **attn_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.hook_resid_pre(x)
+        attn_out, pattern = self.attn(self.ln1(x), **attn_kwargs)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
+        x = self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
+        return x, pattern
+
+
+@dataclass
+class TowerOutput:
+    """One tower's outputs, named as in transformers' `BaseModelOutputWithPooling`."""
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+    embeds: torch.Tensor  # projected pooler_output (the pooler_output itself if the tower has no projection)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class Tower(nn.Module):
+    """What both towers share: the block stack, the final projection and their hook points."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.proj = (nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+                     if config.projection_dim else None)
+        self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.hook_pooled = HookPoint()
+        self.hook_projected = HookPoint()
+
+    def run_blocks(self, x: torch.Tensor, output_hidden_states: bool, output_attentions: bool,
+                   **attn_kwargs: Any) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for block in self.blocks:
+            x, pattern = block(x, force_eager=output_attentions, **attn_kwargs)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:
+                attentions.append(pattern)
+        return (x, None if hidden_states is None else tuple(hidden_states),
+                None if attentions is None else tuple(attentions))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        pooled = self.hook_pooled(pooled)
+        return self.hook_projected(self.proj(pooled) if self.proj is not None else pooled)
+
+
+class VisionTower(Tower):
+    config: VisionConfig
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__(config)
+        d = config.hidden_size
+        self.patch_embedding = nn.Conv2d(config.num_channels, d, config.patch_size, config.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(d))
+        self.position_embedding = nn.Embedding(config.grid_size ** 2 + 1, d)
+        self.ln_pre = LayerNorm(d, config.layer_norm_eps)
+        self.ln_post = LayerNorm(d, config.layer_norm_eps)
+
+    def position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """[1, 1 + grid_h * grid_w, d]; bicubic resampling of the patch positions for other grids
+        (transformers' `interpolate_pos_encoding`)."""
+        weight = self.position_embedding.weight
+        n = self.config.grid_size
+        if (grid_h, grid_w) == (n, n):
+            return weight[None]
+        patch = weight[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
+        patch = F.interpolate(patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return torch.cat([weight[None, :1], patch.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
+        size = self.config.image_size
+        if pixel_values.shape[-2:] != (size, size) and not interpolate_pos_encoding:
+            raise ValueError(f"pixel_values are {tuple(pixel_values.shape[-2:])} but the model takes "
+                             f"{size}x{size}; pass interpolate_pos_encoding=True to run at another size")
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        grid_h, grid_w = patches.shape[-2:]
+        patches = patches.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
+        x = self.hook_embed(torch.cat([cls, patches], dim=1))
+        x = x + self.hook_pos_embed(self.position_embeddings(grid_h, grid_w))
+        x = self.ln_pre(x)
+        x, hidden_states, attentions = self.run_blocks(x, output_hidden_states, output_attentions)
+        pooled = self.ln_post(x[:, 0])
+        return TowerOutput(x, pooled, self.project(pooled), hidden_states, attentions)
+
+
+class TextTower(Tower):
+    config: TextConfig
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__(config)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.ln_final = LayerNorm(config.hidden_size, config.layer_norm_eps)
+
+    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.config.eos_token_id == 2:
+            # OpenAI's configs carry eos_token_id=2; their real EOS (49407) is the largest id.
+            return input_ids.argmax(dim=-1)
+        return (input_ids == self.config.eos_token_id).int().argmax(dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
+        n = input_ids.shape[1]
+        x = self.hook_embed(self.token_embedding(input_ids))
+        x = x + self.hook_pos_embed(self.position_embedding.weight[None, :n])
+        key_padding, right_padded = None, True
+        if attention_mask is not None and not bool(attention_mask.all()):
+            key_padding = attention_mask == 0
+            right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+        x, hidden_states, attentions = self.run_blocks(
+            x, output_hidden_states, output_attentions,
+            causal=True, key_padding=key_padding, right_padded=right_padded)
+        x = self.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), self.eos_positions(input_ids)]
+        return TowerOutput(x, pooled, self.project(pooled), hidden_states, attentions)
+
+
+@dataclass
+class CLIPOutput:
+    """Named as transformers' `CLIPOutput`; logits are None when a tower or an input is missing."""
+
+    logits_per_image: torch.Tensor | None
+    logits_per_text: torch.Tensor | None
+    image_embeds: torch.Tensor | None  # L2-normalised
+    text_embeds: torch.Tensor | None   # L2-normalised
+    vision_model_output: TowerOutput | None
+    text_model_output: TowerOutput | None
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(p=2, dim=-1, keepdim=True)
+
+
+class CLIP(HookedModule):
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        if config.vision_config is None and config.text_config is None:
+            raise ValueError("a CLIP needs at least one tower")
+        self.config = config
+        self.vision = VisionTower(config.vision_config) if config.vision_config else None
+        self.text = TextTower(config.text_config) if config.text_config else None
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.hook_logits_per_image = HookPoint()
+        # Attached by `clipx.load`; a model built from a bare config has neither.
+        self.processor = None
+        self.tokenizer = None
+        self.setup_hooks()
+        self.set_attention("sdpa")
+
+    # --- towers --------------------------------------------------------------------------
+    def _tower(self, name: str) -> Tower:
+        tower = getattr(self, name)
+        if tower is None:
+            other = "vision" if name == "text" else "text"
+            raise ValueError(f"this checkpoint has no {name} tower (it holds only the {other} tower)")
+        return tower
+
+    def encode_image(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """Projected image features, not normalised (transformers' `get_image_features`)."""
+        return self._vision_forward(pixel_values, interpolate_pos_encoding).embeds
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected text features, not normalised (transformers' `get_text_features`)."""
+        return self._text_forward(input_ids, attention_mask).embeds
+
+    get_image_features = encode_image
+    get_text_features = encode_text
+
+    def _vision_forward(self, pixel_values, interpolate_pos_encoding=False, **kwargs) -> TowerOutput:
+        tower = self._tower("vision")
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 \
+                or pixel_values.shape[1] != tower.config.num_channels or not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a float tensor [batch, {tower.config.num_channels}, height, width], got "
+                f"{_describe(pixel_values)}; model.preprocess(images) makes one from images")
+        return tower(pixel_values, interpolate_pos_encoding, **kwargs)
+
+    def _text_forward(self, input_ids, attention_mask=None, **kwargs) -> TowerOutput:
+        tower = self._tower("text")
+        limit = tower.config.max_position_embeddings
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 \
+                or input_ids.is_floating_point() or input_ids.is_complex():
+            raise ValueError(f"input_ids must be an integer tensor [batch, length], got {_describe(input_ids)}; "
+                             "model.tokenize(texts) makes one from strings")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty ({tuple(input_ids.shape)})")
+        if input_ids.shape[1] > limit:
+            raise ValueError(f"input_ids has {input_ids.shape[1]} positions; the text tower takes at most {limit}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match "
+                             f"input_ids {tuple(input_ids.shape)}")
+        vocab = tower.config.vocab_size
+        if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
+            raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab})")
+        return tower(input_ids, attention_mask, **kwargs)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, *, interpolate_pos_encoding: bool = False,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> CLIPOutput:
+        if pixel_values is None and input_ids is None:
+            raise ValueError("pass pixel_values, input_ids, or both")
+        flags = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        vision = text = image_embeds = text_embeds = logits_per_image = logits_per_text = None
+        if pixel_values is not None:
+            vision = self._vision_forward(pixel_values, interpolate_pos_encoding, **flags)
+            image_embeds = _normalize(vision.embeds)
+        if input_ids is not None:
+            text = self._text_forward(input_ids, attention_mask, **flags)
+            text_embeds = _normalize(text.embeds)
+        if vision is not None and text is not None:
+            logits_per_image = self.hook_logits_per_image(image_embeds @ text_embeds.T * self.logit_scale.exp())
+            logits_per_text = logits_per_image.T
+        return CLIPOutput(logits_per_image, logits_per_text, image_embeds, text_embeds, vision, text)
+
+    # --- attention backends ----------------------------------------------------------------
+    def attention_layers(self) -> Iterator[Attention]:
+        return (m for m in self.modules() if isinstance(m, Attention))
+
+    @property
+    def attention_backend(self) -> str:
+        """The backend every layer uses, or "mixed"."""
+        names = {layer.backend for layer in self.attention_layers()}
+        return names.pop() if len(names) == 1 else "mixed"
+
+    def set_attention(self, name: str) -> "CLIP":
+        """Switch every attention layer to `eager`, `sdpa` or `flash`; the weights stay as they are."""
+        check_backend(name)
+        if name == "flash":
+            param = next(self.parameters())
+            reason = flash_unavailable_reason(param.device, param.dtype)
+            if reason:
+                raise RuntimeError(reason)
+        for layer in self.attention_layers():
+            layer.backend = name
+        return self
+
+    @contextmanager
+    def attention(self, name: str) -> Iterator["CLIP"]:
+        """Use another backend inside the block; each layer's own setting returns afterwards."""
+        saved = [(layer, layer.backend) for layer in self.attention_layers()]
+        try:
+            self.set_attention(name)
+            yield self
+        finally:
+            for layer, backend in saved:
+                layer.backend = backend
+
+    # --- inputs ------------------------------------------------------------------------------
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        param = next(self.parameters())
+        return param.device, param.dtype
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Images (PIL, paths, arrays, or a preprocessed tensor) -> pixel_values on the model's device."""
+        if self.processor is None:
+            raise ValueError("this model has no image processor; load it with clipx.load() or set model.processor")
+        device, dtype = self._device_dtype()
+        return self.processor(images).to(device=device, dtype=dtype)
+
+    def tokenize(self, texts: str | list[str], **kwargs: Any):
+        """Captions -> an Encoding with input_ids and attention_mask on the model's device."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; load it with clipx.load() or set model.tokenizer")
+        return self.tokenizer(texts, **kwargs).to(self._device_dtype()[0])
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write config.json + model.safetensors in Hugging Face's layout (and the tokenizer and
+        processor files), so the folder loads both in clipx and in transformers."""
+        from .checkpoint import save_folder
+
+        save_folder(self, folder)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return f"a {type(x).__name__}"
+
