@@ -1,0 +1,246 @@
+"""Image preprocessing identical to transformers' `CLIPImageProcessorPil`, and its inverse for display.
+
+The recipe: convert to RGB, resize the shortest edge (PIL, bicubic), centre crop, rescale by 1/255,
+normalise. Every step copies transformers' PIL backend down to the dtype of each operation, so
+pixel values come out bit-identical, not merely close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+CONFIG_NAME = "preprocessor_config.json"
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BICUBIC = int(Image.Resampling.BICUBIC)  # 3, the value preprocessor_config.json stores
+
+
+@dataclass
+class ImageProcessor:
+    """CLIP's image preprocessing; the fields mirror `preprocessor_config.json`."""
+
+    do_resize: bool = True
+    size: dict = field(default_factory=lambda: {"shortest_edge": 224})
+    resample: int = BICUBIC
+    do_center_crop: bool = True
+    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple = OPENAI_CLIP_MEAN
+    image_std: tuple = OPENAI_CLIP_STD
+    do_convert_rgb: bool = True
+
+    def __post_init__(self):
+        # old files store plain integers: `size: 224` is a shortest edge (CLIP resizes without
+        # squashing), `crop_size: 224` a square
+        if isinstance(self.size, int):
+            self.size = {"shortest_edge": self.size}
+        if isinstance(self.crop_size, int):
+            self.crop_size = {"height": self.crop_size, "width": self.crop_size}
+        self.size = {k: int(v) for k, v in self.size.items()}
+        self.crop_size = {k: int(v) for k, v in self.crop_size.items()}
+        if set(self.size) not in ({"shortest_edge"}, {"height", "width"}):
+            raise ValueError(f"size must be {{'shortest_edge': n}} or {{'height': h, 'width': w}}, got {self.size}")
+        if set(self.crop_size) != {"height", "width"}:
+            raise ValueError(f"crop_size must be {{'height': h, 'width': w}}, got {self.crop_size}")
+        if min(*self.size.values(), *self.crop_size.values()) < 1:
+            raise ValueError(f"sizes must be positive, got size={self.size}, crop_size={self.crop_size}")
+        self.resample = int(self.resample)
+        # a single number means the same for every channel, as in transformers
+        self.image_mean, self.image_std = _three("image_mean", self.image_mean), _three("image_std", self.image_std)
+        if 0 in self.image_std:
+            raise ValueError(f"image_std must not contain 0, got {self.image_std}")
+
+    # --- configuration files -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageProcessor":
+        """Settings from a preprocessor_config.json dict; keys that do not concern CLIP are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "ImageProcessor":
+        """Reads `folder/preprocessor_config.json`; a folder without one gets CLIP's defaults."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {folder}")
+        path = folder / CONFIG_NAME
+        if not path.is_file():
+            return cls()
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
+        return {"image_processor_type": "CLIPImageProcessor", **d}
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Writes `folder/preprocessor_config.json`, which transformers' CLIPImageProcessor loads too."""
+        path = Path(folder) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    # --- preprocessing ---------------------------------------------------------------------------
+    def __call__(self, images: Any) -> torch.Tensor:
+        """One image or a list (PIL, path, array, or preprocessed tensor) -> FloatTensor [B, 3, H, W]."""
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise ValueError("no images given: pass an image or a non-empty list of images")
+        batches = [self._one(image, i) for i, image in enumerate(items)]
+        shapes = {tuple(b.shape[1:]) for b in batches}
+        if len(shapes) > 1:
+            raise ValueError(f"images came out in different sizes {sorted(shapes)} and cannot form one batch; "
+                             "keep do_center_crop=True or pass images of one aspect ratio")
+        return batches[0] if len(batches) == 1 else torch.cat(batches)
+
+    def _one(self, image: Any, i: int) -> torch.Tensor:
+        """One input -> [n, 3, H, W]."""
+        if isinstance(image, torch.Tensor):
+            return _check_pixel_values(image, f"images[{i}]")
+        image = self._to_rgb(_to_pil(image, i), i)
+        width, height = image.size
+        if self.do_resize:
+            image = image.resize(self._resized_size(width, height), resample=self.resample)
+        if self.do_center_crop:
+            image = image.crop(self._crop_region(*image.size))  # PIL fills outside the image with 0, as HF pads
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        # transformers multiplies in float64 and rounds to float32 afterwards; normalising in float32
+        # then matches it to the last bit
+        x = (x.double() * self.rescale_factor).float() if self.do_rescale else x.float()
+        if self.do_normalize:
+            x = (x - _channels(self.image_mean)) / _channels(self.image_std)
+        return x[None]
+
+    def _to_rgb(self, image: Image.Image, i: int) -> Image.Image:
+        if not self.do_convert_rgb:
+            if image.mode != "RGB":
+                raise ValueError(f"images[{i}] is a {image.mode} image and do_convert_rgb is False; pass RGB images")
+            return image
+        # transformers composites anything with an alpha band (or a transparent palette colour) onto
+        # white; note its test is the letter "A" among the bands, which LAB images also pass
+        try:
+            if "A" in image.getbands() or image.info.get("transparency") is not None:
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+            return image.convert("RGB")
+        except ValueError as e:
+            raise ValueError(f"images[{i}]: cannot convert a {image.mode} image to RGB: {e}") from e
+
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after resizing, with transformers' arithmetic (the long edge is floored)."""
+        if "shortest_edge" not in self.size:
+            return self.size["width"], self.size["height"]
+        s = self.size["shortest_edge"]
+        if width <= height:
+            return s, int(s * height / width)
+        return int(s * width / height), s
+
+    def _crop_region(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the centre crop; offsets floored like transformers'."""
+        if not self.do_center_crop:
+            return 0, 0, width, height
+        h, w = self.crop_size["height"], self.crop_size["width"]
+        left, top = (width - w) // 2, (height - h) // 2
+        return left, top, left + w, top + h
+
+    # --- the way back ----------------------------------------------------------------------------
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of an original `width` x `height` image that the preprocessed
+        crop shows, in original pixels (it reaches outside where the crop was padded)."""
+        new_w, new_h = self._resized_size(width, height) if self.do_resize else (width, height)
+        left, top, right, bottom = self._crop_region(new_w, new_h)
+        # PIL's resize maps the edges of the image onto each other, so the scale is exact
+        sx, sy = width / new_w, height / new_h
+        return left * sx, top * sy, right * sx, bottom * sy
+
+    def to_pil(self, pixel_values: torch.Tensor) -> list[Image.Image]:
+        """Undo normalise and rescale: [3, H, W] or [B, 3, H, W] -> RGB images for display."""
+        x = _check_pixel_values(pixel_values, "pixel_values").detach().float().cpu()
+        if self.do_normalize:
+            x = x * _channels(self.image_std) + _channels(self.image_mean)
+        if self.do_rescale:
+            x = x / self.rescale_factor
+        arrays = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(a, "RGB") for a in arrays]
+
+
+def _three(name: str, values: Any) -> tuple[float, float, float]:
+    values = [values] * 3 if isinstance(values, (int, float)) else list(values)
+    if len(values) != 3:
+        raise ValueError(f"{name} needs one value or one per RGB channel, got {values}")
+    return tuple(float(v) for v in values)
+
+
+def _channels(values: tuple) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)[:, None, None]
+
+
+def _check_pixel_values(x: torch.Tensor, name: str) -> torch.Tensor:
+    """A preprocessed tensor, [3, H, W] or [B, 3, H, W] float -> [B, 3, H, W], values untouched."""
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: a tensor must be preprocessed pixel values, float [B,3,H,W]; got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 3 or 0 in x.shape:
+        raise ValueError(f"{name}: expected a float tensor of shape [B,3,H,W] (or [3,H,W]); "
+                         f"got shape {list(x.shape)}")
+    return x
+
+
+def _to_pil(image: Any, i: int) -> Image.Image:
+    """A PIL image, path or array -> a non-empty PIL image (any mode)."""
+    if isinstance(image, (str, os.PathLike)):
+        image = _open(Path(image), i)
+    elif isinstance(image, np.ndarray):
+        image = _from_array(image, i)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"images[{i}]: expected a PIL image, a path, a numpy array or a float tensor "
+                        f"[B,3,H,W]; got {type(image).__name__}")
+    if 0 in image.size:
+        raise ValueError(f"images[{i}] is empty: size {image.size[0]}x{image.size[1]}")
+    return image
+
+
+def _open(path: Path, i: int) -> Image.Image:
+    if not path.is_file():
+        raise FileNotFoundError(f"images[{i}]: no such image file: {path}")
+    try:
+        with Image.open(path) as f:
+            # transformers' load_image: apply the EXIF rotation, then a plain convert("RGB"); a file's
+            # alpha is dropped here, not composited onto white as for a PIL image passed in
+            return ImageOps.exif_transpose(f).convert("RGB")
+    except (OSError, ValueError) as e:  # PIL signals a file it cannot read with OSError subclasses
+        raise ValueError(f"images[{i}]: cannot read an image from {path}: {e}") from e
+
+
+def _from_array(a: np.ndarray, i: int) -> Image.Image:
+    """HWC (C = 1, 3, 4) or HW; uint8 (or integers in 0..255), or floats in [0, 1]."""
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
+        raise ValueError(f"images[{i}]: expected an array of shape HxW or HxWxC with C in 1, 3, 4; "
+                         f"got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"images[{i}] is empty: shape {a.shape}")
+    if np.issubdtype(a.dtype, np.floating):
+        if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ValueError(f"images[{i}]: a float array must hold values in [0, 1]; "
+                             f"got [{a.min()}, {a.max()}]")
+        # PIL resizes 8-bit images: quantise by rounding (transformers truncates, and with its
+        # default do_rescale it would scale [0, 1] floats by 1/255 twice)
+        a = np.round(a * 255)
+    elif np.issubdtype(a.dtype, np.integer):
+        if a.min() < 0 or a.max() > 255:
+            raise ValueError(f"images[{i}]: an integer array must hold values in 0..255; got [{a.min()}, {a.max()}]")
+    else:
+        raise TypeError(f"images[{i}]: unsupported array dtype {a.dtype}; use uint8 or floats in [0, 1]")
+    a = a.astype(np.uint8)
+    return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
