@@ -1,0 +1,216 @@
+"""State-dict layouts: reading weight files, converting Hugging Face and OpenAI / open_clip
+key layouts to clipx's module names, and writing the Hugging Face layout back.
+
+Hugging Face is the pivot: OpenAI / open_clip state dicts are converted to HF keys first,
+and clipx's own names are derived from HF's by `hf_key`, one rule per kind of module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CLIPConfig, TextConfig, VisionConfig
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .model import CLIP
+
+StateDict = dict[str, torch.Tensor]
+
+_TOWER_PREFIX = {"vision": "vision_model", "text": "text_model"}
+_PROJECTION = {"vision": "visual_projection", "text": "text_projection"}
+_BLOCK_RENAMES = {"attn": "self_attn", "ln1": "layer_norm1", "ln2": "layer_norm2", "mlp": "mlp"}
+_TOWER_RENAMES = {
+    "ln_pre": "pre_layrnorm", "ln_post": "post_layernorm", "ln_final": "final_layer_norm",
+    "token_embedding": "embeddings.token_embedding", "position_embedding": "embeddings.position_embedding",
+    "patch_embedding": "embeddings.patch_embedding", "class_embedding": "embeddings.class_embedding",
+}
+# Buffers some checkpoints carry that hold no weights.
+_IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length|vocab_size)$")
+
+
+def hf_key(key: str) -> str:
+    """The Hugging Face `CLIPModel` name of a clipx state-dict key."""
+    if key == "logit_scale":
+        return key
+    tower, rest = key.split(".", 1)
+    if rest.startswith("proj."):
+        return f"{_PROJECTION[tower]}.{rest[5:]}"
+    match = re.fullmatch(r"blocks\.(\d+)\.(\w+)\.(.+)", rest)
+    if match:
+        i, module, tail = match.groups()
+        rest = f"encoder.layers.{i}.{_BLOCK_RENAMES[module]}.{tail}"
+    else:
+        head, _, tail = rest.partition(".")
+        rest = _TOWER_RENAMES[head] + (f".{tail}" if tail else "")
+    return f"{_TOWER_PREFIX[tower]}.{rest}"
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def read_weights(files: list[Path]) -> StateDict:
+    """All tensors of one checkpoint (one file or the shards of one), on the CPU."""
+    state: StateDict = {}
+    for path in files:
+        try:
+            if path.suffix == ".safetensors":
+                part = load_file(path)
+            else:
+                # weights_only: a pickle from the hub must not run code on load
+                part = torch.load(path, map_location="cpu", weights_only=True)
+                part = part.get("state_dict", part) if isinstance(part, dict) else part
+        except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
+            raise CheckpointError(f"cannot read weights from {path}: {e}") from e
+        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+            raise CheckpointError(f"{path} does not hold a state dict of tensors")
+        state.update(part)
+    return {k.removeprefix("module."): v for k, v in state.items() if not _IGNORED.search(k)}
+
+
+def is_openai_layout(state: StateDict) -> bool:
+    return "visual.conv1.weight" in state or "ln_final.weight" in state or "visual.proj" in state
+
+
+def openai_to_hf(state: StateDict) -> StateDict:
+    """OpenAI / open_clip names (fused in_proj, transposed projections) -> Hugging Face names."""
+    out: StateDict = {}
+    for key, value in state.items():
+        if key.startswith("visual."):
+            prefix, rest = "vision_model", key[len("visual."):]
+        else:
+            prefix, rest = "text_model", key
+        block = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)", rest)
+        if block:
+            i, tail = block.groups()
+            layer = f"{prefix}.encoder.layers.{i}"
+            if tail.startswith("attn.in_proj_"):
+                kind = tail.rsplit("_", 1)[1]  # weight / bias
+                for name, part in zip("qkv", value.chunk(3, dim=0)):
+                    out[f"{layer}.self_attn.{name}_proj.{kind}"] = part.clone()
+                continue
+            tail = (tail.replace("attn.out_proj", "self_attn.out_proj").replace("ln_1", "layer_norm1")
+                    .replace("ln_2", "layer_norm2").replace("mlp.c_fc", "mlp.fc1").replace("mlp.c_proj", "mlp.fc2"))
+            out[f"{layer}.{tail}"] = value
+            continue
+        renamed = {
+            "conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+            "class_embedding": "vision_model.embeddings.class_embedding",
+            "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+            "logit_scale": "logit_scale",
+        }.get(rest)
+        if renamed:
+            out[renamed] = value
+        elif rest == "positional_embedding":
+            out[f"{prefix}.embeddings.position_embedding.weight"] = value
+        elif rest in ("proj", "text_projection"):
+            out[f"{_PROJECTION['vision' if prefix == 'vision_model' else 'text']}.weight"] = value.T.contiguous()
+        elif re.fullmatch(r"ln_(pre|post|final)\.(weight|bias)", rest):
+            ln, kind = rest.split(".")
+            out[f"{prefix}.{_TOWER_RENAMES[ln]}.{kind}"] = value
+        else:
+            out[key] = value  # left for the strict key check to report
+    return out
+
+
+def config_from_openai(state: StateDict, hidden_act: str = "quick_gelu") -> CLIPConfig:
+    """Read the architecture off an OpenAI / open_clip state dict's shapes (as OpenAI's build_model does)."""
+    def n_blocks(prefix: str) -> int:
+        pattern = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
+        return len({m.group(1) for k in state if (m := pattern.match(k))})
+
+    try:
+        width = state["visual.conv1.weight"].shape[0]
+        patch = state["visual.conv1.weight"].shape[-1]
+        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        text_width = state["ln_final.weight"].shape[0]
+        projection_dim = state["text_projection"].shape[1]
+        vision = VisionConfig(hidden_size=width, intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+                              num_hidden_layers=n_blocks("visual."), num_attention_heads=width // 64,
+                              image_size=patch * grid, patch_size=patch, hidden_act=hidden_act,
+                              projection_dim=projection_dim)
+        text = TextConfig(hidden_size=text_width, intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+                          num_hidden_layers=n_blocks(""), num_attention_heads=text_width // 64,
+                          vocab_size=state["token_embedding.weight"].shape[0],
+                          max_position_embeddings=state["positional_embedding"].shape[0],
+                          hidden_act=hidden_act, projection_dim=projection_dim)
+    except KeyError as e:
+        raise CheckpointError(f"an OpenAI-layout state dict without {e}: clipx reads ViT CLIPs with both towers") from None
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+def add_tower_prefix(state: StateDict, config: CLIPConfig) -> StateDict:
+    """Bare `CLIPVisionModel` / `CLIPTextModel` checkpoints have no `vision_model.` prefix."""
+    if config.vision_config is not None and config.text_config is not None:
+        return state
+    prefix = "vision_model." if config.vision_config is not None else "text_model."
+    bare = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.", "final_layer_norm.")
+    return {prefix + k if k.startswith(bare) else k: v for k, v in state.items()}
+
+
+def load_into(model: "CLIP", hf_state: StateDict, source: str) -> None:
+    """Load an HF-layout state dict strictly: every key must match, and every shape."""
+    own = model.state_dict()
+    expected = {hf_key(k): k for k in own}
+    if model.vision is None or model.text is None:
+        del expected["logit_scale"]  # tower-only checkpoints have none; the model keeps its default
+    missing = sorted(set(expected) - set(hf_state))
+    unexpected = sorted(set(hf_state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"the weights in {source} do not fit this model:\n"
+                              f"  missing keys ({len(missing)}): {_listing(missing)}\n"
+                              f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[expected[k]].shape)}"
+             for k, v in hf_state.items() if v.shape != own[expected[k]].shape]
+    if wrong:
+        raise CheckpointError(f"the weights in {source} have other shapes than config.json says:\n  "
+                              + _listing(wrong, sep="\n  "))
+    model.load_state_dict({expected[k]: v for k, v in hf_state.items()}, strict=False)  # checked above
+
+
+def _listing(items: list[str], sep: str = ", ", limit: int = 12) -> str:
+    if not items:
+        return "none"
+    more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def save_folder(model: "CLIP", folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.vision is None or model.text is None:
+        tower = "vision" if model.vision is not None else "text"
+        if getattr(model, tower).proj is None:  # a bare tower: transformers saves it unprefixed
+            state = {k.removeprefix(_TOWER_PREFIX[tower] + "."): v for k, v in state.items()}
+        state.pop("logit_scale")
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    model.config.save(folder)
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(folder)
+    if model.processor is not None:
+        model.processor.save_pretrained(folder)
+
+
+def read_config(folder: Path) -> CLIPConfig | None:
+    path = folder / "config.json"
+    if path.is_file():
+        return CLIPConfig.from_json_file(path)
+    return None
+
+
+def open_clip_activation(folder: Path) -> str:
+    """open_clip models use plain GELU unless their config says quick_gelu (OpenAI's weights do)."""
+    path = folder / "open_clip_config.json"
+    if not path.is_file():
+        return "quick_gelu"
+    model_cfg = json.loads(path.read_text()).get("model_cfg", {})
+    return "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"

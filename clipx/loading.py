@@ -1,0 +1,75 @@
+"""`clipx.load`: a name, folder, file or hub id -> a ready CLIP with its tokenizer and processor."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from .checkpoint import (add_tower_prefix, config_from_openai, is_openai_layout, load_into,
+                         open_clip_activation, openai_to_hf, read_config, read_weights)
+from .errors import CheckpointError
+from .hub import resolve
+from .model import CLIP
+from .processing import ImageProcessor
+from .tokenizer import Tokenizer
+
+CLIP_VOCAB_SIZE = 49408
+
+
+def load(name_or_path: str | Path, *, revision: str | None = None, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None, attention: str = "sdpa", local_files_only: bool | None = None) -> CLIP:
+    """Load a CLIP checkpoint.
+
+    `name_or_path`: "demo" (the model shipped in assets/), a hub id such as
+    "openai/clip-vit-base-patch16", a local folder in the hub's layout, or a single state-dict
+    file (Hugging Face, OpenAI or open_clip layout). Raises `CheckpointNotFoundError` when
+    nothing is found and `CheckpointError` when the files do not make a model.
+    """
+    files = resolve(name_or_path, revision, local_files_only)
+    state = read_weights(files.weights)
+    config = read_config(files.folder)
+    if is_openai_layout(state):
+        if config is None:
+            config = config_from_openai(state, open_clip_activation(files.folder))
+        state = openai_to_hf(state)
+    elif config is None:
+        raise CheckpointError(f"{files.folder} has Hugging Face-layout weights but no config.json")
+    else:
+        state = add_tower_prefix(state, config)
+    for tower, projection in ((config.vision_config, "visual_projection.weight"),
+                              (config.text_config, "text_projection.weight")):
+        if tower is not None and projection not in state:
+            tower.projection_dim = None  # a bare CLIPVisionModel / CLIPTextModel checkpoint
+
+    model = CLIP(config)
+    load_into(model, state, str(files.weights[0] if len(files.weights) == 1 else files.folder))
+    model.eval()
+    if config.vision_config is not None:
+        model.processor = _processor(files.folder, config.vision_config.image_size)
+    if config.text_config is not None:
+        model.tokenizer = _tokenizer(files.folder, config)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model.set_attention(attention)
+
+
+def _processor(folder: Path, image_size: int) -> ImageProcessor:
+    if (folder / "preprocessor_config.json").is_file():
+        return ImageProcessor.from_pretrained(folder)
+    # no processor file (OpenAI state dicts): CLIP's recipe at the model's own input size
+    return ImageProcessor.from_dict({"size": {"shortest_edge": image_size},
+                                     "crop_size": {"height": image_size, "width": image_size}})
+
+
+def _tokenizer(folder: Path, config) -> Tokenizer | None:
+    context = config.text_config.max_position_embeddings
+    try:
+        return Tokenizer.from_pretrained(folder, context_length=context)
+    except FileNotFoundError:
+        if config.text_config.vocab_size == CLIP_VOCAB_SIZE:
+            return Tokenizer.default(context_length=context)  # OpenAI state dicts ship no tokenizer files
+        warnings.warn(f"{folder} has no tokenizer files and a vocabulary of {config.text_config.vocab_size} "
+                      "tokens, not CLIP's: model.tokenize() is unavailable; pass input_ids yourself")
+        return None

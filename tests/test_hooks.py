@@ -1,0 +1,206 @@
+"""Hook points, scoped hooks, run_with_cache and the attention backends."""
+
+import pytest
+import torch
+
+import clipx
+from conftest import texts_to_ids
+
+# Every hook point of a one-block-per-tower model: a rename or a lost hook point breaks this.
+BLOCK = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
+         "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_scores",
+         "attn.hook_pattern", "attn.hook_z", "attn.hook_out", "ln2.hook_normalized", "mlp.hook_pre",
+         "mlp.hook_post"]
+TOWER = ["hook_embed", "hook_pos_embed", "hook_pooled", "hook_projected"]
+EXPECTED_NAMES = sorted(
+    [f"{t}.{h}" for t in ("vision", "text") for h in TOWER]
+    + [f"{t}.blocks.0.{h}" for t in ("vision", "text") for h in BLOCK]
+    + ["vision.ln_pre.hook_normalized", "vision.ln_post.hook_normalized", "text.ln_final.hook_normalized",
+       "hook_logits_per_image"])
+
+
+def one_block_model(seed=0):
+    torch.manual_seed(seed)
+    config = clipx.CLIPConfig(
+        text_config=clipx.TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, vocab_size=49408, projection_dim=24),
+        vision_config=clipx.VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                                         num_attention_heads=4, image_size=32, patch_size=8, projection_dim=24),
+        projection_dim=24)
+    return clipx.CLIP(config).eval()
+
+
+def inputs(n_images=2, seed=1):
+    px = torch.randn(n_images, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    ids, mask = texts_to_ids()
+    return dict(pixel_values=px, input_ids=ids, attention_mask=mask)
+
+
+def test_hook_names_snapshot():
+    assert sorted(one_block_model().hook_names()) == EXPECTED_NAMES
+
+
+def test_hook_names_scale_with_depth(tiny_model):
+    names = tiny_model.hook_names()
+    assert "vision.blocks.1.attn.hook_pattern" in names and "text.blocks.1.hook_resid_post" in names
+    assert len(names) == len(EXPECTED_NAMES) + 2 * len(BLOCK)
+
+
+def test_ablation_changes_logits_and_they_return(tiny_model):
+    x = inputs()
+    with torch.no_grad():
+        before = tiny_model(**x).logits_per_image
+        with tiny_model.hooks(fwd=[("vision.blocks.1.attn.hook_z", lambda z, hook: z * 0)]):
+            ablated = tiny_model(**x).logits_per_image
+        after = tiny_model(**x).logits_per_image
+    assert (before - ablated).abs().max() > 1e-3
+    torch.testing.assert_close(before, after, atol=0, rtol=0)
+
+
+def test_head_ablation_touches_one_head_only(tiny_model):
+    def kill_head_2(z, hook):
+        z = z.clone()
+        z[:, :, 2] = 0
+        return z
+
+    x = inputs()
+    _, clean = tiny_model.run_with_cache(**x, names="vision.blocks.0.attn.hook_z")
+    with tiny_model.hooks(fwd=[("vision.blocks.0.attn.hook_z", kill_head_2)]):
+        _, cache = tiny_model.run_with_cache(**x, names="vision.blocks.0.attn.hook_z")
+    z0, z1 = clean["vision.blocks.0.attn.hook_z"], cache["vision.blocks.0.attn.hook_z"]
+    assert torch.equal(z1[:, :, 2], torch.zeros_like(z1[:, :, 2]))
+    assert torch.equal(z1[:, :, [0, 1, 3]], z0[:, :, [0, 1, 3]])
+
+
+def test_patching_one_image_into_another(tiny_model):
+    """Activation patching: image 0's residual stream written into image 1 makes their embeddings equal."""
+    x = inputs()
+
+    def patch(resid, hook):
+        resid = resid.clone()
+        resid[1] = resid[0]
+        return resid
+
+    with torch.no_grad(), tiny_model.hooks(fwd=[("vision.blocks.0.hook_resid_pre", patch)]):
+        emb = tiny_model.encode_image(x["pixel_values"])
+    torch.testing.assert_close(emb[0], emb[1])
+
+
+def test_no_hook_survives_an_exception(tiny_model):
+    seen = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with tiny_model.hooks(fwd=[("vision.blocks.*.attn.hook_pattern", lambda t, h: seen.append(h.name))],
+                              bwd=[("text.hook_pooled", lambda g, h: None)]):
+            raise RuntimeError("boom")
+    assert all(not tiny_model.hook_point(n).active for n in tiny_model.hook_names())
+    with torch.no_grad():
+        tiny_model(**inputs())
+    assert seen == []
+
+
+def test_unknown_hook_name_is_a_clear_error(tiny_model):
+    with pytest.raises(KeyError, match="hook_names"):
+        with tiny_model.hooks(fwd=[("vision.blocks.9.attn.hook_pattern", lambda t, h: None)]):
+            pass
+
+
+def test_cached_gradients_equal_autograd(tiny_model):
+    x = inputs()
+    names = ["vision.blocks.0.attn.hook_pattern", "vision.blocks.1.attn.hook_pattern",
+             "text.blocks.1.attn.hook_pattern", "vision.blocks.1.hook_resid_post", "text.hook_pooled"]
+
+    def objective(out):
+        return out.logits_per_image[1, 2]
+
+    _, cache = tiny_model.run_with_cache(**x, names=names, objective=objective)
+
+    # the reference: keep the activations by hand and differentiate with torch.autograd.grad
+    kept = {}
+
+    def keep(t, hook):
+        t = t if t.requires_grad else t.detach().requires_grad_(True)
+        kept[hook.name] = t
+        return t
+
+    with tiny_model.hooks(fwd=[(n, keep) for n in names]):
+        out = tiny_model(**x)
+    grads = torch.autograd.grad(objective(out), [kept[n] for n in names])
+    for name, g in zip(names, grads):
+        torch.testing.assert_close(cache.grad(name), g, atol=1e-6, rtol=0)
+        torch.testing.assert_close(cache[name], kept[name].detach())
+        assert not cache[name].requires_grad
+
+
+def test_gradients_inside_no_grad_and_frozen_weights(tiny_model):
+    for p in tiny_model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(**inputs(), names="*.attn.hook_pattern",
+                                             objective=lambda out: out.logits_per_image.sum())
+    assert cache.grad("vision.blocks.0.attn.hook_pattern").abs().sum() > 0
+    assert cache.grad("text.blocks.1.attn.hook_pattern").abs().sum() > 0
+    assert not any(p.requires_grad for p in tiny_model.parameters())
+
+
+def test_objective_must_be_scalar(tiny_model):
+    with pytest.raises(ValueError, match="scalar"):
+        tiny_model.run_with_cache(**inputs(), names="text.hook_pooled", objective=lambda out: out.logits_per_image)
+
+
+def test_backward_hook_can_scale_gradients(tiny_model):
+    x = dict(inputs())
+    x["pixel_values"].requires_grad_(True)
+    out = tiny_model(**x)
+    (g_plain,) = torch.autograd.grad(out.logits_per_image.sum(), x["pixel_values"])
+    with tiny_model.hooks(bwd=[("vision.hook_pooled", lambda g, hook: g * 2)]):
+        out = tiny_model(**x)
+        (g_doubled,) = torch.autograd.grad(out.logits_per_image.sum(), x["pixel_values"])
+    torch.testing.assert_close(g_doubled, 2 * g_plain)
+
+
+# --- attention backends ----------------------------------------------------------------------------
+
+def test_eager_and_sdpa_agree_switching_back_and_forth(tiny_model):
+    x = inputs()
+    results = []
+    with torch.no_grad():
+        for backend in ("eager", "sdpa", "eager", "sdpa"):
+            tiny_model.set_attention(backend)
+            assert tiny_model.attention_backend == backend
+            results.append(tiny_model(**x))
+    for r in results[1:]:
+        torch.testing.assert_close(r.logits_per_image, results[0].logits_per_image, atol=1e-5, rtol=0)
+        torch.testing.assert_close(r.vision_model_output.last_hidden_state,
+                                   results[0].vision_model_output.last_hidden_state, atol=1e-5, rtol=0)
+
+
+def test_attention_context_restores_each_layer(tiny_model):
+    tiny_model.set_attention("sdpa")
+    tiny_model.vision.blocks[0].attn.backend = "eager"
+    with tiny_model.attention("eager"):
+        assert tiny_model.attention_backend == "eager"
+    assert tiny_model.attention_backend == "mixed"
+    assert tiny_model.vision.blocks[0].attn.backend == "eager" and tiny_model.text.blocks[0].attn.backend == "sdpa"
+
+
+def test_patterns_are_recorded_under_sdpa(tiny_model):
+    """Hooking scores or patterns makes those layers run eagerly for that call."""
+    x = inputs()
+    with tiny_model.attention("eager"):
+        _, eager = tiny_model.run_with_cache(**x, names="*.hook_pattern")
+    tiny_model.set_attention("sdpa")
+    _, fused = tiny_model.run_with_cache(**x, names="*.hook_pattern")
+    assert set(fused) == set(eager) and len(fused) == 4
+    for name in eager:
+        torch.testing.assert_close(fused[name], eager[name], atol=1e-6, rtol=0)
+    assert tiny_model.attention_backend == "sdpa"
+
+
+def test_flash_on_cpu_is_a_clear_error(tiny_checkpoint, tiny_model):
+    with pytest.raises(RuntimeError, match="CUDA"):
+        tiny_model.set_attention("flash")
+    assert tiny_model.attention_backend == "eager"  # nothing half-switched
+    with pytest.raises(RuntimeError, match="CUDA"):
+        clipx.load(tiny_checkpoint[0], attention="flash")
+    with pytest.raises(ValueError, match="eager, sdpa, flash"):
+        tiny_model.set_attention("fast")

@@ -1,0 +1,249 @@
+"""clipx against transformers.CLIPModel on the same random weights, loaded from disk."""
+
+import pytest
+import torch
+import transformers
+
+import clipx
+from conftest import make_checkpoint, randomise, save_hf, texts_to_ids
+
+
+def hf_run(hf, pixel_values, ids, mask, **kwargs):
+    with torch.no_grad():
+        return hf(pixel_values=pixel_values, input_ids=ids, attention_mask=mask, **kwargs)
+
+
+def pixels(n=2, size=32, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_logits_match_transformers(tiny_checkpoint, backend):
+    folder, hf = tiny_checkpoint
+    model = clipx.load(folder, attention=backend)
+    px, (ids, mask) = pixels(), texts_to_ids()
+    ref = hf_run(hf, px, ids, mask)
+    with torch.no_grad():
+        out = model(pixel_values=px, input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(out.logits_per_image, ref.logits_per_image, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.logits_per_text, ref.logits_per_text, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.image_embeds, ref.image_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.text_embeds, ref.text_embeds, atol=1e-5, rtol=0)
+    with torch.no_grad():  # transformers 5 returns the projected features as pooler_output
+        torch.testing.assert_close(model.encode_image(px), hf.get_image_features(pixel_values=px).pooler_output,
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.encode_text(ids, mask),
+                                   hf.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+                                   atol=1e-5, rtol=0)
+
+
+def test_hidden_states_and_attentions_match(tiny_checkpoint):
+    folder, hf = tiny_checkpoint
+    model = clipx.load(folder, attention="sdpa")  # output_attentions must still give patterns
+    px, (ids, mask) = pixels(), texts_to_ids()
+    ref = hf_run(hf, px, ids, mask, output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        out = model(pixel_values=px, input_ids=ids, attention_mask=mask,
+                    output_hidden_states=True, output_attentions=True)
+    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
+                         (out.text_model_output, ref.text_model_output)):
+        assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
+        for a, b in zip(ours.hidden_states, theirs.hidden_states):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        assert len(ours.attentions) == len(theirs.attentions) == 2
+        for a, b in zip(ours.attentions, theirs.attentions):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.last_hidden_state, theirs.last_hidden_state, atol=1e-5, rtol=0)
+        # transformers 5's CLIPModel puts the projected features in the towers' pooler_output
+        torch.testing.assert_close(ours.embeds, theirs.pooler_output, atol=1e-5, rtol=0)
+
+
+def test_padding_does_not_change_pooled_text(tiny_model):
+    """A caption alone and the same caption padded inside a batch give the same embedding."""
+    ids, mask = texts_to_ids(3, lengths=(5, 9, 7))
+    for backend in ("eager", "sdpa"):
+        with tiny_model.attention(backend), torch.no_grad():
+            batch = tiny_model.encode_text(ids, mask)
+            alone = tiny_model.encode_text(ids[:1, :5], mask[:1, :5])
+        torch.testing.assert_close(batch[:1], alone, atol=1e-5, rtol=0)
+
+
+def test_left_padding_uses_the_mask(tiny_checkpoint):
+    """Left padding cannot drop the mask: sdpa must then pass it, and still match HF."""
+    folder, hf = tiny_checkpoint
+    model = clipx.load(folder)
+    ids, mask = texts_to_ids(2, lengths=(5, 9))
+    ids, mask = ids.flip(1), mask.flip(1)  # pads first, text reversed: still a valid mask test
+    ids[0, 4:] = torch.tensor([49406, 400, 500, 600, 49407])
+    with torch.no_grad():
+        ref = hf.text_model(input_ids=ids, attention_mask=mask)
+        for backend in ("eager", "sdpa"):
+            with model.attention(backend):
+                out = model.text(ids, mask)
+            keep = mask.bool()
+            torch.testing.assert_close(out.last_hidden_state[keep], ref.last_hidden_state[keep], atol=1e-5, rtol=0)
+
+
+def test_openai_eos_id_pools_at_argmax(tmp_path):
+    hf = make_checkpoint(tmp_path, seed=3, eos_token_id=2)
+    model = clipx.load(tmp_path)
+    ids, mask = texts_to_ids(3)
+    ids[:, -1] = 0  # OpenAI pads with 0: argmax still finds EOS, the first-EOS rule would not matter
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(ids, mask),
+                                   hf.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+                                   atol=1e-5, rtol=0)
+
+
+def test_interpolated_positions_match(tiny_checkpoint):
+    folder, hf = tiny_checkpoint
+    model = clipx.load(folder)
+    px = pixels(2, size=48)
+    with torch.no_grad():
+        ref = hf.vision_model(pixel_values=px, interpolate_pos_encoding=True)
+        out = model.vision(px, interpolate_pos_encoding=True)
+    assert out.last_hidden_state.shape[1] == 1 + 6 * 6
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        model.encode_image(px)
+
+
+@pytest.mark.parametrize("cls,tower", [(transformers.CLIPVisionModelWithProjection, "vision"),
+                                       (transformers.CLIPVisionModel, "vision"),
+                                       (transformers.CLIPTextModelWithProjection, "text"),
+                                       (transformers.CLIPTextModel, "text")])
+def test_tower_only_checkpoints(tmp_path, cls, tower):
+    config = getattr(make_checkpoint(tmp_path / "full").config, f"{tower}_config")
+    torch.manual_seed(0)
+    hf = randomise(cls(config).eval())
+    save_hf(hf, tmp_path / "tower")
+    model = clipx.load(tmp_path / "tower")
+    assert (model.vision is None) == (tower == "text") and (model.text is None) == (tower == "vision")
+    with torch.no_grad():
+        if tower == "vision":
+            px = pixels()
+            ref = hf(pixel_values=px)
+            ours = model.encode_image(px)
+        else:
+            ids, mask = texts_to_ids()
+            ref = hf(input_ids=ids, attention_mask=mask)
+            ours = model.encode_text(ids, mask)
+    expected = ref.image_embeds if hasattr(ref, "image_embeds") else (
+        ref.text_embeds if hasattr(ref, "text_embeds") else ref.pooler_output)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    other = "text" if tower == "vision" else "vision"
+    with pytest.raises(ValueError, match=f"no {other} tower"):
+        model.encode_text(*texts_to_ids()) if other == "text" else model.encode_image(pixels())
+    # and it saves back into a folder transformers reads as the same class
+    model.save_pretrained(tmp_path / "again")
+    again = cls.from_pretrained(tmp_path / "again").eval()
+    for k, v in hf.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+
+
+def hf_to_openai(state: dict) -> dict:
+    """The published OpenAI <-> Hugging Face key mapping, written out independently of clipx."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith("position_ids"):
+            continue
+        tower = "visual." if k.startswith("vision_model.") else ""
+        k2 = k.replace("vision_model.", "").replace("text_model.", "")
+        if k2.startswith("encoder.layers."):
+            i, rest = k2[len("encoder.layers."):].split(".", 1)
+            base = f"{tower}transformer.resblocks.{i}."
+            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                kind = rest.split(".")[2]
+                if rest.startswith("self_attn.q_proj"):
+                    qkv = [state[k.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")]
+                    out[base + f"attn.in_proj_{kind}"] = torch.cat(qkv, 0)
+                continue
+            rest = (rest.replace("self_attn.out_proj", "attn.out_proj").replace("layer_norm1", "ln_1")
+                    .replace("layer_norm2", "ln_2").replace("mlp.fc1", "mlp.c_fc").replace("mlp.fc2", "mlp.c_proj"))
+            out[base + rest] = v
+            continue
+        simple = {
+            "embeddings.patch_embedding.weight": "visual.conv1.weight",
+            "embeddings.class_embedding": "visual.class_embedding",
+            "pre_layrnorm.weight": "visual.ln_pre.weight", "pre_layrnorm.bias": "visual.ln_pre.bias",
+            "post_layernorm.weight": "visual.ln_post.weight", "post_layernorm.bias": "visual.ln_post.bias",
+            "embeddings.token_embedding.weight": "token_embedding.weight",
+            "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias",
+            "logit_scale": "logit_scale",
+        }
+        if k2 == "embeddings.position_embedding.weight":
+            out[tower + "positional_embedding"] = v
+        elif k2 == "visual_projection.weight":
+            out["visual.proj"] = v.T
+        elif k2 == "text_projection.weight":
+            out["text_projection"] = v.T
+        else:
+            out[simple[k2]] = v
+    return out
+
+
+WIDE_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                 max_position_embeddings=77, vocab_size=49408)
+WIDE_VISION = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
+                   image_size=32, patch_size=8)
+
+
+def test_openai_state_dict_gives_same_logits(tmp_path):
+    """A state dict in OpenAI's layout, without any config: the architecture is read off the shapes
+    (heads = width / 64, as OpenAI's build_model does) and the default CLIP BPE is attached."""
+    hf = make_checkpoint(tmp_path / "hf", seed=5, text=WIDE_TEXT, vision=WIDE_VISION, eos_token_id=2)
+    state = hf_to_openai(hf.state_dict())
+    torch.save(state, tmp_path / "ViT-tiny.pt")
+    model = clipx.load(tmp_path / "ViT-tiny.pt")
+    assert model.config.vision_config.num_hidden_layers == 3
+    px = pixels()
+    ids = model.tokenize(["a photo of a cat", "a diagram", "two dogs on a sofa"])
+    ref = hf_run(hf, px, ids.input_ids, ids.attention_mask)
+    with torch.no_grad():
+        out = model(pixel_values=px, input_ids=ids.input_ids, attention_mask=ids.attention_mask)
+    torch.testing.assert_close(out.logits_per_image, ref.logits_per_image, atol=1e-4, rtol=0)
+
+
+def test_save_pretrained_round_trip_loads_in_transformers(tiny_model, tiny_checkpoint, tmp_path):
+    _, hf = tiny_checkpoint
+    tiny_model.save_pretrained(tmp_path)
+    again = transformers.CLIPModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    for k, v in hf.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    px, (ids, mask) = pixels(), texts_to_ids()
+    torch.testing.assert_close(hf_run(again, px, ids, mask).logits_per_image,
+                               hf_run(hf, px, ids, mask).logits_per_image, atol=1e-6, rtol=0)
+    tok = transformers.CLIPTokenizerFast.from_pretrained(tmp_path)
+    assert tok("a photo of a cat").input_ids == tiny_model.tokenize("a photo of a cat").input_ids[0].tolist()
+    clipx_again = clipx.load(tmp_path)
+    for (k, v), (k2, v2) in zip(tiny_model.state_dict().items(), clipx_again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+# --- real ViT-B shapes (slow) --------------------------------------------------------------------
+
+VIT_B_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+                  max_position_embeddings=77, vocab_size=49408)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("patch", [32, 16])
+def test_vit_b_parity(tmp_path, patch):
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  image_size=224, patch_size=patch)
+    hf = make_checkpoint(tmp_path, seed=patch, text=VIT_B_TEXT, vision=vision, projection_dim=512,
+                         eos_token_id=2)
+    px = pixels(2, size=224)
+    captions = ["a photo of a cat", "a very long caption " * 3, "x"]
+    for backend in ("eager", "sdpa"):
+        model = clipx.load(tmp_path, attention=backend)
+        tok = model.tokenize(captions)
+        ref = hf_run(hf, px, tok.input_ids, tok.attention_mask, output_hidden_states=True, output_attentions=True)
+        with torch.no_grad():
+            out = model(pixel_values=px, input_ids=tok.input_ids, attention_mask=tok.attention_mask,
+                        output_hidden_states=True, output_attentions=True)
+        torch.testing.assert_close(out.logits_per_image, ref.logits_per_image, atol=1e-4, rtol=0)
+        for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
+                             (out.text_model_output, ref.text_model_output)):
+            for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
