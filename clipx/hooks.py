@@ -95,6 +95,8 @@ class HookedModule(nn.Module):
     def _resolve(self, names: NameFilter) -> list[HookPoint]:
         if isinstance(names, str) and not any(c in names for c in "*?["):
             return [self.hook_point(names)]
+        if isinstance(names, (list, tuple)) and not names:
+            return []
         match = _matcher(names)
         points = [p for n, p in self._hook_points.items() if match(n)]
         if not points:

@@ -1,0 +1,97 @@
+"""Every explanation method on random ViT-B/32 weights, CPU, 8 images x 8 captions.
+
+    python benchmarks/explain.py [--images 8 --texts 8 --repeats 3]
+
+Prints seconds per call, per pair and the peak memory each call adds; then batched `relevance`
+against one call per pair, and against one plain forward + backward of the same batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+import clipx
+from clipx.assets import CLIP_BPE_DIR
+from common import VIT_B_32, captions, random_checkpoint, time_alternately
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def peak_memory(fn) -> int:
+    """The largest resident-memory rise while fn runs, sampled every millisecond."""
+    start, peak, running = rss_bytes(), [0], [True]
+
+    def sample():
+        while running[0]:
+            peak[0] = max(peak[0], rss_bytes() - start)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        fn()
+    finally:
+        running[0] = False
+        thread.join()
+    return peak[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--texts", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    folder = Path(tempfile.mkdtemp()) / "vit-b-32"
+    random_checkpoint(folder, VIT_B_32)
+    transformers.CLIPTokenizerFast.from_pretrained(CLIP_BPE_DIR).save_pretrained(folder)
+    model = clipx.load(folder)
+    px = torch.randn(args.images, 3, 224, 224)
+    texts = captions(args.texts)
+    pairs = args.images * args.texts
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, ViT-B/32 random weights, "
+          f"{args.images} images x {args.texts} captions, median of {args.repeats}\n")
+    print("| method | s / call | ms / pair | peak memory added (MB) |")
+    print("|---|---:|---:|---:|")
+    for method in clipx.methods():
+        options = {"n_steps": 8} if method == "integrated_gradients" else {}
+        run = lambda: clipx.explain(model, px, texts, method=method, **options)  # noqa: E731
+        seconds = time_alternately({method: run}, args.repeats)[method]
+        memory = peak_memory(run) / 2 ** 20
+        label = method + (" (n_steps=8)" if options else "")
+        print(f"| {label} | {seconds:.3f} | {1000 * seconds / pairs:.1f} | {memory:.0f} |", flush=True)
+
+    tok = model.tokenize(texts)
+
+    def per_pair():
+        for i in range(args.images):
+            for text in texts:
+                clipx.explain(model, px[i:i + 1], [text], method="relevance")
+
+    def forward_backward():
+        out = model(pixel_values=px, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+        out.logits_per_image.sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    for start in (-1, 0):
+        t = time_alternately({"batched": lambda: clipx.explain(model, px, texts, method="relevance",
+                                                                start_layer=start, start_layer_text=start),
+                              "per pair": per_pair, "forward+backward": forward_backward}, args.repeats)
+        print(f"\nrelevance start_layer={start}: batched {t['batched']:.3f} s, {pairs} single-pair calls "
+              f"{t['per pair']:.3f} s ({t['per pair'] / t['batched']:.1f}x faster batched); one plain forward + "
+              f"backward {t['forward+backward']:.3f} s (batched relevance = {t['batched'] / t['forward+backward']:.2f}x it)")
+
+
+if __name__ == "__main__":
+    main()

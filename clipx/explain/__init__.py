@@ -1,0 +1,7 @@
+"""Explanation methods for CLIP, one file per family, all behind `explain(model, images, texts, method=...)`."""
+
+from . import attention, gradcam, integrated_gradients, legrad, relevance, rollout, similarity  # noqa: F401  (each registers its methods)
+from .explanation import Explanation
+from .registry import Maps, explain, method_options, methods, register
+
+__all__ = ["Explanation", "Maps", "explain", "method_options", "methods", "register"]

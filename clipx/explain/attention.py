@@ -1,0 +1,33 @@
+"""Raw attention: what the pooled token looks at in one layer.
+
+The class token's attention row over the patches (image) and the EOS token's row over the
+caption's tokens (text), averaged over heads or for one head. It reads no gradient, so it is
+the same for every caption (image map) and every image (text map).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .core import Inputs, eos_rows
+from .registry import Maps, register
+
+
+@register("attention")
+def attention(x: Inputs, layer: int = -1, head: int | None = None) -> Maps:
+    v_layer, t_layer = x.layers("vision", layer)[0], x.layers("text", layer)[0]
+    names = [f"vision.blocks.{v_layer}.attn.hook_pattern", f"text.blocks.{t_layer}.attn.hook_pattern"]
+    with torch.no_grad():
+        out, cache = x.run(names)
+    vision, text = (cache[n] for n in names)  # [B or T, heads, L, L]
+    n_heads = vision.shape[1], text.shape[1]
+    if head is not None:
+        if not all(-n <= head < n for n in n_heads):
+            raise ValueError(f"head {head} is out of range: the towers have {n_heads[0]} and {n_heads[1]} heads")
+        vision, text = vision[:, head], text[:, head]
+    else:
+        vision, text = vision.mean(1), text.mean(1)
+    n_images, n_texts = out.logits_per_image.shape
+    image = x.patch_grid(vision[:, 0, 1:])[:, None].expand(-1, n_texts, -1, -1)
+    text_map = eos_rows(text, x.eos_positions)[None].expand(n_images, -1, -1)
+    return Maps(out.logits_per_image, image.contiguous(), text_map.contiguous())

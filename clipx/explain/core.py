@@ -1,0 +1,95 @@
+"""What every explanation method shares: the prepared inputs, one recorded forward for the
+whole batch, and the batched backward passes that give per-pair gradients.
+
+Per-pair gradients without a forward per pair: logit[i, j] depends on image i only through
+image i's activations and on caption j only through caption j's. So one backward of
+`logits[:, j].sum()` gives, for every image i at once, the gradient of logit[i, j] with respect
+to image i's activations; and one backward of `logits[i, :].sum()` gives every caption's
+text-side gradient for image i. A batch of B images x T captions costs T + B backward passes
+over one retained graph, each only as deep as the activations asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..hooks import Cache
+from ..model import CLIP, CLIPOutput
+
+
+@dataclass
+class Inputs:
+    model: CLIP
+    pixel_values: torch.Tensor         # [B, 3, H, W]
+    input_ids: torch.Tensor            # [T, L]
+    attention_mask: torch.Tensor       # [T, L]
+    texts: list[str]
+    crop_boxes: list[tuple[float, float, float, float]] | None = None  # per image, in original pixels
+    image_sizes: list[tuple[int, int]] | None = None                  # per image (width, height)
+    interpolate_pos_encoding: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        patch = self.model.vision.config.patch_size
+        return self.pixel_values.shape[-2] // patch, self.pixel_values.shape[-1] // patch
+
+    @property
+    def eos_positions(self) -> torch.Tensor:
+        return self.model.text.eos_positions(self.input_ids)
+
+    def layers(self, tower: str, start_layer: int) -> range:
+        """Block indices from `start_layer` (negative counts from the end: -1 = last) to the last."""
+        n = len(getattr(self.model, tower).blocks)
+        start = start_layer + n if start_layer < 0 else start_layer
+        if not 0 <= start < n:
+            raise ValueError(f"start_layer {start_layer} is outside the {tower} tower's {n} blocks "
+                             f"(use 0..{n - 1}, or -1..-{n} from the end)")
+        return range(start, n)
+
+    def run(self, names: Sequence[str] = (), requires_grad: bool = False) -> tuple[CLIPOutput, Cache]:
+        """One forward of all images and all captions, recording `names`."""
+        with torch.set_grad_enabled(requires_grad), self.model.recording(list(names), requires_grad) as cache:
+            out = self.model(pixel_values=self.pixel_values, input_ids=self.input_ids,
+                             attention_mask=self.attention_mask,
+                             interpolate_pos_encoding=self.interpolate_pos_encoding)
+        return out, cache
+
+    def patch_grid(self, per_patch: torch.Tensor) -> torch.Tensor:
+        """[..., n_patches] -> [..., grid_h, grid_w]"""
+        return per_patch.reshape(*per_patch.shape[:-1], *self.grid)
+
+
+def _grads(target: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(target, tensors, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+
+
+def per_caption(logits: torch.Tensor, tensors: list[torch.Tensor],
+                reduce: Callable[[list[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+    """For image-side `tensors` (batch dim = images): `reduce(grads)` for every caption j, where
+    grads[k][i] = d logits[i, j] / d tensors[k][i]. Returns [n_images, n_texts, ...]."""
+    return torch.stack([reduce(_grads(logits[:, j].sum(), tensors)).detach()
+                        for j in range(logits.shape[1])], dim=1)
+
+
+def per_image(logits: torch.Tensor, tensors: list[torch.Tensor],
+              reduce: Callable[[list[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+    """For text-side `tensors` (batch dim = captions): `reduce(grads)` for every image i, where
+    grads[k][j] = d logits[i, j] / d tensors[k][j]. Returns [n_images, n_texts, ...]."""
+    return torch.stack([reduce(_grads(logits[i, :].sum(), tensors)).detach()
+                        for i in range(logits.shape[0])], dim=0)
+
+
+def pattern_names(tower: str, layers: range) -> list[str]:
+    return [f"{tower}.blocks.{i}.attn.hook_pattern" for i in layers]
+
+
+def eos_rows(matrix: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """[..., T, L, L] relevance or attention matrices -> the EOS query row of each caption, [..., T, L]."""
+    index = eos.view(*([1] * (matrix.dim() - 3)), -1, 1, 1).expand(*matrix.shape[:-3], -1, 1, matrix.shape[-1])
+    return matrix.gather(-2, index).squeeze(-2)

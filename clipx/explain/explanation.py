@@ -1,0 +1,112 @@
+"""`Explanation`: the maps one `clipx.explain` call produced, with what is needed to show them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+_TENSORS = ("image", "text", "scores", "images", "token_maps")
+
+
+@dataclass
+class Explanation:
+    """Maps for every image x caption pair.
+
+    image:  [n_images, n_texts, grid_h, grid_w] relevance on the patch grid, or None
+    text:   [n_images, n_texts, L] relevance over the positions of input_ids, or None
+    scores: [n_images, n_texts] the logits (logits_per_image) that were explained
+    tokens: per caption, its display tokens (no padding), position k matching text[..., k]
+    token_maps: [n_images, n_texts, L, grid_h, grid_w] per-token maps (methods that have them), or None
+    """
+
+    image: torch.Tensor | None
+    text: torch.Tensor | None
+    scores: torch.Tensor
+    tokens: list[list[str]]
+    texts: list[str]
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    images: torch.Tensor | None = None  # the preprocessed images as uint8 [n_images, H, W, 3], for display
+    token_maps: torch.Tensor | None = None
+    crop_boxes: list[tuple[float, float, float, float]] | None = None  # where each crop sits in its original
+    image_sizes: list[tuple[int, int]] | None = None                  # original (width, height)
+
+    @property
+    def n_images(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def n_texts(self) -> int:
+        return self.scores.shape[1]
+
+    def pixel_maps(self, size: tuple[int, int] | None = None, original: bool = False):
+        """The image maps upsampled (bilinear) to pixels.
+
+        size=None: the preprocessed image's size -> [n_images, n_texts, H, W].
+        original=True: onto each original image, through the centre crop the processor took;
+        pixels outside the crop get 0 -> a list (one [n_texts, height, width] tensor per image).
+        """
+        if self.image is None:
+            raise ValueError(f"the {self.method!r} method gives no image maps")
+        if not original:
+            size = size or tuple(self.images.shape[1:3])
+            return F.interpolate(self.image.float(), size=size, mode="bilinear", align_corners=False)
+        if self.crop_boxes is None or self.image_sizes is None:
+            raise ValueError("the original images are unknown: explain() was given preprocessed pixel_values")
+        maps = []
+        for i, ((left, top, right, bottom), (width, height)) in enumerate(zip(self.crop_boxes, self.image_sizes)):
+            x0, y0 = max(int(round(left)), 0), max(int(round(top)), 0)
+            x1, y1 = min(int(round(right)), width), min(int(round(bottom)), height)
+            inside = F.interpolate(self.image[i:i + 1].float(), size=(round(bottom - top), round(right - left)),
+                                   mode="bilinear", align_corners=False)[0]
+            canvas = torch.zeros(self.n_texts, height, width)
+            ox, oy = x0 - int(round(left)), y0 - int(round(top))
+            canvas[:, y0:y1, x0:x1] = inside[:, oy:oy + y1 - y0, ox:ox + x1 - x0]
+            maps.append(canvas)
+        return maps
+
+    # --- rendering (matplotlib) -------------------------------------------------------------------
+    def figure(self, **kwargs: Any):
+        """A matplotlib Figure: one overlay per image x caption pair, tokens coloured beneath."""
+        from ..views.figures import explanation_figure
+
+        return explanation_figure(self, **kwargs)
+
+    def show(self, **kwargs: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        self.figure(**kwargs)
+        plt.show()
+
+    # --- save / load ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """One .safetensors file: the tensors, and the rest as JSON in its metadata."""
+        tensors = {k: getattr(self, k).detach().contiguous().cpu() for k in _TENSORS if getattr(self, k) is not None}
+        meta = {k: getattr(self, k) for k in ("tokens", "texts", "method", "options", "crop_boxes", "image_sizes")}
+        save_file(tensors, str(path), metadata={"clipx_explanation": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Explanation":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get("clipx_explanation")
+        if raw is None:
+            raise ValueError(f"{path} is not a saved clipx Explanation")
+        meta = json.loads(raw)
+        for key in ("crop_boxes", "image_sizes"):
+            if meta[key] is not None:
+                meta[key] = [tuple(v) for v in meta[key]]
+        tensors = load_file(str(path))
+        return cls(**{k: tensors.get(k) for k in _TENSORS}, **meta)
+
+    def __repr__(self) -> str:
+        maps = ", ".join(f"{k}={list(v.shape)}" for k in ("image", "text", "token_maps")
+                         if (v := getattr(self, k)) is not None)
+        return f"Explanation(method={self.method!r}, {self.n_images} images x {self.n_texts} texts, {maps})"

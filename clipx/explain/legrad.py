@@ -1,0 +1,34 @@
+"""LeGrad (Bousselham et al., "LeGrad: An Explainability Method for Vision Transformers via
+Feature Formation Sensitivity", 2024), as in WalBouss/LeGrad's CLIP wrapper.
+
+For each layer l from `start_layer` on: the mean of layer l's output tokens through ln_post and
+the visual projection, its cosine with the caption embedding s_l; the ReLU of ds_l / dA_l
+(A_l that layer's attention pattern), averaged over heads and query rows, class-token key
+dropped. The maps of the layers are summed, then min-max normalised per pair. Image only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .core import Inputs, per_caption
+from .registry import Maps, register
+
+
+@register("legrad")
+def legrad(x: Inputs, start_layer: int = -2) -> Maps:
+    layers = x.layers("vision", start_layer)
+    names = [f"vision.blocks.{i}.{h}" for i in layers for h in ("attn.hook_pattern", "hook_resid_post")]
+    out, cache = x.run(names, requires_grad=True)
+    vision = x.model.vision
+    total = 0
+    for i in layers:
+        pattern = cache[f"vision.blocks.{i}.attn.hook_pattern"]
+        tokens = cache[f"vision.blocks.{i}.hook_resid_post"]
+        feature = F.normalize(vision.proj(vision.ln_post(tokens.mean(1))), dim=-1)
+        similarity = feature @ out.text_embeds.T  # [n_images, n_texts]
+        total = total + per_caption(similarity, [pattern], lambda g: g[0].clamp(min=0).mean(1).mean(1)[:, 1:])
+    low = total.amin(-1, keepdim=True)
+    span = (total.amax(-1, keepdim=True) - low).clamp(min=1e-12)
+    return Maps(out.logits_per_image.detach(), x.patch_grid((total - low) / span))

@@ -1,0 +1,132 @@
+"""The method registry and `explain`, the one entry point every method goes through."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..model import CLIP
+from .core import Inputs
+from .explanation import Explanation
+
+
+@dataclass
+class Maps:
+    """What a method returns; `explain` adds the rest of the Explanation."""
+
+    scores: torch.Tensor
+    image: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    token_maps: torch.Tensor | None = None
+
+
+Method = Callable[..., Maps]
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[Method], Method]:
+    def add(fn: Method) -> Method:
+        METHODS[name] = fn
+        return fn
+    return add
+
+
+def methods() -> list[str]:
+    """The names `clipx.explain(..., method=...)` accepts."""
+    return sorted(METHODS)
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """A method's options and their defaults."""
+    return {p.name: p.default for p in list(inspect.signature(_method(name)).parameters.values())[1:]}
+
+
+def _method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; clipx.methods() has: {', '.join(methods())}") from None
+
+
+def explain(model: CLIP, images: Any, texts: str | list[str], method: str = "relevance",
+            **options: Any) -> Explanation:
+    """Explain every image against every caption with one method.
+
+    images: PIL images, paths, arrays, or preprocessed pixel_values [B, 3, H, W] (another size
+    than the model's runs with interpolated positions, for finer grids). texts: captions.
+    Works whatever attention backend the model uses (the layers a method reads run eagerly for
+    this call), inside `torch.no_grad()`, and leaves no hooks or gradients behind.
+    """
+    fn = _method(method)
+    allowed = method_options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; "
+                        f"its options are: {', '.join(f'{k}={v!r}' for k, v in allowed.items()) or 'none'}")
+    with torch.inference_mode(False):  # inputs made here are normal tensors autograd can save
+        inputs = _prepare(model, images, texts)
+        maps = fn(inputs, **options)
+    tok = model.tokenizer
+    tokens = (tok.tokens(inputs.input_ids, inputs.attention_mask) if tok is not None
+              else [[str(i) for i in row[m.bool()].tolist()] for row, m in zip(inputs.input_ids, inputs.attention_mask)])
+    return Explanation(
+        image=maps.image, text=maps.text, scores=maps.scores.detach(), tokens=tokens, texts=inputs.texts,
+        method=method, options={**allowed, **options}, images=_display(model, inputs.pixel_values),
+        token_maps=maps.token_maps, crop_boxes=inputs.crop_boxes, image_sizes=inputs.image_sizes)
+
+
+def _prepare(model: CLIP, images: Any, texts: str | list[str]) -> Inputs:
+    model._tower("vision"), model._tower("text")  # both towers, or a clear error naming the missing one
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts to explain: got an empty list")
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            images = images[None]
+        if images.numel() == 0:
+            raise ValueError("no images to explain: got an empty tensor")
+        sizes = None
+        pixel_values = images.to(*model._device_dtype()).clone()  # a normal copy of what may be an inference tensor
+    else:
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not images:
+            raise ValueError("no images to explain: got an empty list")
+        sizes = [_size(im) for im in images]
+        pixel_values = model.preprocess(images)
+    processor = model.processor
+    crop_boxes = None
+    if sizes is not None and all(s is not None for s in sizes) and processor is not None:
+        crop_boxes = [processor.crop_box(*s) for s in sizes]
+    tok = model.tokenize(texts)
+    size = model.vision.config.image_size
+    return Inputs(model, pixel_values, tok.input_ids, tok.attention_mask, texts,
+                  crop_boxes, sizes if crop_boxes else None,
+                  interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (size, size))
+
+
+def _display(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor | None:
+    if model.processor is None:
+        return None
+    return torch.stack([torch.from_numpy(np.array(im)) for im in model.processor.to_pil(pixel_values.detach().float().cpu())])
+
+
+def _size(image: Any) -> tuple[int, int] | None:
+    """(width, height) of an image as given, for placing maps back onto it."""
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as im:
+                return ImageOps.exif_transpose(im).size  # the processor turns by EXIF too
+        except OSError:
+            return None  # the processor reports the bad file
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return image.shape[1], image.shape[0]
+    return None

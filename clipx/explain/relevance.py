@@ -1,0 +1,41 @@
+"""Gradient-weighted attention relevance (Chefer, Gur & Wolf, "Generic Attention-model
+Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021), as in
+the CLIP notebook of hila-chefer/Transformer-MM-Explainability.
+
+Target: logits_per_image[i, j]. From the start layer on, A_bar = mean over heads of
+relu(dA * A), where dA is the target's gradient with respect to the attention pattern A;
+R starts at the identity and R += A_bar @ R, layer by layer. Image map: R[class token, patches];
+text map: R[EOS, tokens]. start_layer -1 (the notebook's default) reads the last layer only,
+0 reads all.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .core import Inputs, eos_rows, pattern_names, per_caption, per_image
+from .registry import Maps, register
+
+
+def relevance_matrix(patterns: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """[batch, heads, n, n] patterns and their gradients, first layer first -> R [batch, n, n]."""
+    n = patterns[0].shape[-1]
+    r = torch.eye(n, dtype=patterns[0].dtype, device=patterns[0].device).expand(patterns[0].shape[0], n, n)
+    for a, g in zip(patterns, grads):
+        a_bar = (g * a).clamp(min=0).mean(1)
+        r = r + a_bar @ r
+    return r
+
+
+@register("relevance")
+def relevance(x: Inputs, start_layer: int = -1, start_layer_text: int = -1) -> Maps:
+    v_names = pattern_names("vision", x.layers("vision", start_layer))
+    t_names = pattern_names("text", x.layers("text", start_layer_text))
+    out, cache = x.run(v_names + t_names, requires_grad=True)
+    logits = out.logits_per_image
+    v_patterns = [cache[n] for n in v_names]
+    t_patterns = [cache[n] for n in t_names]
+    eos = x.eos_positions
+    image = per_caption(logits, v_patterns, lambda g: relevance_matrix(v_patterns, g)[:, 0, 1:])
+    text = per_image(logits, t_patterns, lambda g: eos_rows(relevance_matrix(t_patterns, g), eos))
+    return Maps(logits.detach(), x.patch_grid(image), text)

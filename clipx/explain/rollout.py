@@ -1,0 +1,39 @@
+"""Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020).
+
+Each layer's head-averaged attention plus the identity (for the residual connection), rows
+renormalised to sum to one; the product of these matrices from `start_layer` to the last layer
+says how much each input token flows into each output token. Image map: the class token's row
+over the patches; text map: the EOS token's row over the tokens. No gradients: the same map
+for every caption (image) and every image (text).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .core import Inputs, eos_rows, pattern_names
+from .registry import Maps, register
+
+
+def rollout_matrix(patterns: list[torch.Tensor]) -> torch.Tensor:
+    """[batch, heads, n, n] per layer, first layer first -> [batch, n, n]."""
+    result = None
+    for pattern in patterns:
+        a = pattern.mean(1) + torch.eye(pattern.shape[-1], dtype=pattern.dtype, device=pattern.device)
+        a = a / a.sum(-1, keepdim=True)
+        result = a if result is None else a @ result
+    return result
+
+
+@register("rollout")
+def rollout(x: Inputs, start_layer: int = 0) -> Maps:
+    v_names = pattern_names("vision", x.layers("vision", start_layer))
+    t_names = pattern_names("text", x.layers("text", start_layer))
+    with torch.no_grad():
+        out, cache = x.run(v_names + t_names)
+    n_images, n_texts = out.logits_per_image.shape
+    vision = rollout_matrix([cache[n] for n in v_names])
+    text = rollout_matrix([cache[n] for n in t_names])
+    image = x.patch_grid(vision[:, 0, 1:])[:, None].expand(-1, n_texts, -1, -1)
+    text_map = eos_rows(text, x.eos_positions)[None].expand(n_images, -1, -1)
+    return Maps(out.logits_per_image, image.contiguous(), text_map.contiguous())

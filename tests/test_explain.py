@@ -1,0 +1,236 @@
+"""clipx.explain: every method's shapes and batching, the recipes against independent
+implementations on transformers' CLIPModel, sanity checks, state and bad input."""
+
+import gc
+import warnings
+
+import pytest
+import torch
+import transformers
+
+import clipx
+from clipx import Explanation
+from conftest import make_checkpoint, save_hf
+
+CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
+
+
+def images(n=3, size=32, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return clipx.load(tiny_checkpoint[0])
+
+
+@pytest.mark.parametrize("method", clipx.methods())
+def test_shapes_finite_and_batched_equals_single_pair(model, method):
+    px = images()
+    exp = clipx.explain(model, px, CAPTIONS, method=method)
+    assert exp.scores.shape == (3, 3) and exp.image.shape == (3, 3, 4, 4)
+    assert torch.isfinite(exp.image).all()
+    length = model.tokenize(CAPTIONS).input_ids.shape[1]
+    if exp.text is not None:
+        assert exp.text.shape == (3, 3, length) and torch.isfinite(exp.text).all()
+    for i, j in [(0, 0), (1, 2), (2, 1)]:
+        single = clipx.explain(model, px[i:i + 1], [CAPTIONS[j]], method=method)
+        torch.testing.assert_close(single.image[0, 0], exp.image[i, j], atol=1e-5, rtol=0)
+        torch.testing.assert_close(single.scores[0, 0], exp.scores[i, j], atol=1e-5, rtol=0)
+        if exp.text is not None:
+            n = single.text.shape[-1]  # the single caption is padded less
+            torch.testing.assert_close(single.text[0, 0], exp.text[i, j, :n], atol=1e-5, rtol=0)
+            assert exp.text[i, j, n:].abs().sum() == 0  # padding gets no relevance
+    assert len(exp.tokens) == 3 and exp.tokens[0][0] == "<|startoftext|>"
+
+
+# --- relevance against an independent implementation on transformers ----------------------------
+
+def chefer_reference(hf, pixel_values, input_ids, attention_mask, start_layer, start_layer_text):
+    """The recipe, one pair at a time, on transformers' eager attentions."""
+    n_images, n_texts = pixel_values.shape[0], input_ids.shape[0]
+    image_maps = torch.zeros(n_images, n_texts, 16)
+    text_maps = torch.zeros(n_images, n_texts, input_ids.shape[1])
+    eos = (input_ids == 49407).int().argmax(-1)
+    for i in range(n_images):
+        for j in range(n_texts):
+            out = hf(pixel_values=pixel_values[i:i + 1], input_ids=input_ids[j:j + 1],
+                     attention_mask=attention_mask[j:j + 1], output_attentions=True)
+            target = out.logits_per_image[0, 0]
+            for attentions, start, maps, row in (
+                    (out.vision_model_output.attentions, start_layer, image_maps, 0),
+                    (out.text_model_output.attentions, start_layer_text, text_maps, int(eos[j]))):
+                n = attentions[0].shape[-1]
+                relevance = torch.eye(n)
+                layers = range(len(attentions))[start:]
+                grads = torch.autograd.grad(target, [attentions[k] for k in layers], retain_graph=True)
+                for k, grad in zip(layers, grads):
+                    cam = (grad * attentions[k]).clamp(min=0).mean(1)[0]
+                    relevance = relevance + cam @ relevance
+                maps[i, j] = relevance[0, 1:] if maps is image_maps else relevance[row]
+    return image_maps, text_maps
+
+
+@pytest.mark.parametrize("start", [-1, 0])
+def test_relevance_equals_the_recipe_on_transformers(tiny_checkpoint, model, start):
+    hf = tiny_checkpoint[1]
+    px = images(2)
+    tok = model.tokenize(CAPTIONS[:2])
+    ref_image, ref_text = chefer_reference(hf, px, tok.input_ids, tok.attention_mask, start, start)
+    exp = clipx.explain(model, px, CAPTIONS[:2], method="relevance", start_layer=start, start_layer_text=start)
+    torch.testing.assert_close(exp.image.flatten(2), ref_image, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(exp.text, ref_text, atol=1e-5, rtol=1e-4)
+
+
+def test_rollout_equals_a_hand_computed_product(tiny_checkpoint, model):
+    hf = tiny_checkpoint[1]
+    px = images(2)
+    tok = model.tokenize(CAPTIONS[:2])
+    with torch.no_grad():
+        out = hf(pixel_values=px, input_ids=tok.input_ids, attention_mask=tok.attention_mask, output_attentions=True)
+
+    def hand(attentions):
+        a1, a2 = (a.mean(1) + torch.eye(a.shape[-1]) for a in attentions)  # the tiny model has 2 layers
+        a1, a2 = a1 / a1.sum(-1, keepdim=True), a2 / a2.sum(-1, keepdim=True)
+        return a2 @ a1
+
+    vision = hand(out.vision_model_output.attentions)
+    text = hand(out.text_model_output.attentions)
+    eos = tok.input_ids.argmax(-1)
+    exp = clipx.explain(model, px, CAPTIONS[:2], method="rollout")
+    for j in range(2):
+        torch.testing.assert_close(exp.image[:, j].flatten(1), vision[:, 0, 1:], atol=1e-6, rtol=0)
+        torch.testing.assert_close(exp.text[:, j], text[j, eos[j]].expand(2, -1), atol=1e-6, rtol=0)
+
+
+def test_attention_per_head_and_layer(tiny_checkpoint, model):
+    hf = tiny_checkpoint[1]
+    px = images(1)
+    with torch.no_grad():
+        attn = hf.vision_model(pixel_values=px, output_attentions=True).attentions
+    exp = clipx.explain(model, px, CAPTIONS[:1], method="attention", layer=0, head=2)
+    torch.testing.assert_close(exp.image[0, 0].flatten(), attn[0][0, 2, 0, 1:], atol=1e-6, rtol=0)
+
+
+def test_similarity_cube_is_consistent(model):
+    exp = clipx.explain(model, images(2), CAPTIONS, method="similarity")
+    assert exp.token_maps.shape == (2, 3, exp.text.shape[-1], 4, 4)
+    assert exp.image.abs().max() <= 1 + 1e-6 and exp.token_maps.abs().max() <= 1 + 1e-6
+    maskclip = clipx.explain(model, images(2), CAPTIONS, method="similarity", variant="maskclip")
+    assert not torch.allclose(maskclip.image, exp.image)
+    torch.testing.assert_close(maskclip.text, exp.text)  # the text side does not change
+
+
+def test_legrad_is_min_max_normalised(model):
+    exp = clipx.explain(model, images(2), CAPTIONS, method="legrad", start_layer=0)
+    flat = exp.image.flatten(2)
+    torch.testing.assert_close(flat.amin(-1), torch.zeros(2, 3))
+    torch.testing.assert_close(flat.amax(-1), torch.ones(2, 3))
+
+
+def test_integrated_gradients_completeness(model):
+    """IG's attributions sum to f(input) - f(baseline) (up to the integration error)."""
+    px = images(1)
+    exp = clipx.explain(model, px, CAPTIONS[:1], method="integrated_gradients", n_steps=128)
+    with torch.no_grad():
+        tok = model.tokenize(CAPTIONS[:1])
+        full = model(pixel_values=px, **tok).logits_per_image[0, 0]
+        blank = model(pixel_values=torch.zeros_like(px), **tok).logits_per_image[0, 0]
+    assert abs(exp.image.sum() - (full - blank)) < 0.02 * max(1.0, abs(full - blank))
+
+
+# --- sanity checks (Adebayo et al. 2018) --------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["relevance", "gradcam", "legrad", "integrated_gradients", "similarity"])
+def test_maps_change_when_the_last_blocks_are_rerandomised(tiny_checkpoint, method):
+    model = clipx.load(tiny_checkpoint[0])
+    px = images(2)
+    before = clipx.explain(model, px, CAPTIONS, method=method).image
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.vision.blocks[-1].parameters():
+            p.copy_(torch.randn_like(p) * p.std().clamp(min=0.05))
+    after = clipx.explain(model, px, CAPTIONS, method=method).image
+    assert (before - after).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["relevance", "gradcam", "legrad", "integrated_gradients", "similarity"])
+def test_two_captions_give_different_maps(model, method):
+    exp = clipx.explain(model, images(1), ["a red circle", "a large green triangle on the left"], method=method)
+    assert (exp.image[0, 0] - exp.image[0, 1]).abs().max() > 1e-4
+
+
+# --- state, leaks, bad input --------------------------------------------------------------------
+
+def test_state_is_left_as_it_was(tiny_checkpoint):
+    model = clipx.load(tiny_checkpoint[0], attention="sdpa")
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.text.blocks[0].attn.q_proj.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    with torch.no_grad():
+        exp = clipx.explain(model, images(2), CAPTIONS, method="relevance", start_layer=0)
+    assert exp.image.abs().sum() > 0
+    assert model.attention_backend == "sdpa"
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    with torch.inference_mode():
+        again = clipx.explain(model, images(2), CAPTIONS, method="relevance", start_layer=0)
+    torch.testing.assert_close(again.image, exp.image)
+
+
+def test_no_leaks_over_200_calls(model):
+    def live_tensors():
+        gc.collect()
+        with warnings.catch_warnings():  # isinstance pokes lazy torch attributes that warn
+            warnings.simplefilter("ignore")
+            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    px = images(1)
+    for method in ("relevance", "gradcam"):
+        clipx.explain(model, px, CAPTIONS[:1], method=method)
+    baseline = live_tensors()
+    for k in range(200):
+        clipx.explain(model, px, CAPTIONS[:1], method=("relevance", "gradcam", "rollout", "similarity")[k % 4])
+    assert live_tensors() <= baseline
+    assert not any(model.hook_point(n).active for n in model.hook_names())
+
+
+def test_bad_input(model, tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'grad-cam'.*gradcam.*relevance"):
+        clipx.explain(model, images(1), CAPTIONS, method="grad-cam")
+    with pytest.raises(TypeError, match="takes no option 'layer'.*start_layer=-1"):
+        clipx.explain(model, images(1), CAPTIONS, method="relevance", layer=3)
+    with pytest.raises(ValueError, match="no texts"):
+        clipx.explain(model, images(1), [])
+    with pytest.raises(ValueError, match="no images"):
+        clipx.explain(model, [], CAPTIONS)
+    with pytest.raises(ValueError, match="start_layer 5 is outside"):
+        clipx.explain(model, images(1), CAPTIONS, method="relevance", start_layer=5)
+    config = make_checkpoint(tmp_path / "full").config.text_config
+    save_hf(transformers.CLIPTextModelWithProjection(config), tmp_path / "text-only")
+    with pytest.raises(ValueError, match="no vision tower"):
+        clipx.explain(clipx.load(tmp_path / "text-only"), images(1), CAPTIONS)
+
+
+def test_finer_grid_through_interpolated_positions(model):
+    exp = clipx.explain(model, images(1, size=48), CAPTIONS[:1], method="relevance")
+    assert exp.image.shape == (1, 1, 6, 6)
+
+
+def test_explanation_round_trip_and_pixel_maps(model, tmp_path):
+    from PIL import Image
+
+    original = Image.new("RGB", (60, 40), (200, 30, 30))
+    exp = clipx.explain(model, [original, original], CAPTIONS[:2], method="relevance")
+    assert exp.pixel_maps().shape == (2, 2, 32, 32)
+    placed = exp.pixel_maps(original=True)
+    assert placed[0].shape == (2, 40, 60)
+    assert placed[0][:, :, :9].abs().sum() == 0  # left of the centre crop (x 10..50 of 60) stays empty
+    exp.save(tmp_path / "exp.safetensors")
+    back = Explanation.load(tmp_path / "exp.safetensors")
+    assert back.method == "relevance" and back.tokens == exp.tokens and back.crop_boxes == exp.crop_boxes
+    for key in ("image", "text", "scores", "images"):
+        assert torch.equal(getattr(back, key), getattr(exp, key))
+    fig = exp.figure()
+    assert len(fig.axes) == 4
