@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from clipx.assets import CLIP_BPE_DIR
+
 VIT_B_32 = dict(
     text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
                      max_position_embeddings=77, vocab_size=49408, eos_token_id=2),
@@ -26,10 +28,11 @@ VIT_L_14 = dict(
 
 
 def random_checkpoint(folder: Path, shapes: dict, seed: int = 0) -> transformers.CLIPModel:
-    """A random-weight transformers CLIPModel saved where clipx.load can read it."""
+    """A random-weight transformers CLIPModel saved where clipx.load can read it, with CLIP's tokenizer."""
     torch.manual_seed(seed)
     model = transformers.CLIPModel(transformers.CLIPConfig(**shapes)).eval()
     model.save_pretrained(folder)
+    transformers.CLIPTokenizerFast.from_pretrained(CLIP_BPE_DIR).save_pretrained(folder)
     return model
 
 

@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 
 import clipx
-from clipx.assets import CLIP_BPE_DIR
 from common import VIT_B_32, captions, random_checkpoint, time_alternately
 
 
@@ -55,7 +53,6 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp()) / "vit-b-32"
     random_checkpoint(folder, VIT_B_32)
-    transformers.CLIPTokenizerFast.from_pretrained(CLIP_BPE_DIR).save_pretrained(folder)
     model = clipx.load(folder)
     px = torch.randn(args.images, 3, 224, 224)
     texts = captions(args.texts)

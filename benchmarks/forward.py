@@ -16,7 +16,6 @@ import torch
 import transformers
 
 import clipx
-from clipx.assets import CLIP_BPE_DIR
 from clipx.hooks import HookPoint
 from common import VIT_B_32, captions, random_checkpoint, time_alternately
 
@@ -30,7 +29,6 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp()) / "vit-b-32"
     random_checkpoint(folder, VIT_B_32)
-    transformers.CLIPTokenizerFast.from_pretrained(CLIP_BPE_DIR).save_pretrained(folder)
     ours = clipx.load(folder)
     hf = {b: transformers.CLIPModel.from_pretrained(folder, attn_implementation=b).eval() for b in ("eager", "sdpa")}
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "

@@ -17,7 +17,6 @@ import torch
 import transformers
 
 import clipx
-from clipx.assets import CLIP_BPE_DIR
 from common import VIT_L_14, captions, random_checkpoint, time_alternately
 
 HF_BACKEND = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
@@ -36,7 +35,6 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp()) / "vit-l-14"
     random_checkpoint(folder, VIT_L_14)
-    transformers.CLIPTokenizerFast.from_pretrained(CLIP_BPE_DIR).save_pretrained(folder)
     ours = clipx.load(folder, device="cuda", dtype=dtype)
     hf = {}
     for backend, name in HF_BACKEND.items():
