@@ -165,6 +165,9 @@ class VisionTower(Tower):
         return TowerOutput(x, pooled, self.project(pooled), hidden_states, attentions)
 
 
+LENGTH_GROUPS = 4  # how many length groups a padded caption batch is split into under fused attention
+
+
 class TextTower(Tower):
     config: TextConfig
 
@@ -182,6 +185,42 @@ class TextTower(Tower):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
+        if not (output_hidden_states or output_attentions) and self._skippable_padding(attention_mask):
+            return self._forward_by_length(input_ids, attention_mask)
+        return self._forward(input_ids, attention_mask, output_hidden_states, output_attentions)
+
+    def _skippable_padding(self, attention_mask: torch.Tensor | None) -> bool:
+        """In inference under a fused backend, with right padding and nothing hooked (ours or
+        torch module hooks, as Captum sets), padding is pure waste: no real token attends to it."""
+        if attention_mask is None or attention_mask.shape[0] < 2 * LENGTH_GROUPS or torch.is_grad_enabled():
+            return False
+        if any(block.attn.backend == "eager" for block in self.blocks):
+            return False
+        if any(m._forward_hooks or m._forward_pre_hooks or (isinstance(m, HookPoint) and m.active)
+               for m in self.modules()):
+            return False
+        return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+    def _forward_by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
+        """Captions sorted by length, run in groups each cut to its own longest caption. Pooled and
+        projected outputs are those of the padded batch; last_hidden_state is zero past the longest
+        caption of each group (padding that was not computed)."""
+        order = attention_mask.sum(1).argsort()
+        last = torch.zeros(*input_ids.shape, self.config.hidden_size, dtype=self.token_embedding.weight.dtype,
+                           device=input_ids.device)
+        pooled = embeds = None
+        for group in order.tensor_split(LENGTH_GROUPS):
+            n = int(attention_mask[group].sum(1).max())
+            out = self._forward(input_ids[group, :n], attention_mask[group, :n], False, False)
+            if pooled is None:
+                pooled = out.pooler_output.new_empty(input_ids.shape[0], out.pooler_output.shape[-1])
+                embeds = out.embeds.new_empty(input_ids.shape[0], out.embeds.shape[-1])
+            last[group, :n] = out.last_hidden_state
+            pooled[group], embeds[group] = out.pooler_output, out.embeds
+        return TowerOutput(last, pooled, embeds)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 output_hidden_states: bool, output_attentions: bool) -> TowerOutput:
         n = input_ids.shape[1]
         x = self.hook_embed(self.token_embedding(input_ids))
         x = x + self.hook_pos_embed(self.position_embedding.weight[None, :n])

@@ -247,3 +247,26 @@ def test_vit_b_parity(tmp_path, patch):
                              (out.text_model_output, ref.text_model_output)):
             for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_backends_skip_padding_with_the_same_results(tiny_checkpoint):
+    """Under sdpa a right-padded batch runs in length groups; pooled outputs stay HF's."""
+    folder, hf = tiny_checkpoint
+    model = clipx.load(folder, attention="sdpa")
+    lengths = (3, 12, 5, 9, 4, 15, 7, 6, 11)
+    ids, mask = texts_to_ids(len(lengths), seed=4, lengths=lengths)
+    with torch.no_grad():
+        ref = hf.text_model(input_ids=ids, attention_mask=mask)
+        grouped = model.text(ids, mask)
+        with model.attention("eager"):
+            padded = model.text(ids, mask)
+        seen = []
+        with model.hooks(fwd=[("text.blocks.0.hook_resid_pre", lambda t, h: seen.append(t.shape))]):
+            model.text(ids, mask)
+    assert seen == [ids.shape + (32,)]  # a hooked tower runs the padded batch as it is
+    torch.testing.assert_close(grouped.pooler_output, padded.pooler_output, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grouped.pooler_output, ref.pooler_output, atol=1e-5, rtol=0)
+    keep = mask.bool()
+    torch.testing.assert_close(grouped.last_hidden_state[keep], ref.last_hidden_state[keep], atol=1e-5, rtol=0)
+    # sorted lengths 3 4 5 | 6 7 | 9 11 | 12 15: the 3-token caption's group stops at 5 positions
+    assert grouped.last_hidden_state[0, 5:].abs().sum() == 0 and grouped.last_hidden_state[0, 3:5].abs().sum() > 0
