@@ -26,6 +26,56 @@ def score(args: argparse.Namespace) -> None:
         print(f"{caption:<{width}}  {logit:8.3f}  {prob:6.3f}")
 
 
+def explain(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .explain import explain as run_explain
+    from .explain import methods
+    from .loading import load
+    from .views.render import overlay
+
+    if args.method not in methods():
+        raise ValueError(f"unknown method {args.method!r}; clipx methods lists: {', '.join(methods())}")
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise FileNotFoundError(f"no such image file: {image_path}")
+    model = load(args.model)
+    exp = run_explain(model, [image_path], args.captions, method=args.method)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with Image.open(image_path) as original:
+        original = original.convert("RGB")
+    maps = exp.pixel_maps(original=True)[0]
+    width = max(len(c) for c in args.captions)
+    print(f"{'caption':<{width}}  {'logit':>8}  overlay")
+    for j, caption in enumerate(args.captions):
+        path = out / f"{j:02d}-{_slug(caption)}.png"
+        overlay(original, maps[j]).save(path)
+        print(f"{caption:<{width}}  {exp.scores[0, j]:8.3f}  {path}")
+
+
+def list_methods(args: argparse.Namespace) -> None:
+    from .explain import method_options, methods
+
+    for name in methods():
+        options = ", ".join(f"{k}={v!r}" for k, v in method_options(name).items())
+        print(f"{name:<22} {options}")
+
+
+def lab(args: argparse.Namespace) -> None:
+    import subprocess
+    from pathlib import Path
+
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    raise SystemExit(subprocess.call([sys.executable, "-m", "jupyterlab", f"--notebook-dir={notebooks}"]))
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())[:40] or "caption"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipx", description="Explainability kit for CLIP.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -35,6 +85,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="a hub id (openai/clip-vit-base-patch32), a folder or a state-dict file")
     s.add_argument("--attention", default="sdpa", choices=["eager", "sdpa", "flash"])
     s.set_defaults(run=score)
+    e = sub.add_parser("explain", help="write one relevance overlay per caption and print the scores")
+    e.add_argument("image", help="an image file")
+    e.add_argument("captions", nargs="+", help="one or more captions")
+    e.add_argument("--model", default="demo", help="demo (shipped), a hub id, a folder or a state-dict file")
+    e.add_argument("--method", default="relevance", help="an explanation method (clipx methods lists them)")
+    e.add_argument("--out", default="clipx-out", help="folder for the overlay PNGs")
+    e.set_defaults(run=explain)
+    sub.add_parser("methods", help="list the explanation methods and their options").set_defaults(run=list_methods)
+    sub.add_parser("lab", help="start JupyterLab in the tutorial notebooks").set_defaults(run=lab)
     return p
 
 

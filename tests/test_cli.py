@@ -25,3 +25,38 @@ def test_bad_input_exits_2_with_a_clear_error(tiny_checkpoint, tmp_path, capsys)
     Image.new("RGB", (8, 8)).save(image)
     assert main(["score", str(image), "a cat", "--model", str(tmp_path / "nowhere")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_explain_writes_one_overlay_per_caption(tiny_checkpoint, tmp_path, capsys):
+    image = tmp_path / "img.png"
+    Image.open("assets/images/circle-and-square.png").save(image)
+    out = tmp_path / "out"
+    assert main(["explain", str(image), "a red circle", "a blue square", "--model", str(tiny_checkpoint[0]),
+                 "--out", str(out)]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["00-a-red-circle.png", "01-a-blue-square.png"]
+    first, second = (Image.open(p) for p in pngs)
+    assert first.size == second.size == (224, 224)  # on the original image
+    assert first.tobytes() != second.tobytes()
+    printed = capsys.readouterr().out
+    assert "a red circle" in printed and str(pngs[0]) in printed
+
+
+def test_explain_bad_input_exits_2(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the unknown hub id must fail at once, not wait on a network
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["explain", str(tmp_path / "nope.png"), "a cat", "--model", str(tiny_checkpoint[0])]) == 2
+    assert "no such image file" in capsys.readouterr().err
+    assert main(["explain", str(image), "a cat", "--model", "no-such-org/no-such-model", "--out", str(tmp_path)],) == 2
+    assert "no-such-org/no-such-model" in capsys.readouterr().err
+    assert main(["explain", str(image), "a cat", "--method", "magic", "--model", str(tiny_checkpoint[0])]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+
+
+def test_methods_lists_every_method(capsys):
+    import clipx
+
+    assert main(["methods"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == clipx.methods()

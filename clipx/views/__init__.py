@@ -1,5 +1,12 @@
-"""Pictures of explanations: matplotlib figures now; overlays and ipywidgets explorers build on them."""
+"""Pictures of explanations: PNG / HTML rendering, matplotlib figures, and ipywidgets explorers
+that re-render cached results as their controls move."""
 
+from .attention import AttentionView
+from .compare import Compare
+from .explorer import Explorer
 from .figures import explanation_figure
+from .render import explanation_grid, grid, heads_grid, mark_patch, matrix, overlay, scores_table, to_png, token_html
+from .token_patch import TokenPatchView
 
-__all__ = ["explanation_figure"]
+__all__ = ["AttentionView", "Compare", "Explorer", "TokenPatchView", "explanation_figure", "explanation_grid",
+           "grid", "heads_grid", "mark_patch", "matrix", "overlay", "scores_table", "to_png", "token_html"]

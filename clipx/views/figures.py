@@ -7,19 +7,12 @@ from typing import TYPE_CHECKING
 
 import matplotlib
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
+
+from .render import SPECIAL, normalise
 
 if TYPE_CHECKING:
     from ..explain.explanation import Explanation
-
-SPECIAL = ("<|startoftext|>", "<|endoftext|>")
-
-
-def normalise(values: torch.Tensor) -> torch.Tensor:
-    """Min-max to [0, 1] (a constant map becomes zeros)."""
-    low, high = values.min(), values.max()
-    return (values - low) / (high - low) if high > low else torch.zeros_like(values)
 
 
 def explanation_figure(exp: "Explanation", cmap: str = "jet", alpha: float = 0.5,
@@ -35,7 +28,7 @@ def explanation_figure(exp: "Explanation", cmap: str = "jet", alpha: float = 0.5
             if exp.images is not None:
                 ax.imshow(exp.images[i].numpy())
             if maps is not None:
-                ax.imshow(normalise(maps[i, j]).numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+                ax.imshow(normalise(maps[i, j]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
             ax.set_title(f"{exp.texts[j]}\nlogit {exp.scores[i, j]:.2f}", fontsize=8)
             if exp.text is not None:
                 ax.set_xlabel(" ", fontsize=10)  # reserves the line the tokens are drawn on
@@ -49,7 +42,7 @@ def draw_tokens(ax, tokens: list[str], values: torch.Tensor, cmap: str) -> None:
     keep = [k for k, t in enumerate(tokens) if t not in SPECIAL]
     if not keep:
         return
-    shade = normalise(values[keep].float())
+    shade = normalise(values[keep])
     colormap = matplotlib.colormaps[cmap]
     previous = None
     for k, s in zip(keep, shade.tolist()):

@@ -1,0 +1,56 @@
+"""What the explorers compute once and then only re-render: explanations per method, and
+every attention pattern of both towers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+
+from ..explain import Explanation, explain
+from ..model import CLIP
+
+Progress = Callable[[str], AbstractContextManager]
+
+
+class Explanations:
+    """Each method's explanations of all images x all captions, computed the first time the
+    method is asked for, in one batched `explain` call; captions added later are computed
+    together, once per method, when next asked for."""
+
+    def __init__(self, model: CLIP, pixel_values: torch.Tensor, texts: list[str], progress: Progress) -> None:
+        self.model, self.pixel_values, self.progress = model, pixel_values, progress
+        self.texts = texts  # the view's own list: captions it adds are seen here
+        self._done: dict[str, dict[str, tuple[Explanation, int]]] = {}
+
+    def get(self, method: str, text: str) -> tuple[Explanation, int]:
+        """The Explanation holding `text`, and the caption's column in it."""
+        done = self._done.setdefault(method, {})
+        missing = [t for t in self.texts if t not in done]
+        if missing:
+            with self.progress(f"computing {method} for {len(self.pixel_values)} images x {len(missing)} captions…"):
+                exp = explain(self.model, self.pixel_values, missing, method=method)
+            done.update({t: (exp, j) for j, t in enumerate(missing)})
+        return done[text]
+
+
+class Patterns:
+    """Every layer's attention pattern in both towers, from one eager forward of all images and captions."""
+
+    def __init__(self, model: CLIP, pixel_values: torch.Tensor, texts: list[str], progress: Progress) -> None:
+        tok = model.tokenize(texts)
+        with progress("recording attention…"), model.attention("eager"), torch.no_grad():  # only eager exposes patterns
+            _, cache = model.run_with_cache(pixel_values=pixel_values, input_ids=tok.input_ids,
+                                            attention_mask=tok.attention_mask, names="*.attn.hook_pattern")
+        self.cache = cache
+        self.lengths = tok.attention_mask.sum(1).tolist()
+        self.tokens = model.tokenizer.tokens(tok.input_ids, tok.attention_mask)
+
+    def get(self, tower: str, layer: int, index: int, head: int | None) -> torch.Tensor:
+        """[L, L] attention of image or caption `index` in one layer: one head, or the mean of all (head=None)."""
+        pattern = self.cache[f"{tower}.blocks.{layer}.attn.hook_pattern"][index]
+        if tower == "text":
+            n = self.lengths[index]
+            pattern = pattern[:, :n, :n]
+        return pattern.mean(0) if head is None else pattern[head]

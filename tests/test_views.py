@@ -1,0 +1,219 @@
+"""Rendering functions and the ipywidgets explorers, headless: controls are set from Python and
+the Image widget's bytes, the HTML panel and the model's forward calls are checked."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import ipywidgets
+import numpy as np
+import pytest
+import torch
+from IPython.core.formatters import DisplayFormatter
+from PIL import Image
+
+import clipx
+from clipx.views import (AttentionView, Compare, Explorer, TokenPatchView, explanation_grid, grid, heads_grid,
+                         matrix, overlay, to_png, token_html)
+
+TEXTS = ["a red circle", "a blue square"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return clipx.load(tiny_checkpoint[0], attention="eager")  # views never change it: one per module
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [Image.fromarray(np.random.RandomState(seed).randint(0, 256, (40, 48, 3), dtype=np.uint8))
+            for seed in range(2)]
+
+
+@pytest.fixture()
+def calls(model, monkeypatch):
+    """How many times model.forward runs (every explain and run_with_cache goes through it)."""
+    count = {"n": 0}
+    forward = model.forward
+
+    def counted(*args, **kwargs):
+        count["n"] += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counted)
+    return count
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size
+
+
+def changes(view, control, value, what="picture") -> bool:
+    """Whether setting `control` to `value` changes the view's picture bytes (or panel HTML)."""
+    before = bytes(view.picture.value) if what == "picture" else view.panel.value
+    control.value = value
+    return (bytes(view.picture.value) if what == "picture" else view.panel.value) != before
+
+
+# --- render --------------------------------------------------------------------------------------
+def test_overlay_takes_any_heatmap_resolution_and_keeps_the_image_size():
+    image = Image.fromarray(np.full((30, 50, 3), 128, np.uint8))
+    for heatmap in (torch.rand(4, 4), np.random.rand(30, 50), torch.rand(7, 3)):
+        out = overlay(image, heatmap)
+        assert out.size == (50, 30) and out.mode == "RGB"
+    assert np.array_equal(np.asarray(overlay(image, torch.rand(4, 4), alpha=0)), np.asarray(image))
+    assert overlay(image.convert("L"), torch.rand(2, 2)).mode == "RGB"
+    assert overlay(np.asarray(image), None).size == (50, 30)
+    blue, red = (np.asarray(overlay(image, torch.tensor([[0.0, 1.0]]), alpha=1))[15, x] for x in (0, 49))
+    assert blue[2] > blue[0] and red[0] > red[2]  # jet: low is blue, high is red
+
+
+def test_overlay_contour_outlines_the_top_region():
+    image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    heatmap = torch.zeros(8, 8)
+    heatmap[2:4, 2:4] = 1
+    plain = np.asarray(overlay(image, heatmap))
+    outlined = np.asarray(overlay(image, heatmap, contour_top=10))
+    edge = (outlined != plain).any(-1)
+    assert edge.any() and (outlined[edge] == 255).all()
+    rows, cols = np.nonzero(edge)
+    assert 8 <= rows.min() and rows.max() < 40 and 8 <= cols.min() and cols.max() < 40  # around the hot square
+    with pytest.raises(ValueError, match="percentage"):
+        overlay(image, heatmap, contour_top=0)
+
+
+def test_overlay_of_a_224_image_is_fast():
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (224, 224, 3), dtype=np.uint8))
+    heatmap = torch.rand(14, 14)
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        to_png(overlay(image, heatmap, contour_top=20))
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.020  # the best of ten: other work on a shared machine only adds time
+
+
+def test_to_png_round_trips():
+    image = Image.fromarray(np.random.RandomState(1).randint(0, 256, (12, 20, 3), dtype=np.uint8))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(to_png(image)))), np.asarray(image))
+
+
+def test_token_html_escapes_includes_every_token_and_dims_bos_eos():
+    tokens = ["<|startoftext|>", "a", "<b>", "&", "<|endoftext|>"]
+    out = token_html(tokens, [9.0, 1.0, 2.0, 3.0, 9.0])
+    assert out.count("<span") == len(tokens)
+    for token in ("&lt;|startoftext|&gt;", ">a<", "&lt;b&gt;", "&amp;", "&lt;|endoftext|&gt;"):
+        assert token in out
+    assert "<b>" not in out
+    assert out.count("color:#999") == 2  # BOS and EOS, unshaded
+    assert 'title="3"' in out  # the value on hover
+    assert token_html(tokens).count("<span") == len(tokens)  # no values: tokens only
+
+
+def test_grids_have_a_cell_per_entry(model, images):
+    cell = Image.new("RGB", (20, 16), "red")
+    out = grid([[cell] * 3] * 2, ["row a", "row b"], ["x", "y", "z"])
+    assert out.width > 3 * 20 and out.height > 2 * 16
+    exps = {m: clipx.explain(model, images, TEXTS, method=m) for m in ("relevance", "rollout")}
+    assert explanation_grid(exps, size=50).width >= 2 * 50 and explanation_grid(exps, size=50).height >= 2 * 50
+    heads = heads_grid(cell, torch.rand(2, 3, 4, 4))
+    assert heads.width > 3 * 20 and heads.height > 2 * 16
+    square = matrix(torch.rand(5, 5), ["<|startoftext|>", "a", "b", "c", "<|endoftext|>"], cell=10)
+    assert square.width == square.height > 50
+
+
+# --- Explorer ------------------------------------------------------------------------------------
+def test_explorer_is_a_widget_and_every_choice_changes_the_picture(model, images):
+    view = Explorer(model, images, TEXTS)
+    assert isinstance(view, ipywidgets.VBox) and isinstance(clipx.views.Explorer, type)
+    assert png_size(view.picture.value) == (224, 224)
+    assert changes(view, view.caption_choice, TEXTS[1])
+    assert changes(view, view.method, "rollout")
+    assert changes(view, view.image_choice, 1)
+    assert changes(view, view.opacity, 0.9)
+    assert "blue square" in view.panel.value and "logit" in view.panel.value
+
+
+def test_display_only_changes_never_run_the_model(model, images, calls):
+    view = Explorer(model, images, TEXTS, method="relevance")
+    view.method.value = "gradcam"
+    calls["n"] = 0
+    for control, value in ((view.opacity, 0.2), (view.caption_choice, TEXTS[1]), (view.image_choice, 1),
+                           (view.method, "relevance"), (view.method, "gradcam")):
+        control.value = value
+    assert calls["n"] == 0
+
+
+def test_typing_a_caption_recomputes_and_shows_progress(model, images, calls):
+    view = Explorer(model, images, TEXTS)
+    seen = []
+    calls["n"] = 0
+    view.status.observe(lambda change: seen.append(change["new"]), "value")
+    assert changes(view, view.new_caption, "  a green triangle ")
+    assert calls["n"] >= 1
+    assert view.caption_choice.value == "a green triangle" and "a green triangle" in view.caption_choice.options
+    assert "triangle" in view.panel.value
+    assert any("computing" in s for s in seen) and view.status.value == ""
+    calls["n"] = 0
+    view.caption_choice.value = TEXTS[0]
+    view.method.value = "rollout"  # a new method: computed once for all three captions
+    view.caption_choice.value = "a green triangle"
+    assert calls["n"] == 1
+
+
+# --- TokenPatchView ------------------------------------------------------------------------------
+def test_token_patch_view(model, images, calls):
+    view = TokenPatchView(model, images, TEXTS)
+    calls["n"] = 0
+    assert [label.split(": ", 1)[1] for label, _ in view.token.options] == \
+        ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]
+    assert changes(view, view.token, 3)
+    assert changes(view, view.row, 0) and changes(view, view.col, 0)
+    assert changes(view, view.row, 3, what="panel")
+    view.caption_choice.value = TEXTS[1]
+    assert "square" in view.token.options[3][0]
+    assert calls["n"] == 0  # all similarity maps came from the first call
+
+
+# --- AttentionView -------------------------------------------------------------------------------
+def test_attention_view_records_once_and_only_rerenders(model, images, calls):
+    view = AttentionView(model, images, TEXTS)
+    assert calls["n"] == 1  # one run_with_cache for every layer of both towers
+    assert changes(view, view.layer, 1)
+    assert changes(view, view.head, 2)
+    assert changes(view, view.source, "patch")
+    assert changes(view, view.col, 0)
+    assert changes(view, view.tower, "text")
+    assert view.caption_choice.layout.display is None and view.image_choice.layout.display == "none"
+    assert changes(view, view.caption_choice, TEXTS[1])
+    assert changes(view, view.query, 1, what="panel")
+    assert changes(view, view.head, -1)
+    assert calls["n"] == 1
+
+
+# --- Compare -------------------------------------------------------------------------------------
+def test_compare_shows_each_chosen_method(model, images):
+    view = Compare(model, images, TEXTS, methods=["relevance", "rollout"], size=64)
+    two = png_size(view.picture.value)
+    view.methods.value = ("relevance", "rollout", "similarity")
+    three = png_size(view.picture.value)
+    assert three[0] > two[0] > 2 * 64 and "similarity" in view.panel.value
+    assert changes(view, view.caption_choice, TEXTS[1])
+    view.methods.value = ()
+    assert png_size(view.picture.value) == (64, 64)
+
+
+# --- static fallbacks ----------------------------------------------------------------------------
+@pytest.mark.parametrize("view_class", [Explorer, TokenPatchView, AttentionView, Compare])
+def test_static_fallbacks_show_what_the_widget_shows(model, images, view_class):
+    kwargs = {"methods": ["relevance"]} if view_class is Compare else {}
+    view = view_class(model, images, TEXTS, size=96, **kwargs)
+    png = view._repr_png_()
+    assert isinstance(png, bytes) and png == bytes(view.picture.value)
+    width, height = png_size(png)
+    assert width == 96 and (height > 96 if view_class is Compare else height == 96)  # Compare labels its columns
+    assert view._repr_html_().startswith('<div') and "data:image/png;base64," in view._repr_html_()
+    bundle, _ = DisplayFormatter().format(view)  # what a notebook stores: the widget and its pictures
+    assert {"application/vnd.jupyter.widget-view+json", "image/png", "text/html", "text/plain"} <= set(bundle)
+    assert bundle["text/plain"] == f"{view_class.__name__}(2 images x 2 captions)"
