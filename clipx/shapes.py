@@ -1,0 +1,262 @@
+"""Synthetic scenes whose objects have exact masks, their captions, and a torch Dataset of them.
+
+A scene is a square image of 1-3 flat-coloured shapes on a neutral background (flat, noise or
+texture). Geometry is drawn in units of the image size, so `scene(seed, size=224)` is the same
+layout as `scene(seed)` at a higher resolution. Masks are exact: a mask pixel carries its
+object's colour and no other pixel does. That holds because
+
+- colours are distinct within a scene, and every object colour is saturated (its channels
+  spread by >= 120) while backgrounds are near-grey (channels spread by <= 20);
+- objects either keep apart (the default) or, with `overlap=True`, later objects occlude
+  earlier ones, whose masks then hold only their visible pixels.
+
+`python -m clipx.shapes train ...` trains the demo model (see `clipx.training`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .processing import ImageProcessor
+
+IMAGE_SIZE = 64  # the demo model's input size
+SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond"]
+COLORS = {
+    "red": (215, 40, 40),
+    "orange": (245, 140, 20),
+    "yellow": (240, 210, 30),
+    "green": (40, 165, 60),
+    "blue": (40, 90, 220),
+    "purple": (145, 65, 200),
+}
+BACKGROUNDS = ["flat", "noise", "texture"]
+ONE_OBJECT = ["{a}", "a picture with {a}", "there is {a}"]
+RELATIONS = ["left of", "right of", "above", "below"]
+WORDS = ({"a", "an", "picture", "with", "there", "is", "and", ",", "left", "right", "of", "above", "below"}
+         | set(SHAPES) | set(COLORS))
+# how many objects a training scene has, and how often; a share of scenes lets objects overlap
+OBJECT_COUNTS, OBJECT_COUNT_P = (1, 2, 3), (0.3, 0.5, 0.2)
+OVERLAP_P = 0.2
+SPLITS = {"train": 1, "test": 2}  # non-zero seed tags: numpy seeds [s] and [s, 0] are the same stream
+
+
+@dataclass
+class SceneObject:
+    shape: str
+    color: str
+    mask: np.ndarray                   # bool [size, size], the visible pixels
+    box: tuple[int, int, int, int]     # (left, top, right, bottom) of the mask, right/bottom exclusive
+    center: tuple[float, float]        # (x, y) in units of the image size, as drawn
+
+
+@dataclass
+class Scene:
+    image: Image.Image
+    objects: list[SceneObject]
+    caption: str
+    background: str
+
+
+def describe(obj: SceneObject) -> str:
+    """The canonical single-object caption: "a red circle"."""
+    return name(obj.color, obj.shape)
+
+
+def name(color: str, shape: str) -> str:
+    return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {shape}"
+
+
+def scene(seed: int | tuple[int, ...], n_objects: int = 2, size: int | None = None,
+          overlap: bool = False) -> Scene:
+    """A deterministic scene: the same seed gives the same pixels, masks and caption."""
+    if not 1 <= n_objects <= 3:
+        raise ValueError(f"n_objects must be 1, 2 or 3, got {n_objects}")
+    size = size or IMAGE_SIZE
+    rng = np.random.default_rng(seed)
+    background, pixels = _background(rng, size)
+    shapes = rng.choice(SHAPES, n_objects)  # shapes may repeat, colours may not
+    colors = rng.choice(list(COLORS), n_objects, replace=False)
+    layout, masks = _place(rng, shapes, size, overlap)
+    for color, mask in zip(colors, masks):
+        pixels[mask] = COLORS[color]
+    objects = [SceneObject(str(s), str(c), m, _box(m), (x, y))
+               for s, c, m, (x, y, _) in zip(shapes, colors, masks, layout)]
+    return Scene(Image.fromarray(pixels, "RGB"), objects, caption(objects, rng), background)
+
+
+def caption(objects: list[SceneObject], rng: np.random.Generator) -> str:
+    """A caption naming one object, two objects and their relation, or several objects."""
+    names = [describe(o) for o in objects]
+    pick = rng.random()
+    if len(objects) == 1 or pick < 0.4:
+        return str(rng.choice(ONE_OBJECT)).format(a=names[rng.integers(len(objects))])
+    if pick < 0.7:
+        i, j = rng.choice(len(objects), 2, replace=False)
+        rel = relation(objects[i], objects[j])
+        if rel is not None:
+            return f"{names[i]} {rel} {names[j]}"
+    k = rng.integers(2, len(objects) + 1)
+    named = [names[i] for i in rng.choice(len(objects), k, replace=False)]
+    return ", ".join(named[:-1]) + " and " + named[-1]
+
+
+def relation(a: SceneObject, b: SceneObject) -> str | None:
+    """Where `a` lies relative to `b`, if one axis clearly dominates (None if not)."""
+    dx, dy = a.center[0] - b.center[0], a.center[1] - b.center[1]
+    if abs(abs(dx) - abs(dy)) < 0.1:
+        return None
+    if abs(dx) > abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def named(caption: str) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs a caption names."""
+    return set(re.findall(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b", caption))
+
+
+def class_index(color: str, shape: str) -> int:
+    """Position of a colour-shape pair among all len(COLORS) * len(SHAPES) of them."""
+    return list(COLORS).index(color) * len(SHAPES) + SHAPES.index(shape)
+
+
+def contents(objects: list[SceneObject]) -> torch.Tensor:
+    """Multi-hot [len(COLORS) * len(SHAPES)] of the colour-shape pairs in a scene."""
+    out = torch.zeros(len(COLORS) * len(SHAPES))
+    out[[class_index(o.color, o.shape) for o in objects]] = 1
+    return out
+
+
+def all_captions() -> list[str]:
+    """Every caption the grammar makes for one or two objects (the tokenizer's training corpus)."""
+    names = [name(c, s) for c in COLORS for s in SHAPES]
+    out = [t.format(a=a) for t in ONE_OBJECT for a in names]
+    out += [f"{a} {r} {b}" for a in names for b in names if a != b for r in RELATIONS + ["and"]]
+    return out + [f"{names[0]}, {names[1]} and {names[2]}"]
+
+
+# --- drawing ---------------------------------------------------------------------------------
+
+def _background(rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
+    """A near-grey background: one luminance pattern plus a small tint shared by all pixels."""
+    kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    level, tint = rng.uniform(70, 215), rng.uniform(-10, 10, 3)
+    if kind == "flat":
+        lum = np.zeros((size, size))
+    elif kind == "noise":
+        lum = rng.normal(0, rng.uniform(5, 20), (size, size))
+    else:  # stripes or checks at a random angle and period
+        y, x = np.mgrid[0:size, 0:size] / size
+        angle, period = rng.uniform(0, np.pi), rng.uniform(0.06, 0.2)
+        u = (x * np.cos(angle) + y * np.sin(angle)) / period
+        v = (-x * np.sin(angle) + y * np.cos(angle)) / period
+        lum = np.sign(np.sin(2 * np.pi * u)) * (np.sign(np.sin(2 * np.pi * v)) if rng.random() < 0.5 else 1)
+        lum = lum * rng.uniform(6, 20)
+    pixels = np.clip(level + tint + np.clip(lum, -40, 40)[..., None], 0, 255)
+    return kind, pixels.astype(np.uint8)
+
+
+def _place(rng: np.random.Generator, shapes: list[str], size: int,
+           overlap: bool) -> tuple[list[tuple[float, float, float]], list[np.ndarray]]:
+    """(x, y, radius) per object in units of the image size, and its visible mask. Objects keep
+    their bounding squares 3% of the image apart, or with `overlap` may overlap, later ones on top,
+    as long as each keeps 60% of its pixels visible."""
+    n = len(shapes)
+    largest = {1: 0.3, 2: 0.22, 3: 0.18}[n]
+    smallest = max(0.1, 4 / size)  # at least ~8 px across, or shapes turn into blobs
+    for _ in range(1000):
+        radii = rng.uniform(smallest, max(largest, smallest), n)
+        centers = [rng.uniform(r + 0.02, 1 - r - 0.02, 2) for r in radii]
+        if not overlap and any(np.abs(centers[i] - centers[j]).max() <= radii[i] + radii[j] + 0.03
+                               for i in range(n) for j in range(i)):
+            continue
+        drawn = [_mask(s, c[0] * size, c[1] * size, r * size, size) for s, c, r in zip(shapes, centers, radii)]
+        visible = [m & ~np.any(drawn[i + 1:], axis=0) if i + 1 < n else m for i, m in enumerate(drawn)]
+        if all(v.sum() >= 0.6 * m.sum() for v, m in zip(visible, drawn)):
+            return [(float(c[0]), float(c[1]), float(r)) for c, r in zip(centers, radii)], visible
+    raise RuntimeError("no layout found")  # unreachable for 1-3 objects at these sizes
+
+
+def _mask(shape: str, x: float, y: float, r: float, size: int) -> np.ndarray:
+    """A shape centred at (x, y) pixels with extent r pixels, drawn without anti-aliasing."""
+    canvas = Image.new("L", (size, size))
+    draw = ImageDraw.Draw(canvas)
+    if shape == "circle":
+        draw.ellipse((x - 0.9 * r, y - 0.9 * r, x + 0.9 * r, y + 0.9 * r), fill=1)
+    elif shape == "square":
+        draw.rectangle((x - 0.8 * r, y - 0.8 * r, x + 0.8 * r, y + 0.8 * r), fill=1)
+    elif shape == "cross":
+        w = 0.3 * r
+        draw.rectangle((x - r, y - w, x + r, y + w), fill=1)
+        draw.rectangle((x - w, y - r, x + w, y + r), fill=1)
+    else:
+        draw.polygon(_polygon(shape, x, y, r), fill=1)
+    return np.array(canvas, dtype=bool)
+
+
+def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]]:
+    if shape == "triangle":
+        return [(x, y - r), (x + 0.95 * r, y + 0.7 * r), (x - 0.95 * r, y + 0.7 * r)]
+    if shape == "diamond":
+        return [(x, y - r), (x + 0.8 * r, y), (x, y + r), (x - 0.8 * r, y)]
+    if shape == "star":  # five points, inner radius 0.45 of the outer
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2, 0.45 * r, r)
+        return [(x + q * np.cos(a), y + q * np.sin(a)) for q, a in zip(radii, angles)]
+    raise ValueError(f"unknown shape {shape!r}; clipx.shapes.SHAPES has {SHAPES}")
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+# --- dataset ---------------------------------------------------------------------------------
+
+def processor(size: int = IMAGE_SIZE) -> ImageProcessor:
+    """CLIP's preprocessing at `size` (a no-op resize for scenes rendered at that size)."""
+    return ImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """`n` scenes -> (pixel_values [3, size, size], caption), or with `with_contents`
+    (pixel_values, caption, contents multi-hot). Item i of (seed, split) is always the same scene;
+    "train" and "test" splits never share one. `n_objects` None mixes 1-3 objects (some overlapping);
+    an int fixes it (objects apart)."""
+
+    def __init__(self, n: int, seed: int = 0, split: str = "train", n_objects: int | None = None,
+                 size: int = IMAGE_SIZE, with_contents: bool = False):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        self.n, self.seed, self.split, self.n_objects, self.size = n, seed, split, n_objects, size
+        self.with_contents = with_contents
+        self.processor = processor(size)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def scene(self, i: int) -> Scene:
+        if not 0 <= i < self.n:
+            raise IndexError(f"item {i} of a dataset of {self.n}")
+        seed = (self.seed, i, SPLITS[self.split])
+        if self.n_objects is not None:
+            return scene(seed, self.n_objects, self.size)
+        rng = np.random.default_rng(seed + (3,))  # its own stream, apart from the scene's
+        return scene(seed, int(rng.choice(OBJECT_COUNTS, p=OBJECT_COUNT_P)), self.size,
+                     overlap=bool(rng.random() < OVERLAP_P))
+
+    def __getitem__(self, i: int):
+        sc = self.scene(i)
+        pixels = self.processor(sc.image)[0]
+        return (pixels, sc.caption, contents(sc.objects)) if self.with_contents else (pixels, sc.caption)
+
+
+if __name__ == "__main__":
+    from .training import main
+
+    main()
