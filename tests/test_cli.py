@@ -60,3 +60,13 @@ def test_methods_lists_every_method(capsys):
     assert main(["methods"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == clipx.methods()
+
+
+def test_explain_on_a_demo_scene_tells_its_objects_apart(tmp_path):
+    """The README's main job: two captions naming the two objects give different overlays."""
+    out = tmp_path / "out"
+    assert main(["explain", "assets/images/shapes-scene.png", "a blue star", "a yellow circle",
+                 "--out", str(out)]) == 0
+    star, circle = (Image.open(p).convert("RGB") for p in sorted(out.glob("*.png")))
+    assert star.size == circle.size == (224, 224)
+    assert star.tobytes() != circle.tobytes()
