@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import transformers
+from PIL import Image
 
 import clipx
 from clipx import Explanation
@@ -234,3 +235,16 @@ def test_explanation_round_trip_and_pixel_maps(model, tmp_path):
         assert torch.equal(getattr(back, key), getattr(exp, key))
     fig = exp.figure()
     assert len(fig.axes) == 4
+
+
+def test_show_hands_the_figure_to_pyplot(tiny_model, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    exp = clipx.explain(tiny_model, [Image.new("RGB", (32, 32), "red")], CAPTIONS[:2], method="rollout")
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append([plt.figure(n) for n in plt.get_fignums()]))
+    plt.close("all")
+    exp.show()
+    assert len(shown) == 1 and len(shown[0]) == 1 and len(shown[0][0].axes) == 2
+    plt.close("all")
+    assert len(exp.figure().axes) == 2 and plt.get_fignums() == []  # figure() stays out of pyplot

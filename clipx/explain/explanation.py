@@ -79,9 +79,10 @@ class Explanation:
         return explanation_figure(self, **kwargs)
 
     def show(self, **kwargs: Any) -> None:
+        """The figure, shown by pyplot (inline in a notebook)."""
         import matplotlib.pyplot as plt
 
-        self.figure(**kwargs)
+        self.figure(pyplot=True, **kwargs)
         plt.show()
 
     # --- save / load ----------------------------------------------------------------------------

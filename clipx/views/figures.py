@@ -16,9 +16,17 @@ if TYPE_CHECKING:
 
 
 def explanation_figure(exp: "Explanation", cmap: str = "jet", alpha: float = 0.5,
-                       cell_size: float = 2.6) -> Figure:
+                       cell_size: float = 2.6, pyplot: bool = False) -> Figure:
+    """`pyplot=True` registers the figure with pyplot, whose show() only knows its own figures;
+    the default keeps it out of pyplot, so figures made in a loop are freed with their last reference."""
     rows, cols = exp.n_images, exp.n_texts
-    fig = Figure(figsize=(cell_size * cols, (cell_size + 0.5) * rows), layout="constrained")
+    size = (cell_size * cols, (cell_size + 0.5) * rows)
+    if pyplot:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=size, layout="constrained")
+    else:
+        fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     maps = exp.pixel_maps() if exp.image is not None and exp.images is not None else None
     for i in range(rows):
