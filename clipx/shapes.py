@@ -40,7 +40,7 @@ RELATIONS = ["left of", "right of", "above", "below"]
 WORDS = ({"a", "an", "picture", "with", "there", "is", "and", ",", "left", "right", "of", "above", "below"}
          | set(SHAPES) | set(COLORS))
 # how many objects a training scene has, and how often; a share of scenes lets objects overlap
-OBJECT_COUNTS, OBJECT_COUNT_P = (1, 2, 3), (0.3, 0.5, 0.2)
+OBJECT_COUNTS, OBJECT_COUNT_P = (1, 2, 3), (0.4, 0.45, 0.15)
 OVERLAP_P = 0.2
 SPLITS = {"train": 1, "test": 2}  # non-zero seed tags: numpy seeds [s] and [s, 0] are the same stream
 
@@ -68,6 +68,7 @@ def describe(obj: SceneObject) -> str:
 
 
 def name(color: str, shape: str) -> str:
+    """The caption of a colour-shape pair, with its article: "an orange star"."""
     return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {shape}"
 
 
@@ -133,7 +134,8 @@ def contents(objects: list[SceneObject]) -> torch.Tensor:
 
 
 def all_captions() -> list[str]:
-    """Every caption the grammar makes for one or two objects (the tokenizer's training corpus)."""
+    """Every caption the grammar makes for one or two objects, and one listing three (the tokenizer's
+    training corpus)."""
     names = [name(c, s) for c in COLORS for s in SHAPES]
     out = [t.format(a=a) for t in ONE_OBJECT for a in names]
     out += [f"{a} {r} {b}" for a in names for b in names if a != b for r in RELATIONS + ["and"]]
@@ -149,14 +151,14 @@ def _background(rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
     if kind == "flat":
         lum = np.zeros((size, size))
     elif kind == "noise":
-        lum = rng.normal(0, rng.uniform(5, 20), (size, size))
+        lum = rng.normal(0, rng.uniform(3, 12), (size, size))
     else:  # stripes or checks at a random angle and period
         y, x = np.mgrid[0:size, 0:size] / size
         angle, period = rng.uniform(0, np.pi), rng.uniform(0.06, 0.2)
         u = (x * np.cos(angle) + y * np.sin(angle)) / period
         v = (-x * np.sin(angle) + y * np.cos(angle)) / period
         lum = np.sign(np.sin(2 * np.pi * u)) * (np.sign(np.sin(2 * np.pi * v)) if rng.random() < 0.5 else 1)
-        lum = lum * rng.uniform(6, 20)
+        lum = lum * rng.uniform(4, 12)
     pixels = np.clip(level + tint + np.clip(lum, -40, 40)[..., None], 0, 255)
     return kind, pixels.astype(np.uint8)
 

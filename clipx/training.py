@@ -1,6 +1,6 @@
 """Training the demo CLIP from scratch on `clipx.shapes` scenes, on a CPU.
 
-    python -m clipx.shapes train --out assets/shapes-clip --steps 2400 --batch 128 --seed 0
+    python -m clipx.shapes train --out assets/shapes-clip --steps 3000 --batch 128 --seed 0
 
 The recipe is CLIP's at toy scale: a BPE trained on the caption grammar with CLIP's
 conventions, OpenAI's initialisation, a learnable temperature starting at 1/0.07 and clamped
@@ -50,7 +50,7 @@ class Architecture:
 
 @dataclass
 class Recipe:
-    steps: int = 2400
+    steps: int = 3000
     batch: int = 128
     seed: int = 0
     lr: float = 1e-3
@@ -300,7 +300,7 @@ Fresh scenes (`ShapesDataset(..., split="test")`, never seen in training), seed 
 ```
 
 - data: a fresh scene for every example ({recipe.steps} steps x batch {recipe.batch} = {recipe.steps * recipe.batch:,} scenes):
-  30% one object, 50% two, 20% three, a fifth of them with occlusion; captions name one object
+  40% one object, 45% two, 15% three, a fifth of them with occlusion; captions name one object
   ("a red circle", "a picture with ...", "there is ..."), two objects and their relation
   ("... left of / right of / above / below ..."), or several objects ("... and ...").
 - objective: symmetric cross-entropy; captions true of another image of the batch are left out of its negatives.
@@ -324,8 +324,6 @@ def save(result: Result, folder: Path, recipe: Recipe, arch: Architecture, comma
     result.model.save_pretrained(folder)
     scores = evaluate(load(folder), recipe.seed)
     (folder / "README.md").write_text(model_card(recipe, arch, result, scores, command, threads), encoding="utf-8")
-    (folder / "training_args.json").write_text(json.dumps({"recipe": asdict(recipe), "architecture": asdict(arch)},
-                                                          indent=2) + "\n")
     return scores
 
 
