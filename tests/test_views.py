@@ -174,6 +174,16 @@ def test_token_patch_view(model, images, calls):
     view.caption_choice.value = TEXTS[1]
     assert "square" in view.token.options[3][0]
     assert calls["n"] == 0  # all similarity maps came from the first call
+    assert view.variant.value == "maskclip" and changes(view, view.variant, "tokens")
+    assert calls["n"] == 1  # the other variant: one call for all pairs
+    view.variant.value = "maskclip"
+    assert calls["n"] == 1
+    plain = TokenPatchView(model, images, TEXTS, variant="tokens")
+    expected = clipx.explain(model, images, TEXTS, method="similarity").token_maps[0, 1, 3]
+    exp, j = plain.results.get("similarity", TEXTS[1], variant="tokens")
+    torch.testing.assert_close(exp.token_maps[0, j, 3], expected)
+    with pytest.raises(ValueError, match="maskclip"):
+        TokenPatchView(model, images, TEXTS, variant="value path")
 
 
 # --- AttentionView -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 
@@ -22,15 +23,15 @@ class Explanations:
     def __init__(self, model: CLIP, pixel_values: torch.Tensor, texts: list[str], progress: Progress) -> None:
         self.model, self.pixel_values, self.progress = model, pixel_values, progress
         self.texts = texts  # the view's own list: captions it adds are seen here
-        self._done: dict[str, dict[str, tuple[Explanation, int]]] = {}
+        self._done: dict[tuple, dict[str, tuple[Explanation, int]]] = {}
 
-    def get(self, method: str, text: str) -> tuple[Explanation, int]:
-        """The Explanation holding `text`, and the caption's column in it."""
-        done = self._done.setdefault(method, {})
+    def get(self, method: str, text: str, **options: Any) -> tuple[Explanation, int]:
+        """The Explanation holding `text` (by `method` with `options`), and the caption's column in it."""
+        done = self._done.setdefault((method, *sorted(options.items())), {})
         missing = [t for t in self.texts if t not in done]
         if missing:
             with self.progress(f"computing {method} for {len(self.pixel_values)} images x {len(missing)} captions…"):
-                exp = explain(self.model, self.pixel_values, missing, method=method)
+                exp = explain(self.model, self.pixel_values, missing, method=method, **options)
             done.update({t: (exp, j) for j, t in enumerate(missing)})
         return done[text]
 

@@ -9,6 +9,7 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
+from ..explain.similarity import VARIANTS
 from ..model import CLIP
 from .base import View
 from .cache import Explanations
@@ -17,20 +18,24 @@ from .render import mark_patch, token_html
 
 class TokenPatchView(View):
     """Token-to-patch similarity (the "similarity" method's token_maps): pick a caption token to
-    see the patches that match it; move the patch sliders to see the tokens that match that patch."""
+    see the patches that match it; move the patch sliders to see the tokens that match that patch.
+    `variant` picks the patch features: "maskclip" (default; they localise) or the plain last-layer "tokens"."""
 
-    def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], cmap: str = "jet",
-                 size: int = 224) -> None:
+    def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], variant: str = "maskclip",
+                 cmap: str = "jet", size: int = 224) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown similarity variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         super().__init__(model, images, texts, cmap, size)
         self.results = Explanations(model, self.pixel_values, self.texts, self.progress)
         self.token = widgets.Dropdown(description="token")
+        self.variant = widgets.ToggleButtons(options=VARIANTS, value=variant, description="patches")
         self.row, self.col = self.patch_sliders()
-        controls = [self.image_choice, self.caption_choice, self.token, self.row, self.col, self.opacity]
+        controls = [self.image_choice, self.caption_choice, self.token, self.row, self.col, self.variant, self.opacity]
         self.build([controls[:3], controls[3:5], controls[5:]], watch=controls)
 
     def render(self) -> tuple[Image.Image, str]:
         i, row, col = self.image_choice.value, self.row.value, self.col.value
-        exp, j = self.results.get("similarity", self.caption_choice.value)
+        exp, j = self.results.get("similarity", self.caption_choice.value, variant=self.variant.value)
         tokens = exp.tokens[j]
         self.set_options(self.token, [(f"{k}: {t}", k) for k, t in enumerate(tokens)], default=min(1, len(tokens) - 1))
         k = self.token.value
