@@ -1,0 +1,294 @@
+"""The Explorer in a real JupyterLab, driven by a real (headless) Chromium.
+
+The test starts JupyterLab on 127.0.0.1 with a random token in a temporary root folder holding a
+copy of notebooks/01-quickstart.ipynb (Lab autosaves: the repository's file is never served),
+opens the notebook, runs all cells, clicks another method on the Explorer (the last thing the
+notebook displays) and checks that the overlay picture changed. Screenshots go to
+tests/artifacts/browser-explorer.png (the page) and browser-explorer-widget.png (the Explorer);
+a failure saves browser-explorer-failure.png. The server and the browser are stopped in every
+outcome.
+
+Needs Debian's `chromium` (`apt-get install chromium`; .ci/run installs it) and the `playwright`
+package from the `test` extra. Playwright's own browser download is not used: it fails here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "01-quickstart.ipynb"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+    # nothing but the local server resolves: the page cannot reach outside 127.0.0.1
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+METHOD_BEFORE, METHOD_AFTER = "relevance", "rollout"  # the Explorer's default, and the one clicked
+
+# Bounds, in seconds; together under 3 minutes. Typical runs take a fraction of each.
+SERVER_START_S = 45
+NOTEBOOK_OPEN_S = 45
+RUN_ALL_S = 75
+UPDATE_S = 20
+SERVER_STOP_S = 15
+
+# JupyterLab user settings: no news / update-check notifications over the page, and every cell in
+# the DOM (windowed notebooks drop the cells outside the viewport).
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+        {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+}
+
+
+# --- the JupyterLab server -----------------------------------------------------------------------
+@dataclass
+class Lab:
+    url: str
+    token: str
+    log: Path
+
+    def log_tail(self, n: int = 40) -> str:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return "\n".join(lines[-n:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lab_env(tmp: Path) -> dict[str, str]:
+    """Config, runtime, settings and workspaces in `tmp`: nothing from (or left in) the user's
+    Jupyter and IPython folders. Kernels and lab extensions are still found in sys.prefix."""
+    env = dict(os.environ)
+    for var, name in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
+                      ("JUPYTERLAB_SETTINGS_DIR", "lab-settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+                      ("IPYTHONDIR", "ipython")]:
+        env[var] = str(tmp / name)
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+    for rel, settings in LAB_SETTINGS.items():
+        path = tmp / "lab-settings" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def wait_until_ready(proc: subprocess.Popen, lab: Lab) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"JupyterLab exited with code {proc.returncode} while starting:\n{lab.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{lab.url}/api/status?token={lab.token}", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"JupyterLab did not answer within {SERVER_START_S} s:\n{lab.log_tail()}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM first: the server then shuts its kernels down. Kill the server if it hangs (a kernel
+    whose server died exits by itself: ipykernel polls its parent)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(SERVER_STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(SERVER_STOP_S)
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    """A JupyterLab serving a temporary folder that holds a copy of notebook 01."""
+    assert NOTEBOOK.exists(), f"{NOTEBOOK} is missing"
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    port, token = free_port(), secrets.token_hex(16)
+    lab = Lab(url=f"http://127.0.0.1:{port}", token=token, log=tmp_path / "jupyterlab.log")
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+               "--port-retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+               "--ServerApp.open_browser=False", "--ServerApp.terminals_enabled=False",
+               "--ServerApp.allow_root=True",  # CI runs as root
+               "--expose-app-in-browser",  # window.jupyterapp: run Lab commands from the test
+               # nothing that would look outside 127.0.0.1: news, update checks, PyPI's extension index
+               "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+               "--LabApp.extension_manager=readonly"]
+    with open(lab.log, "wb") as log:
+        proc = subprocess.Popen(command, cwd=root, env=lab_env(tmp_path), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(proc, lab)
+        yield lab
+    finally:
+        stop(proc)
+
+
+# --- the browser -----------------------------------------------------------------------------------
+def require_browser() -> None:
+    """A missing browser is a failure, not a skip: CI must run this check."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
+                    "as .ci/run does")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install -e '.[test]'")
+
+
+# JavaScript run in the page. `panel(path)` is the notebook's NotebookPanel in Lab's main area.
+PANEL = "const panel = [...window.jupyterapp.shell.widgets('main')].find(w => w.context && w.context.path === path);"
+NOTEBOOK_READY = f"""path => {{
+    if (!window.jupyterapp) return false;
+    {PANEL}
+    return !!panel && panel.context.isReady && panel.sessionContext.session?.kernel?.status === 'idle';
+}}"""
+KERNEL_IDLE = f"path => {{ {PANEL} return panel.sessionContext.session?.kernel?.status === 'idle'; }}"
+RUN_ALL = f"""path => {{
+    {PANEL}
+    window.jupyterapp.shell.activateById(panel.id);
+    window.__runAll = undefined;
+    window.jupyterapp.commands.execute('notebook:run-all-cells').then(
+        ok => {{ window.__runAll = {{ ok }}; }}, error => {{ window.__runAll = {{ error: String(error) }}; }});
+}}"""
+NOTEBOOK_JSON = f"path => {{ {PANEL} return panel.content.model.toJSON(); }}"
+IMAGE_SHOWN = "img => !!img.src && img.complete && img.naturalWidth > 0"
+IMAGE_REPLACED = "([img, old]) => img.src !== old && img.complete && img.naturalWidth > 0"
+
+
+def wait_for(page, script: str, arg, seconds: float, what: str, lab: Lab) -> None:
+    """page.wait_for_function with a message that says what did not happen, and the server's log."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(script, arg=arg, timeout=seconds * 1000, polling=250)
+        return
+    except PlaywrightTimeout:
+        pass  # fail outside the handler: Playwright's own timeout message says nothing more
+    pytest.fail(f"timed out after {seconds} s waiting for {what}\n--- JupyterLab log ---\n{lab.log_tail()}")
+
+
+def cell_errors(notebook: dict) -> list[str]:
+    """Error outputs, tracebacks on stderr and code cells that never ran, as readable lines."""
+    problems = []
+    for i, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] != "code" or not "".join(cell["source"]).strip():
+            continue
+        if cell.get("execution_count") is None:
+            problems.append(f"cell {i} did not run")
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", "")) if out["output_type"] == "stream" else ""
+            if out["output_type"] == "error":
+                problems.append(f"cell {i}: {out['ename']}: {out['evalue']}")
+            elif out.get("name") == "stderr" and "Traceback" in text:
+                problems.append(f"cell {i} printed a traceback:\n{text}")
+    return problems
+
+
+def png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture()
+def pw():
+    """Playwright, checked before the server starts."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.mark.slow
+def test_explorer_in_jupyterlab(pw, lab, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "browser-explorer-failure.png").unlink(missing_ok=True)  # from an earlier run
+    path = NOTEBOOK.name
+    # a persistent context is how Playwright takes a user-data-dir: a fresh profile per run
+    browser = pw.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": 1400, "height": 1000}, timeout=30_000)
+    try:
+        browser.set_default_timeout(UPDATE_S * 1000)
+        page = browser.pages[0] if browser.pages else browser.new_page()
+        try:
+            drive_explorer(page, lab, path)
+        except BaseException:
+            save_failure_screenshot(page)
+            raise
+    finally:
+        browser.close()
+
+
+def save_failure_screenshot(page) -> None:
+    try:
+        page.screenshot(path=ARTIFACTS / "browser-explorer-failure.png", timeout=10_000)
+        print(f"failure screenshot: {ARTIFACTS / 'browser-explorer-failure.png'}")
+    except Exception as error:  # the test's own failure matters more
+        print(f"no failure screenshot: {error}")
+
+
+def drive_explorer(page, lab: Lab, path: str) -> None:
+    page.goto(f"{lab.url}/lab/tree/{path}?token={lab.token}", timeout=NOTEBOOK_OPEN_S * 1000)
+    wait_for(page, NOTEBOOK_READY, path, NOTEBOOK_OPEN_S, f"{path} to open with an idle kernel", lab)
+
+    # Run all cells through Lab's own command; it resolves once every cell has run (false on an error).
+    page.evaluate(RUN_ALL, path)
+    wait_for(page, "() => window.__runAll !== undefined", None, RUN_ALL_S, "Run All Cells to finish", lab)
+    result = page.evaluate("() => window.__runAll")
+    problems = cell_errors(page.evaluate(NOTEBOOK_JSON, path))
+    assert not problems and result == {"ok": True}, f"running {path} failed ({result}):\n" + "\n".join(problems)
+    wait_for(page, KERNEL_IDLE, path, UPDATE_S, "the kernel to go idle after Run All", lab)
+
+    # The Explorer: the last output holding an overlay picture and the method buttons.
+    explorer = (page.locator(".jp-OutputArea-output")
+                .filter(has=page.locator("img.widget-image"))
+                .filter(has=page.get_by_role("button", name=METHOD_AFTER, exact=True))
+                .last)
+    explorer.scroll_into_view_if_needed()
+    picture = explorer.locator("img.widget-image").first
+    before_button = explorer.get_by_role("button", name=METHOD_BEFORE, exact=True)
+    assert "mod-active" in (before_button.get_attribute("class") or ""), f"{METHOD_BEFORE} is not selected"
+    handle = picture.element_handle()
+    wait_for(page, IMAGE_SHOWN, handle, UPDATE_S, "the Explorer's overlay to load", lab)
+    src_before, shot_before = picture.get_attribute("src"), picture.screenshot()
+
+    explorer.get_by_role("button", name=METHOD_AFTER, exact=True).click()
+    wait_for(page, IMAGE_REPLACED, [handle, src_before], UPDATE_S,
+             f"the overlay to change after clicking {METHOD_AFTER!r}", lab)
+    wait_for(page, KERNEL_IDLE, path, UPDATE_S, f"the kernel to go idle after clicking {METHOD_AFTER!r}", lab)
+    shot_after = picture.screenshot()
+    changed = np.abs(png(shot_after) - png(shot_before)).max(axis=-1) > 8
+    assert changed.mean() > 0.01, (f"the overlay's pixels hardly changed after clicking {METHOD_AFTER!r} "
+                                   f"({changed.mean():.2%} of them)")
+
+    explorer.evaluate("el => el.scrollIntoView({block: 'center'})")  # the whole Explorer on the page
+    page.screenshot(path=ARTIFACTS / "browser-explorer.png")
+    explorer.screenshot(path=ARTIFACTS / "browser-explorer-widget.png")
+    print(f"screenshots: {ARTIFACTS / 'browser-explorer.png'}, {ARTIFACTS / 'browser-explorer-widget.png'}")
