@@ -194,6 +194,16 @@ def wait_for(page, script: str, arg, seconds: float, what: str, lab: Lab) -> Non
     pytest.fail(f"timed out after {seconds} s waiting for {what}\n--- JupyterLab log ---\n{lab.log_tail()}")
 
 
+def wait_visible(locator) -> bool:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        locator.wait_for(state="visible", timeout=UPDATE_S * 1000)
+        return True
+    except PlaywrightTimeout:
+        return False
+
+
 def cell_errors(notebook: dict) -> list[str]:
     """Error outputs, tracebacks on stderr and code cells that never ran, as readable lines."""
     problems = []
@@ -271,6 +281,12 @@ def drive_explorer(page, lab: Lab, path: str) -> None:
                 .filter(has=page.locator("img.widget-image"))
                 .filter(has=page.get_by_role("button", name=METHOD_AFTER, exact=True))
                 .last)
+    if not wait_visible(explorer):
+        fallback = page.locator(".jp-OutputArea-output img[src^='data:image/png']").count()
+        pytest.fail("no Explorer widget on the page" + (
+            ": its static PNG / HTML fallback is shown instead, so Lab has no ipywidgets renderer "
+            "(is jupyterlab_widgets installed in the environment that runs JupyterLab?)" if fallback else "")
+            + f"\n--- JupyterLab log ---\n{lab.log_tail()}")
     explorer.scroll_into_view_if_needed()
     picture = explorer.locator("img.widget-image").first
     before_button = explorer.get_by_role("button", name=METHOD_BEFORE, exact=True)
