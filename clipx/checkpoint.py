@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,11 @@ def read_weights(files: list[Path]) -> StateDict:
             if path.suffix == ".safetensors":
                 part = load_file(path)
             else:
+                if _is_torchscript(path):
+                    raise CheckpointError(
+                        f"{path} is a TorchScript archive (as OpenAI's original ViT-*.pt downloads are); clipx "
+                        "reads state dicts only: load it with OpenAI's clip package (jit=False) and save "
+                        "torch.save(model.state_dict(), 'state.pt'), or use the hub's Hugging Face checkpoint")
                 # weights_only: a pickle from the hub must not run code on load
                 part = torch.load(path, map_location="cpu", weights_only=True)
                 part = part.get("state_dict", part) if isinstance(part, dict) else part
@@ -72,6 +78,14 @@ def read_weights(files: list[Path]) -> StateDict:
             raise CheckpointError(f"{path} does not hold a state dict of tensors")
         state.update(part)
     return {k.removeprefix("module."): v for k, v in state.items() if not _IGNORED.search(k)}
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.save writes a zip with data.pkl; torch.jit.save adds constants.pkl and the code."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def is_openai_layout(state: StateDict) -> bool:

@@ -77,9 +77,11 @@ def _download(repo_id: str, revision: str | None, local_files_only: bool | None)
         env = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
         local_files_only = constants.HF_HUB_OFFLINE or env
     offline = local_files_only
-    # Only the weight format we will read is fetched: safetensors, else the pickled .bin.
+    # Only the weight format we will read is fetched: safetensors, else the pickled .bin; an
+    # open_clip-only repository (no transformers weights) by its own file names, in the same order.
     for weight_patterns in (["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],
-                            ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]):
+                            ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"],
+                            ["open_clip_model.safetensors"], ["open_clip_pytorch_model.bin"]):
         try:
             folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=offline,
                                             allow_patterns=SIDE_FILES + weight_patterns))
@@ -98,4 +100,4 @@ def _download(repo_id: str, revision: str | None, local_files_only: bool | None)
         if weights is not None:
             return CheckpointFiles(folder, weights)
     raise CheckpointNotFoundError(f"the hub repository {repo_id!r} has no CLIP weights "
-                                  f"({', '.join(WEIGHT_FILES[:4])})")
+                                  f"({', '.join(WEIGHT_FILES)})")

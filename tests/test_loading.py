@@ -88,6 +88,51 @@ def test_hub_id_from_local_cache_offline(tiny_checkpoint, tmp_path, monkeypatch)
         clipx.load("openai/clip-vit-nothere", local_files_only=True)
 
 
+def test_hub_download_fetches_open_clip_only_repositories(tiny_checkpoint, tmp_path, monkeypatch):
+    """Online, only the weight files clipx will read are fetched, format by format; a repository
+    holding only open_clip's weights must be found too (huggingface_hub is faked: no network here)."""
+    import fnmatch
+
+    import huggingface_hub
+
+    remote = copy_checkpoint(tiny_checkpoint, tmp_path / "remote")
+    (remote / "model.safetensors").rename(remote / "open_clip_model.safetensors")
+    fetched = []
+
+    def snapshot_download(repo_id, revision=None, local_files_only=False, allow_patterns=()):
+        local = tmp_path / "snapshot"
+        local.mkdir(exist_ok=True)
+        for f in remote.iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, local / f.name)
+                fetched.append(f.name)
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    model = clipx.load("laion/clip-tiny", local_files_only=False)
+    torch.testing.assert_close(logits(model), logits(clipx.load(tiny_checkpoint[0])))
+    assert fetched.count("open_clip_model.safetensors") == 1
+    (remote / "open_clip_model.safetensors").unlink()
+    shutil.rmtree(tmp_path / "snapshot")
+    with pytest.raises(CheckpointNotFoundError, match="laion/clip-tiny.*no CLIP weights"):
+        clipx.load("laion/clip-tiny", local_files_only=False)
+
+
+def test_torchscript_archive_is_refused_with_advice(tmp_path, tiny_checkpoint):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, its archives are not gone
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "ViT-B-16.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own "looks like a TorchScript archive" warning must not leak
+        with pytest.raises(CheckpointError, match="TorchScript archive.*state_dict"):
+            clipx.load(tmp_path / "ViT-B-16.pt")
+    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "pickled")
+    (folder / "model.safetensors").unlink()
+    torch.save(tiny_checkpoint[1].state_dict(), folder / "pytorch_model.bin")  # a plain torch.save zip is still read
+    torch.testing.assert_close(logits(clipx.load(folder)), logits(clipx.load(tiny_checkpoint[0])))
+
+
 def test_missing_paths_and_empty_folders(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="no such file or folder"):
         clipx.load(tmp_path / "nothing")
