@@ -27,11 +27,6 @@ ROWS = [("relevance", {}), ("relevance (all layers)", {"start_layer": 0}), ("rol
 BASELINES = ("random map", "centre prior")
 
 
-def centre_prior(grid: tuple[int, int]) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
-    return torch.exp(-(xs ** 2 + ys ** 2) / 0.5)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scenes", type=int, default=200)
@@ -47,12 +42,8 @@ def main() -> None:
         scene = shapes.scene(seed=args.seed + k, n_objects=2)
         target, other = scene.objects[k % 2], scene.objects[1 - k % 2]
         caption = shapes.describe(target)
-        tok = model.tokenize([caption])
         pixel_values = model.preprocess([scene.image])
-
-        def score(px: torch.Tensor) -> torch.Tensor:
-            return model(pixel_values=px, input_ids=tok.input_ids.expand(len(px), -1),
-                         attention_mask=tok.attention_mask.expand(len(px), -1)).logits_per_image[:, 0]
+        score = metrics.caption_logit(model, caption)
 
         maps = {}
         for name, options in ROWS:
@@ -60,7 +51,7 @@ def main() -> None:
             maps[name] = clipx.explain(model, [scene.image], [caption], method=method, **options).image[0, 0]
         grid = maps["relevance"].shape
         maps["random map"] = torch.rand(grid, generator=generator)
-        maps["centre prior"] = centre_prior(grid)
+        maps["centre prior"] = metrics.centre_prior(grid)
         for name, saliency in maps.items():
             row = results[name]
             row["pointing"].append(float(metrics.pointing_game(saliency, target.mask)))

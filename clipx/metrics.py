@@ -10,7 +10,9 @@ Faithfulness, through a caller's `score_fn` (a batch of pixel values -> one scor
 logit of one caption):
 
 - `deletion_curve`, `insertion_curve`, `auc`: Petsiuk et al., "RISE: Randomized Input Sampling for
-  Explanation of Black-box Models", BMVC 2018.
+  Explanation of Black-box Models", BMVC 2018. `caption_logit(model, caption)` makes the usual `score_fn`.
+
+Baselines that know nothing about the model: a random map (`torch.rand`) and `centre_prior`.
 
 Maps and masks are `[h, w]` torch tensors or numpy arrays; masks are boolean.
 """
@@ -255,3 +257,24 @@ def insertion_curve(score_fn: Callable[[torch.Tensor], torch.Tensor], pixel_valu
     until it is whole (fraction 1).
     """
     return _curve("insertion", score_fn, pixel_values, saliency, steps, baseline, batch_size)
+
+
+def caption_logit(model, caption: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The `score_fn` of the curves for a CLIP: pixel values `[N, C, H, W]` -> each image's logit for `caption`."""
+    tok = model.tokenize([caption])
+
+    def score(pixel_values: torch.Tensor) -> torch.Tensor:
+        n = len(pixel_values)
+        return model(pixel_values=pixel_values, input_ids=tok.input_ids.expand(n, -1),
+                     attention_mask=tok.attention_mask.expand(n, -1)).logits_per_image[:, 0]
+
+    return score
+
+
+# --- baselines -----------------------------------------------------------------------------------
+
+def centre_prior(grid: tuple[int, int]) -> torch.Tensor:
+    """A map that knows only that objects tend to sit near the middle: a Gaussian bump over the grid,
+    1 at the centre. Any explanation worth reading should beat it."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
+    return torch.exp(-(xs ** 2 + ys ** 2) / 0.5)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipx.metrics import (Curve, auc, baseline_image, deletion_curve, discrimination, energy_pointing_game,
-                           insertion_curve, localisation, pointing_game)
+from clipx.metrics import (Curve, auc, baseline_image, caption_logit, centre_prior, deletion_curve, discrimination,
+                           energy_pointing_game, insertion_curve, localisation, pointing_game)
 
 
 def box(y0: int, y1: int, x0: int, x1: int, size: int = 64) -> np.ndarray:
@@ -203,3 +203,24 @@ def test_bad_curve_inputs():
         deletion_curve(score_inside, IMAGE, s, steps=0)
     with pytest.raises(ValueError, match="same length"):
         auc([0.0, 1.0], [1.0])
+
+
+def test_centre_prior_peaks_in_the_middle():
+    prior = centre_prior((7, 9))
+    assert prior.shape == (7, 9) and prior[3, 4] == 1 == prior.max()
+    assert torch.equal(prior, prior.flip(0)) and torch.equal(prior, prior.flip(1))
+    assert prior[0, 0] < prior[3, 0] < prior[3, 4]
+    assert pointing_game(centre_prior((8, 8)), box(28, 36, 28, 36)) and not pointing_game(centre_prior((8, 8)), box(0, 8, 0, 8))
+
+
+def test_caption_logit_scores_each_image_of_a_batch(tiny_model):
+    from PIL import Image
+
+    images = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "white")]
+    pixel_values = tiny_model.preprocess(images)
+    tok = tiny_model.tokenize(["a red square", "a blue sky"])
+    with torch.no_grad():
+        expected = tiny_model(pixel_values=pixel_values, input_ids=tok.input_ids,
+                              attention_mask=tok.attention_mask).logits_per_image[:, 1]
+        got = caption_logit(tiny_model, "a blue sky")(pixel_values)
+    torch.testing.assert_close(got, expected)
