@@ -43,6 +43,14 @@ def captions(n: int) -> list[str]:
                                                      generator=g)) for _ in range(n)]
 
 
+def model_inputs(model, n_images: int, n_texts: int, **tensor: object) -> dict:
+    """Random 224 px pixel_values and `n_texts` captions, as keyword arguments of a forward;
+    `tensor` (device, dtype) places the pixels."""
+    tok = model.tokenize(captions(n_texts))
+    return dict(pixel_values=torch.randn(n_images, 3, 224, 224, **tensor), input_ids=tok.input_ids,
+                attention_mask=tok.attention_mask)
+
+
 def time_alternately(fns: dict, repeats: int, sync=lambda: None) -> dict[str, float]:
     """Median seconds per call of each function, the functions interleaved so drift hits all alike."""
     for fn in fns.values():  # warm-up

@@ -17,7 +17,7 @@ import transformers
 
 import clipx
 from clipx.hooks import HookPoint
-from common import VIT_B_32, captions, random_checkpoint, time_alternately
+from common import VIT_B_32, model_inputs, random_checkpoint, time_alternately
 
 
 def main() -> None:
@@ -37,9 +37,7 @@ def main() -> None:
     print("|---:|---:|---|---:|---:|---:|")
     for n_images in args.images:
         for n_texts in args.texts:
-            px = torch.randn(n_images, 3, 224, 224)
-            tok = ours.tokenize(captions(n_texts))
-            x = dict(pixel_values=px, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+            x = model_inputs(ours, n_images, n_texts)
             for backend in ("eager", "sdpa"):
                 ours.set_attention(backend)
                 t = time_alternately({"hf": lambda: hf[backend](**x), "clipx": lambda: ours(**x)}, args.repeats)
@@ -47,9 +45,7 @@ def main() -> None:
                       f"{t['hf'] / t['clipx']:.2f}x |", flush=True)
 
     # hook points with nothing attached, against the same forward with them bypassed
-    px = torch.randn(8, 3, 224, 224)
-    tok = ours.tokenize(captions(16))
-    x = dict(pixel_values=px, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+    x = model_inputs(ours, 8, 16)
     ours.set_attention("eager")
     hooked_call = HookPoint.__call__
 

@@ -17,7 +17,7 @@ import torch
 import transformers
 
 import clipx
-from common import VIT_L_14, captions, random_checkpoint, time_alternately
+from common import VIT_L_14, model_inputs, random_checkpoint, time_alternately
 
 HF_BACKEND = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
 
@@ -49,9 +49,7 @@ def main() -> None:
     print("|---:|---:|---|---:|---:|---:|---:|")
     for n_images in args.images:
         for n_texts in args.texts:
-            px = torch.randn(n_images, 3, 224, 224, device="cuda", dtype=dtype)
-            tok = ours.tokenize(captions(n_texts))
-            x = dict(pixel_values=px, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+            x = model_inputs(ours, n_images, n_texts, device="cuda", dtype=dtype)
             with ours.attention("eager"):
                 reference = ours(**x).logits_per_image.float()
             for backend in ("eager", "sdpa", "flash"):

@@ -32,12 +32,11 @@ def explain(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from .explain import explain as run_explain
-    from .explain import methods
+    from .explain import method_options
     from .loading import load
     from .views.render import overlay
 
-    if args.method not in methods():
-        raise ValueError(f"unknown method {args.method!r}; clipx methods lists: {', '.join(methods())}")
+    method_options(args.method)  # an unknown method fails here, before the model loads
     image_path = Path(args.image)
     if not image_path.is_file():
         raise FileNotFoundError(f"no such image file: {image_path}")

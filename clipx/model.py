@@ -136,6 +136,11 @@ class VisionTower(Tower):
         self.ln_pre = LayerNorm(d, config.layer_norm_eps)
         self.ln_post = LayerNorm(d, config.layer_norm_eps)
 
+    def patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        """(grid_h, grid_w): the patches of pixel_values [..., H, W], as the patch embedding cuts them."""
+        patch = self.config.patch_size
+        return pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+
     def position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """[1, 1 + grid_h * grid_w, d]; bicubic resampling of the patch positions for other grids
         (transformers' `interpolate_pos_encoding`)."""

@@ -121,6 +121,11 @@ def named(caption: str) -> set[tuple[str, str]]:
     return set(re.findall(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b", caption))
 
 
+def class_names() -> list[str]:
+    """Every colour-shape caption ("a red circle"), in `class_index` order."""
+    return [name(c, s) for c in COLORS for s in SHAPES]
+
+
 def class_index(color: str, shape: str) -> int:
     """Position of a colour-shape pair among all len(COLORS) * len(SHAPES) of them."""
     return list(COLORS).index(color) * len(SHAPES) + SHAPES.index(shape)
@@ -136,7 +141,7 @@ def contents(objects: list[SceneObject]) -> torch.Tensor:
 def all_captions() -> list[str]:
     """Every caption the grammar makes for one or two objects, and one listing three (the tokenizer's
     training corpus)."""
-    names = [name(c, s) for c in COLORS for s in SHAPES]
+    names = class_names()
     out = [t.format(a=a) for t in ONE_OBJECT for a in names]
     out += [f"{a} {r} {b}" for a in names for b in names if a != b for r in RELATIONS + ["and"]]
     return out + [f"{names[0]}, {names[1]} and {names[2]}"]

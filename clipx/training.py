@@ -174,8 +174,7 @@ def contrastive_loss(logits_per_image: torch.Tensor, true: torch.Tensor) -> torc
 @torch.no_grad()
 def zero_shot_accuracy(model: CLIP, pixels: torch.Tensor, labels: torch.Tensor) -> float:
     """Single-object images against all colour x shape captions ("a red circle")."""
-    prompts = [shapes.name(c, s) for c in shapes.COLORS for s in shapes.SHAPES]  # in class_index order
-    tok = model.tokenize(prompts)
+    tok = model.tokenize(shapes.class_names())
     text = F.normalize(model.encode_text(tok.input_ids, tok.attention_mask), dim=-1)
     image = torch.cat([F.normalize(model.encode_image(p), dim=-1) for p in pixels.split(250)])
     return ((image @ text.T).argmax(1) == labels).float().mean().item()
@@ -267,6 +266,8 @@ def model_card(recipe: Recipe, arch: Architecture, result: Result, scores: dict[
     params = sum(p.numel() for p in result.model.parameters())
     grid = arch.image_size // arch.patch_size
     history = "\n".join(f"| {step} | {accuracy:.3f} |" for step, accuracy in result.history)
+    counts = {1: "one object", 2: "two", 3: "three"}
+    mix = ", ".join(f"{p:.0%} {counts[n]}" for n, p in zip(shapes.OBJECT_COUNTS, shapes.OBJECT_COUNT_P))
     return f"""# shapes-clip: the clipx demo model
 
 A {params / 1e6:.2f}M-parameter CLIP trained from scratch by clipx on synthetic scenes of
@@ -300,7 +301,7 @@ Fresh scenes (`ShapesDataset(..., split="test")`, never seen in training), seed 
 ```
 
 - data: a fresh scene for every example ({recipe.steps} steps x batch {recipe.batch} = {recipe.steps * recipe.batch:,} scenes):
-  40% one object, 45% two, 15% three, a fifth of them with occlusion; captions name one object
+  {mix}, {shapes.OVERLAP_P:.0%} of them with occlusion; captions name one object
   ("a red circle", "a picture with ...", "there is ..."), two objects and their relation
   ("... left of / right of / above / below ..."), or several objects ("... and ...").
 - objective: symmetric cross-entropy; captions true of another image of the batch are left out of its negatives.

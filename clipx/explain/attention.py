@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Inputs, eos_rows
+from .core import Inputs, pooled_rows
 from .registry import Maps, register
 
 
@@ -27,7 +27,5 @@ def attention(x: Inputs, layer: int = -1, head: int | None = None) -> Maps:
         vision, text = vision[:, head], text[:, head]
     else:
         vision, text = vision.mean(1), text.mean(1)
-    n_images, n_texts = out.logits_per_image.shape
-    image = x.patch_grid(vision[:, 0, 1:])[:, None].expand(-1, n_texts, -1, -1)
-    text_map = eos_rows(text, x.eos_positions)[None].expand(n_images, -1, -1)
-    return Maps(out.logits_per_image, image.contiguous(), text_map.contiguous())
+    image, text_map = pooled_rows(x, vision, text)
+    return Maps(out.logits_per_image, image, text_map)

@@ -35,8 +35,7 @@ class Inputs:
 
     @property
     def grid(self) -> tuple[int, int]:
-        patch = self.model.vision.config.patch_size
-        return self.pixel_values.shape[-2] // patch, self.pixel_values.shape[-1] // patch
+        return self.model.vision.patch_grid(self.pixel_values)
 
     @property
     def eos_positions(self) -> torch.Tensor:
@@ -93,3 +92,13 @@ def eos_rows(matrix: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
     """[..., T, L, L] relevance or attention matrices -> the EOS query row of each caption, [..., T, L]."""
     index = eos.view(*([1] * (matrix.dim() - 3)), -1, 1, 1).expand(*matrix.shape[:-3], -1, 1, matrix.shape[-1])
     return matrix.gather(-2, index).squeeze(-2)
+
+
+def pooled_rows(x: Inputs, vision: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps read off [B, n, n] vision and [T, L, L] text matrices without gradients, so the same for
+    every caption (image map: the class token's row over the patches) and every image (text map:
+    the EOS row) -> [B, T, grid_h, grid_w] and [B, T, L]."""
+    n_images, n_texts = vision.shape[0], text.shape[0]
+    image = x.patch_grid(vision[:, 0, 1:])[:, None].expand(-1, n_texts, -1, -1)
+    text_map = eos_rows(text, x.eos_positions)[None].expand(n_images, -1, -1)
+    return image.contiguous(), text_map.contiguous()

@@ -20,9 +20,7 @@ from .registry import Maps, register
 def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Tensor | float = 0.0,
                          text_baseline_token: int | None = None, internal_batch_size: int | None = None) -> Maps:
     model = x.model
-    with torch.no_grad():
-        out = model(pixel_values=x.pixel_values, input_ids=x.input_ids, attention_mask=x.attention_mask,
-                    interpolate_pos_encoding=x.interpolate_pos_encoding)
+    out, _ = x.run()
     scale = model.logit_scale.exp().detach()
     text_embeds, image_embeds = out.text_embeds.detach(), out.image_embeds.detach()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Inputs, eos_rows, pattern_names
+from .core import Inputs, pattern_names, pooled_rows
 from .registry import Maps, register
 
 
@@ -31,9 +31,6 @@ def rollout(x: Inputs, start_layer: int = 0) -> Maps:
     t_names = pattern_names("text", x.layers("text", start_layer))
     with torch.no_grad():
         out, cache = x.run(v_names + t_names)
-    n_images, n_texts = out.logits_per_image.shape
-    vision = rollout_matrix([cache[n] for n in v_names])
-    text = rollout_matrix([cache[n] for n in t_names])
-    image = x.patch_grid(vision[:, 0, 1:])[:, None].expand(-1, n_texts, -1, -1)
-    text_map = eos_rows(text, x.eos_positions)[None].expand(n_images, -1, -1)
-    return Maps(out.logits_per_image, image.contiguous(), text_map.contiguous())
+    image, text = pooled_rows(x, rollout_matrix([cache[n] for n in v_names]),
+                              rollout_matrix([cache[n] for n in t_names]))
+    return Maps(out.logits_per_image, image, text)

@@ -20,10 +20,14 @@ from .registry import Maps, register
 VARIANTS = ("tokens", "maskclip")
 
 
-@register("similarity")
-def similarity(x: Inputs, variant: str = "tokens") -> Maps:
+def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"unknown similarity variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
+@register("similarity")
+def similarity(x: Inputs, variant: str = "tokens") -> Maps:
+    check_variant(variant)
     vision, text = x.model.vision, x.model.text
     last = vision.blocks[-1]
     name = f"vision.blocks.{len(vision.blocks) - 1}.hook_resid_pre"

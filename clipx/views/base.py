@@ -30,8 +30,7 @@ class View(widgets.VBox):
         self.pixel_values = model.preprocess(images)
         self.texts = list(dict.fromkeys([texts] if isinstance(texts, str) else texts))
         self.pictures = [p.resize((size, size), Image.BILINEAR) for p in model.processor.to_pil(self.pixel_values)]
-        patch = model.vision.config.patch_size
-        self.grid = (self.pixel_values.shape[-2] // patch, self.pixel_values.shape[-1] // patch)
+        self.grid = model.vision.patch_grid(self.pixel_values)
         names = _names(images, len(self.pictures))
         self.image_choice = widgets.Dropdown(options=[(name, i) for i, name in enumerate(names)], description="image")
         self.caption_choice = widgets.Dropdown(options=self.texts, description="caption",

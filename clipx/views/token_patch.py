@@ -9,7 +9,7 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
-from ..explain.similarity import VARIANTS
+from ..explain.similarity import VARIANTS, check_variant
 from ..model import CLIP
 from .base import View
 from .cache import Explanations
@@ -23,8 +23,7 @@ class TokenPatchView(View):
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], variant: str = "maskclip",
                  cmap: str = "jet", size: int = 224) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown similarity variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        check_variant(variant)  # before the toggle below would refuse it less clearly
         super().__init__(model, images, texts, cmap, size)
         self.results = Explanations(model, self.pixel_values, self.texts, self.progress)
         self.token = widgets.Dropdown(description="token")
