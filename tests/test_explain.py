@@ -12,6 +12,7 @@ from PIL import Image
 import clipx
 from clipx import Explanation
 from conftest import make_checkpoint, save_hf
+from floats import FLOAT32_RTOL, assert_float32_close
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
 
@@ -25,6 +26,11 @@ def model(tiny_checkpoint):
     return clipx.load(tiny_checkpoint[0])
 
 
+# Grad-CAM's map is relu(activations . weights), a dot product over the width whose terms cancel: its
+# rounding is relative to the terms, about ten times the result, so it gets ten times the slack.
+BATCHING_RTOL = {"gradcam": 1e-4}
+
+
 @pytest.mark.parametrize("method", clipx.methods())
 def test_shapes_finite_and_batched_equals_single_pair(model, method):
     px = images()
@@ -36,11 +42,12 @@ def test_shapes_finite_and_batched_equals_single_pair(model, method):
         assert exp.text.shape == (3, 3, length) and torch.isfinite(exp.text).all()
     for i, j in [(0, 0), (1, 2), (2, 1)]:
         single = clipx.explain(model, px[i:i + 1], [CAPTIONS[j]], method=method)
-        torch.testing.assert_close(single.image[0, 0], exp.image[i, j], atol=1e-5, rtol=0)
-        torch.testing.assert_close(single.scores[0, 0], exp.scores[i, j], atol=1e-5, rtol=0)
+        rtol = BATCHING_RTOL.get(method, FLOAT32_RTOL)
+        assert_float32_close(single.image[0, 0], exp.image[i, j], rtol)
+        assert_float32_close(single.scores[0, 0], exp.scores[i, j])
         if exp.text is not None:
             n = single.text.shape[-1]  # the single caption is padded less
-            torch.testing.assert_close(single.text[0, 0], exp.text[i, j, :n], atol=1e-5, rtol=0)
+            assert_float32_close(single.text[0, 0], exp.text[i, j, :n], rtol)
             assert exp.text[i, j, n:].abs().sum() == 0  # padding gets no relevance
     assert len(exp.tokens) == 3 and exp.tokens[0][0] == "<|startoftext|>"
 
@@ -79,8 +86,8 @@ def test_relevance_equals_the_recipe_on_transformers(tiny_checkpoint, model, sta
     tok = model.tokenize(CAPTIONS[:2])
     ref_image, ref_text = chefer_reference(hf, px, tok.input_ids, tok.attention_mask, start, start)
     exp = clipx.explain(model, px, CAPTIONS[:2], method="relevance", start_layer=start, start_layer_text=start)
-    torch.testing.assert_close(exp.image.flatten(2), ref_image, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(exp.text, ref_text, atol=1e-5, rtol=1e-4)
+    assert_float32_close(exp.image.flatten(2), ref_image)
+    assert_float32_close(exp.text, ref_text)
 
 
 def test_rollout_equals_a_hand_computed_product(tiny_checkpoint, model):
@@ -100,8 +107,8 @@ def test_rollout_equals_a_hand_computed_product(tiny_checkpoint, model):
     eos = tok.input_ids.argmax(-1)
     exp = clipx.explain(model, px, CAPTIONS[:2], method="rollout")
     for j in range(2):
-        torch.testing.assert_close(exp.image[:, j].flatten(1), vision[:, 0, 1:], atol=1e-6, rtol=0)
-        torch.testing.assert_close(exp.text[:, j], text[j, eos[j]].expand(2, -1), atol=1e-6, rtol=0)
+        assert_float32_close(exp.image[:, j].flatten(1), vision[:, 0, 1:])
+        assert_float32_close(exp.text[:, j], text[j, eos[j]].expand(2, -1))
 
 
 def test_attention_per_head_and_layer(tiny_checkpoint, model):
@@ -110,7 +117,7 @@ def test_attention_per_head_and_layer(tiny_checkpoint, model):
     with torch.no_grad():
         attn = hf.vision_model(pixel_values=px, output_attentions=True).attentions
     exp = clipx.explain(model, px, CAPTIONS[:1], method="attention", layer=0, head=2)
-    torch.testing.assert_close(exp.image[0, 0].flatten(), attn[0][0, 2, 0, 1:], atol=1e-6, rtol=0)
+    assert_float32_close(exp.image[0, 0].flatten(), attn[0][0, 2, 0, 1:])
 
 
 def test_similarity_cube_is_consistent(model):

@@ -5,6 +5,7 @@ import torch
 
 import clipx
 from conftest import texts_to_ids
+from floats import assert_float32_close
 
 # Every hook point of a one-block-per-tower model: a rename or a lost hook point breaks this.
 BLOCK = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
@@ -54,7 +55,7 @@ def test_ablation_changes_logits_and_they_return(tiny_model):
             ablated = tiny_model(**x).logits_per_image
         after = tiny_model(**x).logits_per_image
     assert (before - ablated).abs().max() > 1e-3
-    torch.testing.assert_close(before, after, atol=0, rtol=0)
+    assert torch.equal(before, after)  # the same computation: exactly the same numbers
 
 
 def test_head_ablation_touches_one_head_only(tiny_model):
@@ -126,7 +127,7 @@ def test_cached_gradients_equal_autograd(tiny_model):
         out = tiny_model(**x)
     grads = torch.autograd.grad(objective(out), [kept[n] for n in names])
     for name, g in zip(names, grads):
-        torch.testing.assert_close(cache.grad(name), g, atol=1e-6, rtol=0)
+        assert_float32_close(cache.grad(name), g)
         torch.testing.assert_close(cache[name], kept[name].detach())
         assert not cache[name].requires_grad
 
@@ -169,9 +170,9 @@ def test_eager_and_sdpa_agree_switching_back_and_forth(tiny_model):
             assert tiny_model.attention_backend == backend
             results.append(tiny_model(**x))
     for r in results[1:]:
-        torch.testing.assert_close(r.logits_per_image, results[0].logits_per_image, atol=1e-5, rtol=0)
-        torch.testing.assert_close(r.vision_model_output.last_hidden_state,
-                                   results[0].vision_model_output.last_hidden_state, atol=1e-5, rtol=0)
+        assert_float32_close(r.logits_per_image, results[0].logits_per_image)
+        assert_float32_close(r.vision_model_output.last_hidden_state,
+                             results[0].vision_model_output.last_hidden_state)
 
 
 def test_attention_context_restores_each_layer(tiny_model):
@@ -192,7 +193,7 @@ def test_patterns_are_recorded_under_sdpa(tiny_model):
     _, fused = tiny_model.run_with_cache(**x, names="*.hook_pattern")
     assert set(fused) == set(eager) and len(fused) == 4
     for name in eager:
-        torch.testing.assert_close(fused[name], eager[name], atol=1e-6, rtol=0)
+        assert_float32_close(fused[name], eager[name])
     assert tiny_model.attention_backend == "sdpa"
 
 

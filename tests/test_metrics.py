@@ -8,6 +8,7 @@ import torch
 
 from clipx.metrics import (Curve, auc, baseline_image, caption_logit, centre_prior, deletion_curve, discrimination,
                            energy_pointing_game, insertion_curve, localisation, pointing_game)
+from floats import assert_float32_close
 
 
 def box(y0: int, y1: int, x0: int, x1: int, size: int = 64) -> np.ndarray:
@@ -172,7 +173,8 @@ def test_batched_equals_one_at_a_time():
     for curve in (deletion_curve, insertion_curve):
         one = curve(score_fn, IMAGE, s, steps=12, batch_size=1)
         many = curve(score_fn, IMAGE, s, steps=12, batch_size=5)
-        assert torch.allclose(one.scores, many.scores, atol=1e-6) and torch.equal(one.fractions, many.fractions)
+        assert_float32_close(one.scores, many.scores)
+        assert torch.equal(one.fractions, many.fractions)
 
 
 def test_pixels_removed_follow_the_upsampled_patch_order():
@@ -223,4 +225,4 @@ def test_caption_logit_scores_each_image_of_a_batch(tiny_model):
         expected = tiny_model(pixel_values=pixel_values, input_ids=tok.input_ids,
                               attention_mask=tok.attention_mask).logits_per_image[:, 1]
         got = caption_logit(tiny_model, "a blue sky")(pixel_values)
-    torch.testing.assert_close(got, expected)
+    assert_float32_close(got, expected)  # one caption against two: other padding, other kernels
