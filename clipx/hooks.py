@@ -4,13 +4,21 @@ Every activation the model computes passes through a `HookPoint`, an identity mo
 stable dotted name (`vision.blocks.3.attn.hook_pattern`). A hook is `fn(tensor, hook)`; a
 tensor it returns replaces the activation (ablation, patching). Backward hooks see the
 gradient flowing into the activation and may replace it too.
+
+Hooks belong to the thread that attached them (to its `contextvars` context, so also to an
+asyncio task): a forward sees the hooks its own thread attached, never another's. Two threads
+can then explain, ablate or record with one model at once without seeing each other's hooks.
+A thread pool that should run under the caller's hooks runs its work through
+`contextvars.copy_context().run`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import partial
 from typing import Any, Union
 
 import torch
@@ -20,36 +28,80 @@ HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 # A name, a glob ("vision.blocks.*.attn.hook_pattern"), a list of names, or a predicate on names.
 NameFilter = Union[str, Iterable[str], Callable[[str], bool], None]
 
+# Per hook point, its (forward, backward) hooks in this context. Never mutated in place: attaching or
+# removing sets a new mapping, so a context copied into another thread keeps a consistent snapshot.
+Attached = Mapping["HookPoint", tuple[tuple[HookFn, ...], tuple[HookFn, ...]]]
+_ATTACHED: ContextVar[Attached] = ContextVar("clipx_attached_hooks", default={})
+_NONE: tuple[tuple[HookFn, ...], tuple[HookFn, ...]] = ((), ())
+_KINDS = {"fwd": 0, "bwd": 1}
+
 
 class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.name = ""  # set by HookedModule once the tree is built
-        self.fwd_hooks: list[HookFn] = []
-        self.bwd_hooks: list[HookFn] = []
+
+    @property
+    def fwd_hooks(self) -> tuple[HookFn, ...]:
+        """The forward hooks attached in this thread."""
+        return _ATTACHED.get().get(self, _NONE)[0]
+
+    @property
+    def bwd_hooks(self) -> tuple[HookFn, ...]:
+        return _ATTACHED.get().get(self, _NONE)[1]
 
     @property
     def active(self) -> bool:
-        return bool(self.fwd_hooks or self.bwd_hooks)
+        return self in _ATTACHED.get()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for fn in self.fwd_hooks:
+        fwd, bwd = _ATTACHED.get().get(self, _NONE)
+        for fn in fwd:
             out = fn(x, self)
             if out is not None:
                 x = out
-        if self.bwd_hooks and x.requires_grad:
-            x.register_hook(self._run_bwd_hooks)
+        if bwd and x.requires_grad:
+            # the hooks are bound now: backward may run in another thread, with another context
+            x.register_hook(partial(_run_bwd_hooks, bwd, self))
         return x
-
-    def _run_bwd_hooks(self, grad: torch.Tensor) -> torch.Tensor:
-        for fn in self.bwd_hooks:
-            out = fn(grad, self)
-            if out is not None:
-                grad = out
-        return grad
 
     def extra_repr(self) -> str:
         return self.name
+
+
+def _run_bwd_hooks(hooks: tuple[HookFn, ...], point: HookPoint, grad: torch.Tensor) -> torch.Tensor:
+    for fn in hooks:
+        out = fn(grad, point)
+        if out is not None:
+            grad = out
+    return grad
+
+
+def _attach(point: HookPoint, kind: str, fn: HookFn) -> None:
+    attached = dict(_ATTACHED.get())
+    hooks = list(attached.get(point, _NONE))
+    hooks[_KINDS[kind]] = (*hooks[_KINDS[kind]], fn)
+    attached[point] = tuple(hooks)
+    _ATTACHED.set(attached)
+
+
+def _detach(point: HookPoint, kind: str, fn: HookFn) -> None:
+    """Remove one attachment of `fn` (the latest), if it is still there (reset_hooks may have run)."""
+    attached = dict(_ATTACHED.get())
+    hooks = list(attached.get(point, _NONE))
+    fns = list(hooks[_KINDS[kind]])
+    for i in range(len(fns) - 1, -1, -1):
+        if fns[i] is fn:
+            del fns[i]
+            break
+    else:
+        return
+    hooks[_KINDS[kind]] = tuple(fns)
+    if any(hooks):
+        attached[point] = tuple(hooks)
+    else:
+        del attached[point]
+    _ATTACHED.set(attached)
 
 
 def _matcher(names: NameFilter) -> Callable[[str], bool]:
@@ -106,23 +158,25 @@ class HookedModule(nn.Module):
     @contextmanager
     def hooks(self, fwd: Iterable[tuple[NameFilter, HookFn]] = (),
               bwd: Iterable[tuple[NameFilter, HookFn]] = ()) -> Iterator["HookedModule"]:
-        """Attach hooks for the duration of the block; they are removed on exit, also on error."""
-        added: list[tuple[list[HookFn], HookFn]] = []
+        """Attach hooks for the duration of the block, for forwards this thread runs; they are
+        removed on exit, also on error."""
+        added: list[tuple[HookPoint, str, HookFn]] = []
         try:
-            for pairs, attr in ((fwd, "fwd_hooks"), (bwd, "bwd_hooks")):
+            for pairs, kind in ((fwd, "fwd"), (bwd, "bwd")):
                 for names, fn in pairs:
                     for point in self._resolve(names):
-                        getattr(point, attr).append(fn)
-                        added.append((getattr(point, attr), fn))
+                        _attach(point, kind, fn)
+                        added.append((point, kind, fn))
             yield self
         finally:
-            for hook_list, fn in reversed(added):
-                hook_list.remove(fn)
+            for point, kind, fn in reversed(added):
+                _detach(point, kind, fn)
 
     def reset_hooks(self) -> None:
-        for point in self._hook_points.values():
-            point.fwd_hooks.clear()
-            point.bwd_hooks.clear()
+        """Remove every hook this thread attached to this model."""
+        attached = _ATTACHED.get()
+        _ATTACHED.set({p: h for p, h in attached.items() if p.name not in self._hook_points
+                       or self._hook_points[p.name] is not p})
 
     @contextmanager
     def recording(self, names: NameFilter = None, requires_grad: bool = False) -> Iterator[Cache]:

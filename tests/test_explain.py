@@ -147,6 +147,38 @@ def test_integrated_gradients_completeness(model):
     assert abs(exp.image.sum() - (full - blank)) < 0.02 * max(1.0, abs(full - blank))
 
 
+def test_integrated_gradients_equals_captums_layer_integrated_gradients(model):
+    """The same attributions as Captum's LayerIntegratedGradients on the embedding layers, which
+    clipx does not use because its module hooks would be shared between threads."""
+    from captum.attr import LayerIntegratedGradients
+
+    px, captions = images(2), CAPTIONS[:2]
+    exp = clipx.explain(model, px, captions, method="integrated_gradients", n_steps=16)
+    tok = model.tokenize(captions)
+    with torch.no_grad():
+        out = model(pixel_values=px, **tok)
+    scale = model.logit_scale.exp()
+
+    def image_logits(pixel_values):
+        return scale * torch.nn.functional.normalize(model.encode_image(pixel_values), dim=-1) @ out.text_embeds.T
+
+    def text_logits(input_ids, attention_mask):
+        return scale * torch.nn.functional.normalize(model.encode_text(input_ids, attention_mask), dim=-1) @ out.image_embeds.T
+
+    eos = tok.input_ids.argmax(-1)
+    positions = torch.arange(tok.input_ids.shape[1])
+    blank = torch.where((positions == 0) | (positions >= eos[:, None]), tok.input_ids, model.tokenizer.pad_token_id)
+    vision_ig = LayerIntegratedGradients(image_logits, model.vision.patch_embedding)
+    text_ig = LayerIntegratedGradients(text_logits, model.text.token_embedding)
+    for j in range(2):
+        expected = vision_ig.attribute(px, torch.zeros_like(px), target=j, n_steps=16).sum(1)
+        assert_float32_close(exp.image[:, j], expected)
+    for i in range(2):
+        expected = text_ig.attribute(tok.input_ids, blank, target=i, n_steps=16,
+                                     additional_forward_args=(tok.attention_mask,)).sum(-1)
+        assert_float32_close(exp.text[i], expected * tok.attention_mask)
+
+
 # --- sanity checks (Adebayo et al. 2018) --------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["relevance", "gradcam", "legrad", "integrated_gradients", "similarity"])
@@ -219,6 +251,14 @@ def test_bad_input(model, tmp_path):
     save_hf(transformers.CLIPTextModelWithProjection(config), tmp_path / "text-only")
     with pytest.raises(ValueError, match="no vision tower"):
         clipx.explain(clipx.load(tmp_path / "text-only"), images(1), CAPTIONS)
+
+
+@pytest.mark.parametrize("option, value", [("n_steps", 0), ("n_steps", 2.5), ("n_steps", True),
+                                           ("internal_batch_size", -1)])
+def test_integrated_gradients_counts_are_checked(model, option, value):
+    """Captum would fail with a bare AssertionError (n_steps=0) or deep in torch."""
+    with pytest.raises(ValueError, match=f"{option} must be a whole number of at least 1, got {value!r}"):
+        clipx.explain(model, images(1), CAPTIONS[:1], method="integrated_gradients", **{option: value})
 
 
 def test_finer_grid_through_interpolated_positions(model):
