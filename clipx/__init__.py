@@ -3,7 +3,6 @@
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .errors import CheckpointError, CheckpointNotFoundError
 from .hooks import Cache, HookPoint
-from . import metrics, views
 from .explain import Explanation, explain, methods
 from .loading import load
 from .model import CLIP, CLIPOutput, TowerOutput
@@ -13,3 +12,15 @@ __version__ = "0.1.0"
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError",
            "Explanation", "HookPoint", "TextConfig", "TowerOutput", "VisionConfig", "explain", "load", "methods", "metrics",
            "views"]
+
+# Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
+# a script that scores captions uses neither them nor the metrics.
+_LAZY_SUBMODULES = ("metrics", "views")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'clipx' has no attribute {name!r}")
