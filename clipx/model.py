@@ -22,6 +22,7 @@ from torch import nn
 from .attention import Attention, check_backend, flash_unavailable_reason
 from .config import CLIPConfig, TextConfig, TowerConfig, VisionConfig
 from .hooks import HookedModule, HookPoint
+from .length_groups import length_groups
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
@@ -170,9 +171,6 @@ class VisionTower(Tower):
         return TowerOutput(x, pooled, self.project(pooled), hidden_states, attentions)
 
 
-LENGTH_GROUPS = 4  # how many length groups a padded caption batch is split into under fused attention
-
-
 class TextTower(Tower):
     config: TextConfig
 
@@ -191,13 +189,16 @@ class TextTower(Tower):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
         if not (output_hidden_states or output_attentions) and self._skippable_padding(attention_mask):
-            return self._forward_by_length(input_ids, attention_mask)
+            lengths = attention_mask.sum(1)
+            groups = length_groups(lengths)
+            if len(groups) > 1 or int(lengths.max()) < input_ids.shape[1]:
+                return self._forward_by_length(input_ids, attention_mask, groups)
         return self._forward(input_ids, attention_mask, output_hidden_states, output_attentions)
 
     def _skippable_padding(self, attention_mask: torch.Tensor | None) -> bool:
         """In inference under a fused backend, with right padding and nothing hooked (ours or
         torch module hooks, as Captum sets), padding is pure waste: no real token attends to it."""
-        if attention_mask is None or attention_mask.shape[0] < 2 * LENGTH_GROUPS or torch.is_grad_enabled():
+        if attention_mask is None or torch.is_grad_enabled() or bool(attention_mask.all()):
             return False
         if any(block.attn.backend == "eager" for block in self.blocks):
             return False
@@ -206,15 +207,15 @@ class TextTower(Tower):
             return False
         return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
-    def _forward_by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
-        """Captions sorted by length, run in groups each cut to its own longest caption. Pooled and
-        projected outputs are those of the padded batch; last_hidden_state is zero past the longest
-        caption of each group (padding that was not computed)."""
-        order = attention_mask.sum(1).argsort()
+    def _forward_by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           groups: list[torch.Tensor]) -> TowerOutput:
+        """Each group of captions cut to its own longest caption (`length_groups` chooses them).
+        Pooled and projected outputs are those of the padded batch; last_hidden_state is zero past
+        the longest caption of each group (padding that was not computed)."""
         last = torch.zeros(*input_ids.shape, self.config.hidden_size, dtype=self.token_embedding.weight.dtype,
                            device=input_ids.device)
         pooled = embeds = None
-        for group in order.tensor_split(LENGTH_GROUPS):
+        for group in groups:
             n = int(attention_mask[group].sum(1).max())
             out = self._forward(input_ids[group, :n], attention_mask[group, :n], False, False)
             if pooled is None:

@@ -248,23 +248,40 @@ def test_vit_b_parity(tmp_path, patch):
 
 
 def test_fused_backends_skip_padding_with_the_same_results(tiny_checkpoint):
-    """Under sdpa a right-padded batch runs in length groups; pooled outputs stay HF's."""
+    """Under sdpa a right-padded batch whose padding is worth skipping runs in length groups;
+    pooled outputs stay HF's."""
     folder, hf = tiny_checkpoint
     model = clipx.load(folder, attention="sdpa")
-    lengths = (3, 12, 5, 9, 4, 15, 7, 6, 11)
+    lengths = (3,) * 30 + (4,) * 10 + (40, 25)
     ids, mask = texts_to_ids(len(lengths), seed=4, lengths=lengths)
     with torch.no_grad():
         ref = hf.text_model(input_ids=ids, attention_mask=mask)
-        grouped = model.text(ids, mask)
-        with model.attention("eager"):
-            padded = model.text(ids, mask)
         seen = []
         with model.hooks(fwd=[("text.blocks.0.hook_resid_pre", lambda t, h: seen.append(t.shape))]):
             model.text(ids, mask)
+        grouped = model.text(ids, mask)
+        with model.attention("eager"):
+            padded = model.text(ids, mask)
     assert seen == [ids.shape + (32,)]  # a hooked tower runs the padded batch as it is
     assert_float32_close(grouped.pooler_output, padded.pooler_output, floor=1)
     assert_float32_close(grouped.pooler_output, ref.pooler_output, floor=1)
     keep = mask.bool()
     assert_float32_close(grouped.last_hidden_state[keep], ref.last_hidden_state[keep], floor=1)
-    # sorted lengths 3 4 5 | 6 7 | 9 11 | 12 15: the 3-token caption's group stops at 5 positions
-    assert grouped.last_hidden_state[0, 5:].abs().sum() == 0 and grouped.last_hidden_state[0, 3:5].abs().sum() > 0
+    # groups: the 40 captions of 3-4 tokens cut at 4 positions, the other two at 40
+    assert grouped.last_hidden_state[:40, 4:].abs().sum() == 0 and grouped.last_hidden_state[:40, 3].abs().sum() > 0
+
+
+def test_trailing_padding_is_cut_without_splitting(tiny_checkpoint):
+    """Captions padded to the full context (padding="max_length") run cut to the longest caption."""
+    model = clipx.load(tiny_checkpoint[0], attention="sdpa")
+    ids, mask = texts_to_ids(3, lengths=(5, 9, 7))
+    full_ids = torch.cat([ids, torch.full((3, 77 - ids.shape[1]), 49407)], 1)
+    full_mask = torch.cat([mask, torch.zeros(3, 77 - ids.shape[1], dtype=mask.dtype)], 1)
+    seen = []
+    real_forward = model.text._forward
+    model.text._forward = lambda input_ids, *a: seen.append(input_ids.shape) or real_forward(input_ids, *a)
+    with torch.no_grad():
+        cut = model.encode_text(full_ids, full_mask)
+        whole = model.encode_text(ids, mask)
+    assert seen == [(3, 9), (3, 9)]
+    assert_float32_close(cut, whole)
