@@ -10,6 +10,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +26,20 @@ try:  # optional: only on CUDA machines that installed it
     from flash_attn import flash_attn_func
 except ImportError:
     flash_attn_func = None
+
+
+# Backends switched by `with model.attention(name)`, for the thread (context) that runs the block: a
+# block in one thread never changes what another thread runs, and exits in any order restore right.
+_SWITCHED: ContextVar[Mapping["Attention", str]] = ContextVar("clipx_switched_backends", default={})
+
+
+@contextmanager
+def switched(layers: Iterable["Attention"], name: str) -> Iterator[None]:
+    token = _SWITCHED.set({**_SWITCHED.get(), **{layer: name for layer in layers}})
+    try:
+        yield
+    finally:
+        _SWITCHED.reset(token)
 
 
 def check_backend(name: str) -> str:
@@ -68,6 +86,11 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()        # [batch, pos, head, d_head], per-head mixed values
         self.hook_out = HookPoint()      # [batch, pos, d_model]
 
+    @property
+    def backend_in_use(self) -> str:
+        """`backend`, or the one a `model.attention(...)` block of this thread switched to."""
+        return _SWITCHED.get().get(self, self.backend)
+
     def forward(self, x: torch.Tensor, *, causal: bool = False, key_padding: torch.Tensor | None = None,
                 right_padded: bool = False, force_eager: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`key_padding` is a [batch, key] bool tensor, True where a key must be ignored.
@@ -82,13 +105,13 @@ class Attention(nn.Module):
         k = self.hook_k(self.k_proj(x).view(b, n, self.num_heads, self.head_dim))
         v = self.hook_v(self.v_proj(x).view(b, n, self.num_heads, self.head_dim))
 
-        eager = force_eager or self.backend == "eager" or self.hook_scores.active or self.hook_pattern.active
-        if eager:
+        backend = self.backend_in_use
+        if force_eager or backend == "eager" or self.hook_scores.active or self.hook_pattern.active:
             z, pattern = self._eager(q, k, v, causal, key_padding)
         else:
             if causal and right_padded:
                 key_padding = None
-            z, pattern = self._fused(q, k, v, causal, key_padding), None
+            z, pattern = self._fused(backend, q, k, v, causal, key_padding), None
         z = self.hook_z(z)
         out = self.hook_out(self.out_proj(z.reshape(b, n, -1)))
         return out, pattern
@@ -104,8 +127,8 @@ class Attention(nn.Module):
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         return (pattern @ v).transpose(1, 2), pattern
 
-    def _fused(self, q, k, v, causal, key_padding):
-        if self.backend == "flash":
+    def _fused(self, backend, q, k, v, causal, key_padding):
+        if backend == "flash":
             if key_padding is not None:
                 raise ValueError("the flash backend takes no padding mask; pad text on the right "
                                  "(the tokenizer does) or use attention='sdpa'")
@@ -122,7 +145,7 @@ class Attention(nn.Module):
             attn_mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
                 mask, torch.finfo(q.dtype).min)
         kwargs = dict(attn_mask=attn_mask, is_causal=causal and attn_mask is None, scale=self.scale)
-        if self.backend == "flash":
+        if backend == "flash":
             with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION]):
                 return F.scaled_dot_product_attention(q, k, v, **kwargs).transpose(1, 2)
         return F.scaled_dot_product_attention(q, k, v, **kwargs).transpose(1, 2)

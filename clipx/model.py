@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, check_backend, flash_unavailable_reason
+from .attention import Attention, check_backend, flash_unavailable_reason, switched
 from .config import CLIPConfig, TextConfig, TowerConfig, VisionConfig
 from .hooks import HookedModule, HookPoint
 from .length_groups import length_groups
@@ -200,7 +200,7 @@ class TextTower(Tower):
         torch module hooks, as Captum sets), padding is pure waste: no real token attends to it."""
         if attention_mask is None or torch.is_grad_enabled() or bool(attention_mask.all()):
             return False
-        if any(block.attn.backend == "eager" for block in self.blocks):
+        if any(block.attn.backend_in_use == "eager" for block in self.blocks):
             return False
         if any(m._forward_hooks or m._forward_pre_hooks or (isinstance(m, HookPoint) and m.active)
                for m in self.modules()):
@@ -345,32 +345,33 @@ class CLIP(HookedModule):
 
     @property
     def attention_backend(self) -> str:
-        """The backend every layer uses, or "mixed"."""
-        names = {layer.backend for layer in self.attention_layers()}
+        """The backend every layer uses (in this thread), or "mixed"."""
+        names = {layer.backend_in_use for layer in self.attention_layers()}
         return names.pop() if len(names) == 1 else "mixed"
 
     def set_attention(self, name: str) -> "CLIP":
-        """Switch every attention layer to `eager`, `sdpa` or `flash`; the weights stay as they are."""
-        check_backend(name)
-        if name == "flash":
-            param = next(self.parameters())
-            reason = flash_unavailable_reason(param.device, param.dtype)
-            if reason:
-                raise RuntimeError(reason)
+        """Switch every attention layer to `eager`, `sdpa` or `flash`, for every thread; the weights
+        stay as they are."""
+        self._check_attention(name)
         for layer in self.attention_layers():
             layer.backend = name
         return self
 
     @contextmanager
     def attention(self, name: str) -> Iterator["CLIP"]:
-        """Use another backend inside the block; each layer's own setting returns afterwards."""
-        saved = [(layer, layer.backend) for layer in self.attention_layers()]
-        try:
-            self.set_attention(name)
+        """Use another backend inside the block, in this thread; each layer's own setting, and what
+        other threads run, stay as they are."""
+        self._check_attention(name)
+        with switched(self.attention_layers(), name):
             yield self
-        finally:
-            for layer, backend in saved:
-                layer.backend = backend
+
+    def _check_attention(self, name: str) -> None:
+        check_backend(name)
+        if name == "flash":
+            param = next(self.parameters())
+            reason = flash_unavailable_reason(param.device, param.dtype)
+            if reason:
+                raise RuntimeError(reason)
 
     # --- inputs ------------------------------------------------------------------------------
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:

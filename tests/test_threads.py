@@ -88,3 +88,32 @@ def test_hooks_of_one_thread_do_not_touch_another(model):
     assert (ablated - clean).abs().max() > 1e-3
     assert torch.equal(logits, clean)
     assert cached == ["vision.blocks.0.attn.hook_z"]
+
+
+def test_attention_blocks_switch_only_their_own_thread(model):
+    """Two threads in `with model.attention(...)` blocks that exit out of order: each ran its own
+    backend, the other thread's stayed, and the model is left as it was."""
+    model.set_attention("sdpa")
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with model.attention("eager"):
+            first_in.set()
+            second_in.wait(timeout=60)
+            seen["first"] = model.attention_backend
+        first_out.set()
+        return model.attention_backend
+
+    def second():
+        first_in.wait(timeout=60)
+        seen["second before"] = model.attention_backend
+        with model.attention("eager"):
+            second_in.set()
+            first_out.wait(timeout=60)  # the first block exits while this one is open
+            seen["second"] = model.attention_backend
+        return model.attention_backend
+
+    after = run_threads(lambda k: (first, second)[k](), 2)
+    assert seen == {"first": "eager", "second before": "sdpa", "second": "eager"}
+    assert after == ["sdpa", "sdpa"] and model.attention_backend == "sdpa"
