@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +26,20 @@ VIT_L_14 = dict(
                        image_size=224, patch_size=14),
     projection_dim=768,
 )
+
+
+def cpu_name() -> str:
+    """The processor's model name (with x86 family and model, which a VM's bare "AMD EPYC" lacks):
+    CPU timings mean little without it."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name") or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def random_checkpoint(folder: Path, shapes: dict, seed: int = 0) -> transformers.CLIPModel:

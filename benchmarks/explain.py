@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import clipx
-from common import VIT_B_32, captions, random_checkpoint, time_alternately
+from common import VIT_B_32, captions, cpu_name, random_checkpoint, time_alternately
 
 
 def rss_bytes() -> int:
@@ -57,8 +57,8 @@ def main() -> None:
     px = torch.randn(args.images, 3, 224, 224)
     texts = captions(args.texts)
     pairs = args.images * args.texts
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, ViT-B/32 random weights, "
-          f"{args.images} images x {args.texts} captions, median of {args.repeats}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {cpu_name()}, CPU fp32, "
+          f"ViT-B/32 random weights, {args.images} images x {args.texts} captions, median of {args.repeats}\n")
     print("| method | s / call | ms / pair | peak memory added (MB) |")
     print("|---|---:|---:|---:|")
     for method in clipx.methods():

@@ -17,22 +17,22 @@ import transformers
 
 import clipx
 from clipx.hooks import HookPoint
-from common import VIT_B_32, model_inputs, random_checkpoint, time_alternately
+from common import VIT_B_32, cpu_name, model_inputs, random_checkpoint, time_alternately
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--images", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--texts", type=int, nargs="+", default=[4, 64])
+    ap.add_argument("--texts", type=int, nargs="+", default=[4, 16, 64])
     args = ap.parse_args()
 
     folder = Path(tempfile.mkdtemp()) / "vit-b-32"
     random_checkpoint(folder, VIT_B_32)
     ours = clipx.load(folder)
     hf = {b: transformers.CLIPModel.from_pretrained(folder, attn_implementation=b).eval() for b in ("eager", "sdpa")}
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU fp32, ViT-B/32 random weights, median of {args.repeats}\n")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads "
+          f"on {cpu_name()}, CPU fp32, ViT-B/32 random weights, median of {args.repeats}\n")
     print("| images | texts | backend | transformers s/it | clipx s/it | speed-up |")
     print("|---:|---:|---|---:|---:|---:|")
     for n_images in args.images:

@@ -23,7 +23,7 @@ from PIL import Image
 import clipx
 from clipx.assets import ASSETS_DIR, DEMO_MODEL_DIR
 from clipx.views import AttentionView, Compare, Explorer, TokenPatchView, overlay, to_png
-from common import random_checkpoint
+from common import cpu_name, random_checkpoint
 
 TINY = dict(
     text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -98,8 +98,8 @@ def main() -> None:
         ("Compare (4 methods)", "opacity", stepper(compare.opacity, [0.3, 0.7])),
         ("render", "overlay + to_png, 224 px, 14 x 14 map", lambda: to_png(overlay(picture, heatmap))),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {name}, {len(images)} images x "
-          f"{len(CAPTIONS)} captions, 224 px pictures, median of {args.repeats}; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {cpu_name()}, CPU, {name}, "
+          f"{len(images)} images x {len(CAPTIONS)} captions, 224 px pictures, median of {args.repeats}; "
           f"building the four views (every first computation) took {built:.1f} s\n")
     print("| view | update | ms / update | <= 50 ms |")
     print("|---|---|---:|:---:|")
