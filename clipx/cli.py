@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-from .errors import CheckpointError, CheckpointNotFoundError
+from pathlib import Path
 
 
 def score(args: argparse.Namespace) -> None:
     import torch
 
     from .loading import load
+    from .processing import open_image
 
-    model = load(args.model, attention=args.attention)
-    pixel_values = model.preprocess([args.image])
+    image = open_image(args.image)  # a bad image fails before the model loads
+    model = load(args.model)
+    try:
+        model.set_attention(args.attention)
+    except RuntimeError as e:  # flash where it cannot run: a choice the user can change, not a bug
+        raise ValueError(f"--attention {args.attention}: {e}") from None
+    pixel_values = model.preprocess([image])
     tok = model.tokenize(args.captions)
     with torch.no_grad():
         logits = model(pixel_values=pixel_values, input_ids=tok.input_ids,
@@ -27,32 +32,42 @@ def score(args: argparse.Namespace) -> None:
 
 
 def explain(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from PIL import Image
-
     from .explain import explain as run_explain
     from .explain import method_options
     from .loading import load
+    from .processing import open_image
     from .views.render import overlay
 
-    method_options(args.method)  # an unknown method fails here, before the model loads
-    image_path = Path(args.image)
-    if not image_path.is_file():
-        raise FileNotFoundError(f"no such image file: {image_path}")
-    model = load(args.model)
-    exp = run_explain(model, [image_path], args.captions, method=args.method)
+    # everything the user gave is checked before the model loads and runs
+    method_options(args.method)
     out = Path(args.out)
+    _check_writable(out)
+    original = open_image(args.image)  # upright and RGB, exactly what the processor sees
+    model = load(args.model)
+    exp = run_explain(model, [original], args.captions, method=args.method)
     out.mkdir(parents=True, exist_ok=True)
-    with Image.open(image_path) as original:
-        original = original.convert("RGB")
-    maps = exp.pixel_maps(original=True)[0]
     width = max(len(c) for c in args.captions)
     print(f"{'caption':<{width}}  {'logit':>8}  overlay")
     for j, caption in enumerate(args.captions):
         path = out / f"{j:02d}-{_slug(caption)}.png"
-        overlay(original, maps[j]).save(path)
+        # one full-size map at a time: a big photo's maps for every caption would not fit in memory
+        overlay(original, exp.pixel_maps(original=True, text=j)[0][0]).save(path)
         print(f"{caption:<{width}}  {exp.scores[0, j]:8.3f}  {path}")
+
+
+def _check_writable(out: Path) -> None:
+    """Fails unless the overlays can be written into folder `out` (made later), writing nothing."""
+    import tempfile
+
+    existing = next(p for p in (out, *out.parents) if p.exists())  # "." at the latest
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file; --out names a folder for the overlays")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write in {existing} ({e.strerror or e}); "
+                         "choose a folder you can write to") from None
 
 
 def list_methods(args: argparse.Namespace) -> None:
@@ -100,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (CheckpointError, CheckpointNotFoundError, FileNotFoundError, ValueError, RuntimeError) as e:
+    # the errors clipx's checks raise (CheckpointError is a ValueError, CheckpointNotFoundError an
+    # OSError); anything else, torch's RuntimeErrors included, is a bug and keeps its traceback
+    except (OSError, ValueError, TypeError) as e:
         print(f"clipx {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,10 @@ maps them to and from the Hugging Face and OpenAI key layouts.
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from .attention import Attention, check_backend, flash_unavailable_reason, switc
 from .config import CLIPConfig, TextConfig, TowerConfig, VisionConfig
 from .hooks import HookedModule, HookPoint
 from .length_groups import length_groups
+from .processing import ImageProcessor
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
@@ -300,7 +305,39 @@ class CLIP(HookedModule):
             raise ValueError(
                 f"pixel_values must be a float tensor [batch, {tower.config.num_channels}, height, width], got "
                 f"{_describe(pixel_values)}; model.preprocess(images) makes one from images")
+        height, width = pixel_values.shape[-2:]
+        patch = tower.config.patch_size
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"pixel_values holds no images ({_describe(pixel_values)})")
+        if height < patch or width < patch:
+            raise ValueError(f"pixel_values are {height}x{width} pixels, smaller than one {patch}x{patch} patch "
+                             f"of this model; model.preprocess(images) resizes images to the model's size")
+        self._check_pixel_range(pixel_values)
         return tower(pixel_values, interpolate_pos_encoding, **kwargs)
+
+    def _check_pixel_range(self, pixel_values: torch.Tensor) -> None:
+        """NaN or inf is an error; values preprocessing cannot produce (pixels in 0..255 or 0..1, not
+        normalised) are a warning, since the model would still return numbers, only meaningless ones."""
+        # one pass, one transfer from the device: NaN propagates to both ends, inf shows at one
+        low, high = torch.stack(pixel_values.detach().aminmax()).tolist()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"pixel_values hold NaN or infinite values (they span [{low}, {high}]); the model "
+                             "needs finite values, as model.preprocess(images) makes them")
+        lo, hi = (self.processor or ImageProcessor()).value_range()
+        # generous: resampling overshoots, and standard-normal test tensors (|x| < 6) are fine; pixels in
+        # 0..255 still land far beyond it
+        margin = hi - lo
+        if low < lo - margin or high > hi + margin:
+            problem = "far from what preprocessing gives (pixels in 0..255, not normalised?)"
+        elif lo < 0 <= low and high <= 1 and high - low >= 0.5:
+            # unnormalised [0, 1] pixels: normalised images only stay in [0, 1] when they are nearly flat
+            # and light (a grey image, or the all-zero mean image baselines use), and those span less
+            problem = "all within [0, 1], like pixels rescaled but not normalised"
+        else:
+            return
+        warnings.warn(f"pixel_values span [{low:.4g}, {high:.4g}], {problem}; preprocessed images span "
+                      f"[{lo:.2f}, {hi:.2f}] and other values give meaningless outputs: make pixel_values "
+                      "with model.preprocess(images)", UserWarning, stacklevel=_caller_level())
 
     def _text_forward(self, input_ids, attention_mask=None, **kwargs) -> TowerOutput:
         tower = self._tower("text")
@@ -397,6 +434,18 @@ class CLIP(HookedModule):
         from .checkpoint import save_folder
 
         save_folder(self, folder)
+
+
+_INTERNAL = tuple(str(Path(f).parent) + os.sep for f in (torch.__file__, __file__))  # torch's and clipx's code
+
+
+def _caller_level() -> int:
+    """The stacklevel, for a warnings.warn in the function calling this one, of the first frame
+    outside clipx and torch: the user's own line, however deep inside the call the check ran."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _describe(x: Any) -> str:

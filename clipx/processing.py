@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 CONFIG_NAME = "preprocessor_config.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -106,7 +109,7 @@ class ImageProcessor:
     def _one(self, image: Any, i: int) -> torch.Tensor:
         """One input -> [n, 3, H, W]."""
         if isinstance(image, torch.Tensor):
-            return _check_pixel_values(image, f"images[{i}]")
+            return check_pixel_values(image, f"images[{i}]")
         image = self._to_rgb(_to_pil(image, i), i)
         width, height = image.size
         if self.do_resize:
@@ -163,9 +166,16 @@ class ImageProcessor:
         sx, sy = width / new_w, height / new_h
         return left * sx, top * sy, right * sx, bottom * sy
 
+    def value_range(self) -> tuple[float, float]:
+        """The lowest and the highest value (over the channels) this processor's output can hold."""
+        top = 255 * self.rescale_factor if self.do_rescale else 255.0
+        mean, std = (self.image_mean, self.image_std) if self.do_normalize else ((0.0,) * 3, (1.0,) * 3)
+        ends = [(v - m) / s for m, s in zip(mean, std) for v in (0.0, top)]
+        return min(ends), max(ends)
+
     def to_pil(self, pixel_values: torch.Tensor) -> list[Image.Image]:
         """Undo normalise and rescale: [3, H, W] or [B, 3, H, W] -> RGB images for display."""
-        x = _check_pixel_values(pixel_values, "pixel_values").detach().float().cpu()
+        x = check_pixel_values(pixel_values, "pixel_values").detach().float().cpu()
         if self.do_normalize:
             x = x * _channels(self.image_std) + _channels(self.image_mean)
         if self.do_rescale:
@@ -185,7 +195,7 @@ def _channels(values: tuple) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)[:, None, None]
 
 
-def _check_pixel_values(x: torch.Tensor, name: str) -> torch.Tensor:
+def check_pixel_values(x: torch.Tensor, name: str) -> torch.Tensor:
     """A preprocessed tensor, [3, H, W] or [B, 3, H, W] float -> [B, 3, H, W], values untouched."""
     if not x.is_floating_point():
         raise TypeError(f"{name}: a tensor must be preprocessed pixel values, float [B,3,H,W]; got dtype {x.dtype}")
@@ -200,7 +210,7 @@ def _check_pixel_values(x: torch.Tensor, name: str) -> torch.Tensor:
 def _to_pil(image: Any, i: int) -> Image.Image:
     """A PIL image, path or array -> a non-empty PIL image (any mode)."""
     if isinstance(image, (str, os.PathLike)):
-        image = _open(Path(image), i)
+        image = open_image(image, f"images[{i}]")
     elif isinstance(image, np.ndarray):
         image = _from_array(image, i)
     elif not isinstance(image, Image.Image):
@@ -211,16 +221,53 @@ def _to_pil(image: Any, i: int) -> Image.Image:
     return image
 
 
-def _open(path: Path, i: int) -> Image.Image:
+def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
+    """An image file as the processor sees it: turned upright by its EXIF orientation, RGB.
+
+    Everything that shows maps on an original opens it here, so the maps (computed on the upright
+    image) land on the pixels they were computed from. `name` (e.g. "images[0]") prefixes errors.
+    """
+    with _reading(path, name) as f:
+        # transformers' load_image: apply the EXIF rotation, then a plain convert("RGB"); a file's
+        # alpha is dropped here, not composited onto white as for a PIL image passed in
+        return ImageOps.exif_transpose(f).convert("RGB")
+
+
+def image_size(path: str | os.PathLike, name: str | None = None) -> tuple[int, int]:
+    """(width, height) of `open_image(path)`, read from the header and EXIF where the format allows."""
+    with _reading(path, name) as f:
+        width, height = f.size
+        turned = f.getexif().get(ExifTags.Base.Orientation) in _TURNED
+        return (height, width) if turned else (width, height)
+
+
+# the EXIF orientations that exif_transpose turns by 90 degrees (transpose, rotate, transverse)
+_TURNED = {5, 6, 7, 8}
+
+
+@contextmanager
+def _reading(path: str | os.PathLike, name: str | None) -> Iterator[Image.Image]:
+    """The file opened lazily by PIL; a missing, unreadable or oversized file is one clear error naming it."""
+    path, prefix = Path(path), f"{name}: " if name else ""
     if not path.is_file():
-        raise FileNotFoundError(f"images[{i}]: no such image file: {path}")
+        raise FileNotFoundError(f"{prefix}no such image file: {path}")
     try:
-        with Image.open(path) as f:
-            # transformers' load_image: apply the EXIF rotation, then a plain convert("RGB"); a file's
-            # alpha is dropped here, not composited onto white as for a PIL image passed in
-            return ImageOps.exif_transpose(f).convert("RGB")
+        # PIL only warns between 1x and 2x its pixel limit and decodes anyway: refuse both alike
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            f = Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ValueError(f"{prefix}{path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS = "
+                         f"{Image.MAX_IMAGE_PIXELS} allows, a guard against decompression bombs ({e}); downscale "
+                         "the image, or if you trust the file raise the limit in Python "
+                         "(PIL.Image.MAX_IMAGE_PIXELS = None removes it)") from None
     except (OSError, ValueError) as e:  # PIL signals a file it cannot read with OSError subclasses
-        raise ValueError(f"images[{i}]: cannot read an image from {path}: {e}") from e
+        raise ValueError(f"{prefix}cannot read an image from {path}: {e}") from e
+    with f:
+        try:
+            yield f
+        except (OSError, ValueError) as e:  # a header that opened but pixels that do not decode
+            raise ValueError(f"{prefix}cannot read an image from {path}: {e}") from e
 
 
 def _from_array(a: np.ndarray, i: int) -> Image.Image:

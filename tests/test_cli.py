@@ -1,5 +1,6 @@
 """The clipx command."""
 
+import pytest
 from PIL import Image
 
 from clipx.cli import main
@@ -70,3 +71,199 @@ def test_explain_on_a_demo_scene_tells_its_objects_apart(tmp_path):
     star, circle = (Image.open(p).convert("RGB") for p in sorted(out.glob("*.png")))
     assert star.size == circle.size == (224, 224)
     assert star.tobytes() != circle.tobytes()
+
+
+# --- issue 10: photos turned by EXIF, checks before the model loads, errors as exit 2, memory ---------------
+
+def _turned(upright: Image.Image, orientation: int) -> tuple[Image.Image, Image.Exif]:
+    """The stored pixels and EXIF of a photo whose viewer turns it upright by `orientation`."""
+    stored = upright.transpose({6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return stored, exif
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_explain_paints_an_exif_turned_photo_upright(tiny_checkpoint, tmp_path, orientation):
+    """A phone photo: its maps are computed on the upright image and must be painted onto it, so the
+    overlays are those of the same photo stored upright: same size, same hot spot."""
+    upright = Image.new("RGB", (48, 32), (20, 20, 20))
+    upright.paste((230, 40, 40), (30, 4, 44, 14))  # an object in the top right corner
+    upright.save(tmp_path / "upright.png")
+    stored, exif = _turned(upright, orientation)
+    stored.save(tmp_path / "phone.png", exif=exif)
+    model = ["--model", str(tiny_checkpoint[0])]
+    for name in ("upright", "phone"):
+        assert main(["explain", str(tmp_path / f"{name}.png"), "a red square", "a dark room", *model,
+                     "--out", str(tmp_path / name)]) == 0
+    for want, got in zip(sorted((tmp_path / "upright").glob("*.png")), sorted((tmp_path / "phone").glob("*.png"))):
+        want, got = Image.open(want), Image.open(got)
+        assert got.size == upright.size
+        assert got.tobytes() == want.tobytes()
+
+
+def _no_model_load(monkeypatch):
+    """Makes loading a model fail the test: these errors must come before it."""
+    import clipx.loading
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was noticed")
+    monkeypatch.setattr(clipx.loading, "load", load)
+
+
+def test_explain_out_that_cannot_be_a_folder_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    _no_model_load(monkeypatch)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+    note = tmp_path / "notes.txt"
+    note.write_text("keep me")
+    for out in (note, note / "out"):  # an existing file, and a folder under a file
+        assert main(["explain", str(image), "a cat", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("clipx explain: error: --out ") and str(note) in err and "is a file" in err
+    assert note.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["img.png", "notes.txt"]
+
+
+def test_explain_out_where_nothing_can_be_written_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    _no_model_load(monkeypatch)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+
+    def refuse(*args, **kwargs):  # as root a chmod 000 folder is writable, so refuse here
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    out = tmp_path / "new" / "out"
+    assert main(["explain", str(image), "a cat", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipx explain: error: --out {out}: cannot write in {tmp_path}")
+    assert "Permission denied" in err and not (tmp_path / "new").exists()
+
+
+def test_explain_checks_the_image_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    _no_model_load(monkeypatch)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert main(["explain", str(broken), "a cat", "--out", str(tmp_path / "out")]) == 2
+    assert f"cannot read an image from {broken}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_score_with_a_backend_that_cannot_run_exits_2(tiny_checkpoint, tmp_path, capsys):
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+    # the tiny model is float32 on the CPU, where no flash kernel runs
+    assert main(["score", str(image), "a cat", "--model", str(tiny_checkpoint[0]), "--attention", "flash"]) == 2
+    assert capsys.readouterr().err.startswith("clipx score: error: --attention flash: ")
+
+
+def test_unexpected_errors_keep_their_traceback(tiny_checkpoint, tmp_path, monkeypatch):
+    """A RuntimeError from inside torch is a bug to report, not a bad input to explain away."""
+    import sys
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(sys.modules["clipx.explain"], "explain", broken)  # clipx.explain is also the function
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["explain", str(image), "a cat", "--model", str(tiny_checkpoint[0]), "--out", str(tmp_path / "out")])
+
+
+def _garbage_weights(folder):
+    (folder / "model.safetensors").write_bytes(b"garbage" * 10)
+
+
+def _garbage_config(folder):
+    (folder / "config.json").write_text("{not json")
+
+
+def _no_weights(folder):
+    (folder / "model.safetensors").unlink()
+
+
+@pytest.mark.parametrize("spoil, says", [(_garbage_weights, "cannot read weights from"),
+                                         (_garbage_config, "config.json is not valid JSON"),
+                                         (_no_weights, "no weights in the folder")])
+@pytest.mark.parametrize("command", ["score", "explain"])
+def test_checkpoint_errors_exit_2(tiny_checkpoint, tmp_path, capsys, command, spoil, says):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    spoil(folder)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+    out = ["--out", str(tmp_path / "out")] if command == "explain" else []
+    assert main([command, str(image), "a cat", "--model", str(folder), *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipx {command}: error: ") and says in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_300_character_model_id_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+    name = "org/" + "x" * 300
+    assert main(["score", str(image), "a cat", "--model", name]) == 2
+    assert capsys.readouterr().err.startswith("clipx score: error: ")
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from clipx.cli import main
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+small, image, model, out = sys.argv[1:]
+assert main(["explain", small, "a cat", "--model", model, "--out", out + "/warm"]) == 0  # imports, model
+base = peak_mb()
+assert main(["explain", image, *[f"caption {k}" for k in range(5)], "--model", model, "--out", out + "/big"]) == 0
+print(peak_mb() - base)
+"""
+
+
+def test_explain_of_a_big_photo_holds_one_full_size_map_at_a_time(tiny_checkpoint, tmp_path):
+    """5 captions on a 3000x3000 photo: a float32 map at full size is 36 MB. All five maps at once, or
+    float64 copies of the image in the overlay, raise the peak by 13 to 18 such maps; one at a time, 5 or 6."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    side = 3000
+    picture = np.zeros((side, side, 3), np.uint8)
+    picture[side // 4:side // 2, side // 8:side * 3 // 4] = (200, 30, 30)
+    Image.fromarray(picture).save(tmp_path / "big.png", compress_level=1)
+    Image.fromarray(picture).resize((64, 64)).save(tmp_path / "small.png")
+    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, *(str(tmp_path / f) for f in ("small.png", "big.png")),
+                           str(tiny_checkpoint[0]), str(tmp_path)], capture_output=True, text=True, check=True)
+    growth_mb = float(done.stdout.strip().splitlines()[-1])
+    map_mb = side * side * 4 / 2**20
+    assert growth_mb < 8 * map_mb, f"the peak grew by {growth_mb:.0f} MB, {growth_mb / map_mb:.1f} full-size maps"
+    assert len(list((tmp_path / "big").glob("*.png"))) == 5
+
+
+def test_explain_asks_for_one_captions_full_size_map_at_a_time(tiny_checkpoint, tmp_path, monkeypatch):
+    """Every full-size map the CLI asks for holds one caption, and is let go before the next is made."""
+    import weakref
+
+    from clipx.explain import Explanation
+
+    made, real = [], Explanation.pixel_maps
+
+    def pixel_maps(self, *args, **kwargs):
+        assert all(ref() is None for ref in made), "an earlier full-size map is still held"
+        maps = real(self, *args, **kwargs)
+        assert all(m.shape[0] == 1 for m in maps), "a full-size map of several captions at once"
+        made.extend(weakref.ref(m) for m in maps)
+        return maps
+    monkeypatch.setattr(Explanation, "pixel_maps", pixel_maps)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (300, 200), (90, 20, 20)).save(image)
+    captions = [f"caption {k}" for k in range(4)]
+    assert main(["explain", str(image), *captions, "--model", str(tiny_checkpoint[0]), "--out", str(tmp_path / "o")]) == 0
+    assert len(made) == len(captions)

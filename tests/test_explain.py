@@ -253,11 +253,14 @@ def test_bad_input(model, tmp_path):
         clipx.explain(clipx.load(tmp_path / "text-only"), images(1), CAPTIONS)
 
 
-@pytest.mark.parametrize("option, value", [("n_steps", 0), ("n_steps", 2.5), ("n_steps", True),
-                                           ("internal_batch_size", -1)])
-def test_integrated_gradients_counts_are_checked(model, option, value):
+@pytest.mark.parametrize("option, value, error, message", [
+    ("n_steps", 0, ValueError, "n_steps must be at least 1, got 0"),
+    ("n_steps", 2.5, TypeError, "n_steps must be an int, got 2.5"),
+    ("n_steps", True, TypeError, "n_steps must be an int, got True"),
+    ("internal_batch_size", -1, ValueError, "internal_batch_size must be at least 1, got -1")])
+def test_integrated_gradients_counts_are_checked(model, option, value, error, message):
     """Captum would fail with a bare AssertionError (n_steps=0) or deep in torch."""
-    with pytest.raises(ValueError, match=f"{option} must be a whole number of at least 1, got {value!r}"):
+    with pytest.raises(error, match=message):
         clipx.explain(model, images(1), CAPTIONS[:1], method="integrated_gradients", **{option: value})
 
 

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import torch
 
-from .core import Inputs, pooled_rows
+from .core import Inputs, check_int, pooled_rows
 from .registry import Maps, register
 
 
 @register("attention")
 def attention(x: Inputs, layer: int = -1, head: int | None = None) -> Maps:
-    v_layer, t_layer = x.layers("vision", layer)[0], x.layers("text", layer)[0]
+    v_layer, t_layer = x.layers("vision", layer, "layer")[0], x.layers("text", layer, "layer")[0]
+    if head is not None:  # checked before the model runs
+        head = check_int("head", head)
+        n_heads = x.model.vision.config.num_attention_heads, x.model.text.config.num_attention_heads
+        if not all(-n <= head < n for n in n_heads):
+            raise ValueError(f"head {head} is out of range: the towers have {n_heads[0]} and {n_heads[1]} heads")
     names = [f"vision.blocks.{v_layer}.attn.hook_pattern", f"text.blocks.{t_layer}.attn.hook_pattern"]
     with torch.no_grad():
         out, cache = x.run(names)
     vision, text = (cache[n] for n in names)  # [B or T, heads, L, L]
-    n_heads = vision.shape[1], text.shape[1]
     if head is not None:
-        if not all(-n <= head < n for n in n_heads):
-            raise ValueError(f"head {head} is out of range: the towers have {n_heads[0]} and {n_heads[1]} heads")
         vision, text = vision[:, head], text[:, head]
     else:
         vision, text = vision.mean(1), text.mean(1)

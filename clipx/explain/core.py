@@ -11,6 +11,7 @@ over one retained graph, each only as deep as the activations asked for.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,12 +42,14 @@ class Inputs:
     def eos_positions(self) -> torch.Tensor:
         return self.model.text.eos_positions(self.input_ids)
 
-    def layers(self, tower: str, start_layer: int) -> range:
-        """Block indices from `start_layer` (negative counts from the end: -1 = last) to the last."""
+    def layers(self, tower: str, start_layer: int, name: str = "start_layer") -> range:
+        """Block indices from `start_layer` (negative counts from the end: -1 = last) to the last;
+        `name` is the option the user passed it as, for the errors."""
+        start_layer = check_int(name, start_layer)
         n = len(getattr(self.model, tower).blocks)
         start = start_layer + n if start_layer < 0 else start_layer
         if not 0 <= start < n:
-            raise ValueError(f"start_layer {start_layer} is outside the {tower} tower's {n} blocks "
+            raise ValueError(f"{name} {start_layer} is outside the {tower} tower's {n} blocks "
                              f"(use 0..{n - 1}, or -1..-{n} from the end)")
         return range(start, n)
 
@@ -61,6 +64,16 @@ class Inputs:
     def patch_grid(self, per_patch: torch.Tensor) -> torch.Tensor:
         """[..., n_patches] -> [..., grid_h, grid_w]"""
         return per_patch.reshape(*per_patch.shape[:-1], *self.grid)
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """An integer option as an int, or a TypeError naming it (a bool is not an integer here); a
+    ValueError below `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+    return int(value)
 
 
 def _grads(target: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .core import check_int
+
 _TENSORS = ("image", "text", "scores", "images", "token_maps")
 
 
@@ -45,27 +47,29 @@ class Explanation:
     def n_texts(self) -> int:
         return self.scores.shape[1]
 
-    def pixel_maps(self, size: tuple[int, int] | None = None, original: bool = False):
+    def pixel_maps(self, size: tuple[int, int] | None = None, original: bool = False, text: int | None = None):
         """The image maps upsampled (bilinear) to pixels.
 
         size=None: the preprocessed image's size -> [n_images, n_texts, H, W].
         original=True: onto each original image, through the centre crop the processor took;
         pixels outside the crop get 0 -> a list (one [n_texts, height, width] tensor per image).
+        text=j: caption j's maps only (n_texts becomes 1), so full-size maps can be made one at a time.
         """
         if self.image is None:
             raise ValueError(f"the {self.method!r} method gives no image maps")
+        image = self.image if text is None else self.image[:, [_caption_index(text, self.n_texts)]]
         if not original:
             size = size or tuple(self.images.shape[1:3])
-            return F.interpolate(self.image.float(), size=size, mode="bilinear", align_corners=False)
+            return F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False)
         if self.crop_boxes is None or self.image_sizes is None:
             raise ValueError("the original images are unknown: explain() was given preprocessed pixel_values")
         maps = []
         for i, ((left, top, right, bottom), (width, height)) in enumerate(zip(self.crop_boxes, self.image_sizes)):
             x0, y0 = max(int(round(left)), 0), max(int(round(top)), 0)
             x1, y1 = min(int(round(right)), width), min(int(round(bottom)), height)
-            inside = F.interpolate(self.image[i:i + 1].float(), size=(round(bottom - top), round(right - left)),
+            inside = F.interpolate(image[i:i + 1].float(), size=(round(bottom - top), round(right - left)),
                                    mode="bilinear", align_corners=False)[0]
-            canvas = torch.zeros(self.n_texts, height, width)
+            canvas = torch.zeros(image.shape[1], height, width)
             ox, oy = x0 - int(round(left)), y0 - int(round(top))
             canvas[:, y0:y1, x0:x1] = inside[:, oy:oy + y1 - y0, ox:ox + x1 - x0]
             maps.append(canvas)
@@ -111,3 +115,10 @@ class Explanation:
         maps = ", ".join(f"{k}={list(v.shape)}" for k in ("image", "text", "token_maps")
                          if (v := getattr(self, k)) is not None)
         return f"Explanation(method={self.method!r}, {self.n_images} images x {self.n_texts} texts, {maps})"
+
+
+def _caption_index(text: Any, n_texts: int) -> int:
+    text = check_int("text", text)
+    if not -n_texts <= text < n_texts:
+        raise IndexError(f"text {text} is out of range for {n_texts} captions")
+    return text

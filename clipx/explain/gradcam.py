@@ -24,8 +24,8 @@ def cam(activations: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor) -> t
 
 @register("gradcam")
 def gradcam(x: Inputs, layer: int = -1) -> Maps:
-    v_name = f"vision.blocks.{x.layers('vision', layer)[0]}.hook_resid_pre"
-    t_name = f"text.blocks.{x.layers('text', layer)[0]}.hook_resid_pre"
+    v_name = f"vision.blocks.{x.layers('vision', layer, 'layer')[0]}.hook_resid_pre"
+    t_name = f"text.blocks.{x.layers('text', layer, 'layer')[0]}.hook_resid_pre"
     out, cache = x.run([v_name, t_name], requires_grad=True)
     logits = out.logits_per_image
     v_act, t_act = cache[v_name], cache[t_name]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .core import Inputs
+from .core import Inputs, check_int
 from .registry import Maps, register
 
 
@@ -26,9 +26,9 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
                          text_baseline_token: int | None = None, internal_batch_size: int | None = None) -> Maps:
     from captum.attr import IntegratedGradients  # imported here: Captum costs `import clipx` half a second
 
-    _check_count("n_steps", n_steps)
+    n_steps = check_int("n_steps", n_steps, minimum=1)
     if internal_batch_size is not None:
-        _check_count("internal_batch_size", internal_batch_size)
+        internal_batch_size = check_int("internal_batch_size", internal_batch_size, minimum=1)
     model = x.model
     out, cache = x.run(["vision.hook_embed", "text.hook_embed"])
     scale = model.logit_scale.exp().detach()
@@ -76,7 +76,3 @@ def _embedding(model, tower: str, forward: Callable[[], torch.Tensor]) -> torch.
         forward()
     return cache[f"{tower}.hook_embed"]
 
-
-def _check_count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")

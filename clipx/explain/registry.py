@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..model import CLIP
+from ..processing import check_pixel_values, image_size
 from .core import Inputs
 from .explanation import Explanation
 
@@ -49,6 +50,9 @@ def method_options(name: str) -> dict[str, Any]:
 
 
 def _method(name: str) -> Method:
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a method's name (a str), got {type(name).__name__}; "
+                        f"clipx.methods() has: {', '.join(methods())}")
     try:
         return METHODS[name]
     except KeyError:
@@ -88,17 +92,14 @@ def _prepare(model: CLIP, images: Any, texts: str | list[str]) -> Inputs:
     if not texts:
         raise ValueError("no texts to explain: got an empty list")
     if isinstance(images, torch.Tensor):
-        if images.ndim == 3:
-            images = images[None]
-        if images.numel() == 0:
-            raise ValueError("no images to explain: got an empty tensor")
+        images = check_pixel_values(images, "images")  # float [B, 3, H, W], not uint8 pixels cast silently
         sizes = None
         pixel_values = images.to(*model._device_dtype()).clone()  # a normal copy of what may be an inference tensor
     else:
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("no images to explain: got an empty list")
-        sizes = [_size(im) for im in images]
+        sizes = [_size(im, i) for i, im in enumerate(images)]
         pixel_values = model.preprocess(images)
     processor = model.processor
     crop_boxes = None
@@ -117,16 +118,12 @@ def _display(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor | None:
     return torch.stack([torch.from_numpy(np.array(im)) for im in model.processor.to_pil(pixel_values.detach().float().cpu())])
 
 
-def _size(image: Any) -> tuple[int, int] | None:
-    """(width, height) of an image as given, for placing maps back onto it."""
+def _size(image: Any, i: int) -> tuple[int, int] | None:
+    """(width, height) of an image as given (a file as the processor opens it), for placing maps back onto it."""
     if isinstance(image, Image.Image):
         return image.size
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as im:
-                return ImageOps.exif_transpose(im).size  # the processor turns by EXIF too
-        except OSError:
-            return None  # the processor reports the bad file
+    if isinstance(image, (str, os.PathLike)):
+        return image_size(image, f"images[{i}]")
     if isinstance(image, np.ndarray) and image.ndim >= 2:
         return image.shape[1], image.shape[0]
     return None

@@ -30,7 +30,7 @@ def relevance_matrix(patterns: list[torch.Tensor], grads: list[torch.Tensor]) ->
 @register("relevance")
 def relevance(x: Inputs, start_layer: int = -1, start_layer_text: int = -1) -> Maps:
     v_names = pattern_names("vision", x.layers("vision", start_layer))
-    t_names = pattern_names("text", x.layers("text", start_layer_text))
+    t_names = pattern_names("text", x.layers("text", start_layer_text, "start_layer_text"))
     out, cache = x.run(v_names + t_names, requires_grad=True)
     logits = out.logits_per_image
     v_patterns = [cache[n] for n in v_names]

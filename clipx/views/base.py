@@ -27,8 +27,10 @@ class View(widgets.VBox):
                  size: int = 224) -> None:
         super().__init__()
         self.model, self.cmap = model, cmap
-        self.pixel_values = model.preprocess(images)
         self.texts = list(dict.fromkeys([texts] if isinstance(texts, str) else texts))
+        if not self.texts:  # the caption dropdown would hold nothing to render
+            raise ValueError(f"no captions given to {type(self).__name__}: pass a caption or a non-empty list")
+        self.pixel_values = model.preprocess(images)
         self.pictures = [p.resize((size, size), Image.BILINEAR) for p in model.processor.to_pil(self.pixel_values)]
         self.grid = model.vision.patch_grid(self.pixel_values)
         names = _names(images, len(self.pictures))

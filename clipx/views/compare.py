@@ -9,6 +9,7 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
+from ..explain import method_options
 from ..explain import methods as registered
 from ..model import CLIP
 from .base import View
@@ -21,6 +22,8 @@ class Compare(View):
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], methods: Sequence[str] | None = None,
                  cmap: str = "jet", size: int = 160) -> None:
+        for method in methods or ():
+            method_options(method)  # an unknown name fails here, clearly, not as the selector's TraitError
         super().__init__(model, images, texts, cmap, size)
         self.results = Explanations(model, self.pixel_values, self.texts, self.progress)
         self.methods = widgets.SelectMultiple(options=registered(), value=tuple(methods or registered()),

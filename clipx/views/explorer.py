@@ -9,7 +9,7 @@ import ipywidgets as widgets
 import torch
 from PIL import Image
 
-from ..explain import methods
+from ..explain import method_options, methods
 from ..model import CLIP
 from .base import View
 from .cache import Explanations
@@ -22,6 +22,7 @@ class Explorer(View):
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], method: str = "relevance",
                  cmap: str = "jet", size: int = 224) -> None:
+        method_options(method)  # an unknown name fails here, clearly, not as the toggle's TraitError
         super().__init__(model, images, texts, cmap, size)
         self.results = Explanations(model, self.pixel_values, self.texts, self.progress)
         self.method = widgets.ToggleButtons(options=methods(), value=method, description="method")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 if TYPE_CHECKING:
     from ..explain.explanation import Explanation
@@ -36,7 +36,11 @@ def normalise(values: Any) -> np.ndarray:
     """Min-max to [0, 1] as float32 (a constant map becomes zeros)."""
     values = as_array(values)
     low, high = values.min(initial=np.inf), values.max(initial=-np.inf)
-    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if not high > low:
+        return np.zeros_like(values)
+    unit = values - low  # one copy, scaled in place
+    unit /= high - low
+    return unit
 
 
 @lru_cache(maxsize=None)
@@ -47,7 +51,9 @@ def _lut(cmap: str) -> np.ndarray:
 
 def shade(unit: np.ndarray, cmap: str = "jet") -> np.ndarray:
     """Values in [0, 1] (any shape) -> uint8 RGB [..., 3]."""
-    return _lut(cmap)[np.rint(unit * 255).astype(np.uint8)]
+    index = np.asarray(np.multiply(unit, 255, dtype=np.float32))
+    index = np.rint(index, out=index).astype(np.uint8)  # rounded in place, and the float copy let go
+    return _lut(cmap)[index]
 
 
 def colorize(values: Any, cmap: str = "jet") -> np.ndarray:
@@ -58,21 +64,25 @@ def colorize(values: Any, cmap: str = "jet") -> np.ndarray:
 def overlay(image: Any, heatmap: Any, cmap: str = "jet", alpha: float = 0.5,
             contour_top: float | None = None) -> Image.Image:
     """The heatmap (any resolution, min-max normalised) upsampled onto the image, blended with
-    opacity `alpha`; `contour_top=20` outlines the top 20% of the heatmap's pixels in white."""
-    base = image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+    opacity `alpha`; `contour_top=20` outlines the top 20% of the heatmap's pixels in white.
+    Lean on big photos: one float32 map at the image's size, the rest 8-bit."""
+    if contour_top is not None and not 0 < contour_top <= 100:
+        raise ValueError(f"contour_top is a percentage in (0, 100], got {contour_top}")
+    if isinstance(image, Image.Image):
+        base = image if image.mode == "RGB" else image.convert("RGB")  # only read below, so not copied
+    else:
+        base = Image.fromarray(np.asarray(image, np.uint8))
     if heatmap is None:
-        return base
-    # bilinear on pixel centres, as Explanation.pixel_maps does
-    heat = np.asarray(Image.fromarray(normalise(heatmap)).resize(base.size, Image.BILINEAR))
-    out = np.asarray(base, np.float32) * (1 - alpha) + shade(heat, cmap) * alpha
-    out = out.astype(np.uint8)
+        return base.copy() if base is image else base
+    heat = normalise(heatmap)
+    if heat.shape != (base.height, base.width):  # bilinear on pixel centres, as Explanation.pixel_maps does
+        heat = np.asarray(Image.fromarray(heat).resize(base.size, Image.BILINEAR))
+    out = Image.blend(base, Image.fromarray(shade(heat, cmap)), alpha)
     if contour_top is not None:
-        if not 0 < contour_top <= 100:
-            raise ValueError(f"contour_top is a percentage in (0, 100], got {contour_top}")
         region = Image.fromarray((heat >= np.quantile(heat, 1 - contour_top / 100)).astype(np.uint8) * 255)
         inner = region.filter(ImageFilter.MinFilter(3))  # the region shrunk by a pixel: the rest is its edge
-        out[(np.asarray(region) > 0) & (np.asarray(inner) == 0)] = 255
-    return Image.fromarray(out)
+        out.paste((255, 255, 255), mask=ImageChops.subtract(region, inner))
+    return out
 
 
 def mark_patch(image: Image.Image, row: int, col: int, grid: tuple[int, int], colour: str = "white") -> Image.Image:
