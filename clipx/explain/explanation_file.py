@@ -186,7 +186,7 @@ def _encode(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
         tensor = value
         if not isinstance(value, torch.Tensor):
             try:
-                tensor = torch.from_numpy(np.ascontiguousarray(value))
+                tensor = torch.from_numpy(np.array(value))  # a C-ordered copy, 0-d for a scalar
             except TypeError:
                 raise _unstorable(name, value, f"numpy dtype {value.dtype} has no torch equivalent") from None
         if tensor.layout != torch.strided:
