@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from ..files import save_safetensors
 
@@ -67,7 +68,7 @@ def read(path: str | Path) -> dict[str, Any]:
         raise invalid(f"its metadata is a JSON {type(meta).__name__}, not an object")
     version = meta.pop("format", 1)
     if type(version) is not int or not 1 <= version <= FORMAT:
-        raise invalid(f"it has format {version!r}, this clipx reads formats 1 to {FORMAT}: a newer clipx wrote it?")
+        raise invalid(f"it has format {version!r}, this clipx reads formats 1 to {FORMAT} (a newer clipx writes higher ones)")
     missing, unknown = sorted(set(META) - set(meta)), sorted(set(meta) - set(META))
     if missing or unknown:
         raise invalid("its metadata " + "; ".join(f"{what} {', '.join(keys)}" for what, keys in
@@ -180,7 +181,7 @@ def _encode(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else {"float": repr(value)}  # "nan", "inf", "-inf"
+        return value if math.isfinite(value) else {"float": str(float(value))}  # "nan", "inf", "-inf"
     if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
         scalar = isinstance(value, np.generic)
         tensor = value
@@ -191,6 +192,10 @@ def _encode(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
                 raise _unstorable(name, value, f"numpy dtype {value.dtype} has no torch equivalent") from None
         if tensor.layout != torch.strided:
             raise _unstorable(name, value, f"a {tensor.layout} tensor; make it dense (.to_dense())")
+        try:  # an empty tensor of its dtype: safetensors' own word on whether it has that type
+            save({"probe": torch.empty(0, dtype=tensor.dtype)})
+        except (KeyError, ValueError, TypeError):
+            raise _unstorable(name, value, f"safetensors has no type for {tensor.dtype}") from None
         key = _OPTION_TENSOR.format(len(tensors))
         tensors[key] = _stored(tensor)
         kind = "tensor" if isinstance(value, torch.Tensor) else "numpy"
