@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                     metadata: dict[str, str] | None = None) -> None:
     """`safetensors.torch.save_file`, then the mode a plain `open(path, "w")` gives a new file
     (0o666 & ~umask); the file appears under its name only once complete (temp file + os.replace)."""
     path = Path(path)

@@ -124,7 +124,8 @@ def test_figure_draws_captions_and_tokens_literally(usetex):
     tokens = [["<|startoftext|>", *caption.split(), "<|endoftext|>"] for caption in AWKWARD]
     length = max(map(len, tokens))
     exp = Explanation(image=torch.rand(1, 3, 2, 2), text=torch.rand(1, 3, length), scores=torch.rand(1, 3),
-                      tokens=tokens, texts=AWKWARD, method="$method_^$", images=torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
+                      tokens=tokens, texts=AWKWARD, method="$method_^$",
+                      images=torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
     with matplotlib.rc_context({"text.usetex": usetex}):  # neither mathtext nor LaTeX may reinterpret them
         fig = exp.figure()
         fig.savefig(io.BytesIO(), format="png")  # draws every text: maths parsing raised here

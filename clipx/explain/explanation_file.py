@@ -40,9 +40,10 @@ def write(fields: dict[str, Any], path: str | Path) -> None:
     options = {}
     for name, value in fields["options"].items():
         options[name] = _encode(value, name, tensors)
+    boxes, sizes = fields["crop_boxes"], fields["image_sizes"]  # checked: numbers, maybe numpy's, which JSON lacks
     meta = {"format": FORMAT, **{k: fields[k] for k in ("tokens", "texts", "method")}, "options": options,
-            "crop_boxes": None if fields["crop_boxes"] is None else [[float(x) for x in b] for b in fields["crop_boxes"]],
-            "image_sizes": None if fields["image_sizes"] is None else [[int(x) for x in s] for s in fields["image_sizes"]]}
+            "crop_boxes": None if boxes is None else [[float(x) for x in b] for b in boxes],
+            "image_sizes": None if sizes is None else [[int(x) for x in s] for s in sizes]}
     save_safetensors(tensors, path, metadata={KEY: json.dumps(meta, allow_nan=False)})
 
 
@@ -68,7 +69,8 @@ def read(path: str | Path) -> dict[str, Any]:
         raise invalid(f"its metadata is a JSON {type(meta).__name__}, not an object")
     version = meta.pop("format", 1)
     if type(version) is not int or not 1 <= version <= FORMAT:
-        raise invalid(f"it has format {version!r}, this clipx reads formats 1 to {FORMAT} (a newer clipx writes higher ones)")
+        raise invalid(f"it has format {version!r}, this clipx reads formats 1 to {FORMAT} "
+                      "(a newer clipx writes higher ones)")
     missing, unknown = sorted(set(META) - set(meta)), sorted(set(meta) - set(META))
     if missing or unknown:
         raise invalid("its metadata " + "; ".join(f"{what} {', '.join(keys)}" for what, keys in
@@ -105,8 +107,8 @@ def check(f: dict[str, Any]) -> None:
     if not (isinstance(f["options"], dict) and all(isinstance(k, str) for k in f["options"])):
         raise ValueError(f"options must be a dict with string keys, got {_describe(f['options'])}")
     _check_list(f["texts"], "texts", n_texts, "caption", lambda t: isinstance(t, str), "a string")
-    _check_list(f["tokens"], "tokens", n_texts, "caption", lambda t: isinstance(t, list) and all(isinstance(s, str) for s in t),
-                "a list of strings")
+    _check_list(f["tokens"], "tokens", n_texts, "caption",
+                lambda t: isinstance(t, list) and all(isinstance(s, str) for s in t), "a list of strings")
     longest = max((len(t) for t in f["tokens"]), default=0)
     image, text, token_maps = (_check_map(f, k, rank) for k, rank in (("image", 4), ("text", 3), ("token_maps", 5)))
     if text is not None and text.shape[2] < longest:
@@ -115,7 +117,8 @@ def check(f: dict[str, Any]) -> None:
         if text is not None and token_maps.shape[2] != text.shape[2]:
             raise ValueError(f"token_maps has {token_maps.shape[2]} token positions, text {text.shape[2]}")
         if token_maps.shape[2] < longest:
-            raise ValueError(f"token_maps covers {token_maps.shape[2]} token positions but a caption has {longest} tokens")
+            raise ValueError(f"token_maps covers {token_maps.shape[2]} token positions "
+                             f"but a caption has {longest} tokens")
         if image is not None and token_maps.shape[3:] != image.shape[2:]:
             raise ValueError(f"token_maps has a {_shape(token_maps.shape[3:])} grid, image {_shape(image.shape[2:])}")
     images = f["images"]
@@ -127,9 +130,10 @@ def check(f: dict[str, Any]) -> None:
     if (boxes is None) != (sizes is None):
         raise ValueError("crop_boxes and image_sizes are given together or not at all")
     if boxes is not None:
-        _check_list(boxes, "crop_boxes", n_images, "image", lambda b: _numbers(b, 4, numbers.Real), "(left, top, right, bottom)")
-        _check_list(sizes, "image_sizes", n_images, "image",
-                    lambda s: _numbers(s, 2, numbers.Integral) and min(s) > 0, "(width, height), positive whole numbers")
+        _check_list(boxes, "crop_boxes", n_images, "image", lambda b: _numbers(b, 4, numbers.Real),
+                    "(left, top, right, bottom)")
+        _check_list(sizes, "image_sizes", n_images, "image", lambda s: _numbers(s, 2, numbers.Integral) and min(s) > 0,
+                    "(width, height), positive whole numbers")
 
 
 def _check_map(f: dict[str, Any], key: str, rank: int) -> torch.Tensor | None:
