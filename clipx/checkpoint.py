@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .errors import CheckpointError
+from .files import save_safetensors
 
 if TYPE_CHECKING:
     from .model import CLIP
@@ -206,7 +207,7 @@ def save_folder(model: "CLIP", folder: str | Path) -> None:
         if getattr(model, tower).proj is None:  # a bare tower: transformers saves it unprefixed
             state = {k.removeprefix(_TOWER_PREFIX[tower] + "."): v for k, v in state.items()}
         state.pop("logit_scale")
-    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     model.config.save(folder)
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(folder)

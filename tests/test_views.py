@@ -111,6 +111,44 @@ def test_token_html_escapes_includes_every_token_and_dims_bos_eos():
     assert token_html(tokens).count("<span") == len(tokens)  # no values: tokens only
 
 
+# Captions are text wherever they are drawn: maths markup, TeX escapes and HTML all shown as typed.
+AWKWARD = ["a $\\frac$ star", "$$ 100% x_1^2 $", "<script>alert('&')</script> \"q\""]
+
+
+@pytest.mark.parametrize("usetex", [False, True], ids=["mathtext", "usetex"])
+def test_figure_draws_captions_and_tokens_literally(usetex):
+    import matplotlib
+
+    from clipx import Explanation
+
+    tokens = [["<|startoftext|>", *caption.split(), "<|endoftext|>"] for caption in AWKWARD]
+    length = max(map(len, tokens))
+    exp = Explanation(image=torch.rand(1, 3, 2, 2), text=torch.rand(1, 3, length), scores=torch.rand(1, 3),
+                      tokens=tokens, texts=AWKWARD, method="$method_^$",
+                      images=torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
+    with matplotlib.rc_context({"text.usetex": usetex}):  # neither mathtext nor LaTeX may reinterpret them
+        fig = exp.figure()
+        fig.savefig(io.BytesIO(), format="png")  # draws every text: maths parsing raised here
+    drawn = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax.xaxis.label, *ax.texts)]
+    assert fig._suptitle.get_text() == "$method_^$"
+    assert [ax.title.get_text().split("\n")[0] for ax in fig.axes] == AWKWARD
+    assert [[t.get_text() for t in ax.texts] for ax in fig.axes] == [t[1:-1] for t in tokens]
+    for text in drawn:  # drawn as plain text: no mathtext, no TeX
+        assert not text.get_usetex() and text._preprocess_math(text.get_text()) == (text.get_text(), False)
+
+
+def test_html_escapes_captions_and_tokens(model, images):
+    from html import unescape
+
+    out = token_html(AWKWARD, [1.0, 2.0, 3.0])
+    assert "<script>" not in out and "&lt;script&gt;" in out and "&#x27;&amp;&#x27;" in out and "&quot;q&quot;" in out
+    assert [unescape(span.rsplit(">", 1)[1]) for span in out.split("</span>")[:-1]] == AWKWARD
+    table = clipx.views.scores_table(AWKWARD, [1.0, 2.0, 3.0], selected=AWKWARD[2])
+    assert "<script>" not in table and table.count("&lt;script&gt;alert(&#x27;&amp;&#x27;)&lt;/script&gt;") == 1
+    view = Explorer(model, images[:1], [AWKWARD[2]])
+    assert "<script>" not in view.panel.value and "&lt;script&gt;" in view.panel.value
+
+
 def test_grids_have_a_cell_per_entry(model, images):
     cell = Image.new("RGB", (20, 16), "red")
     out = grid([[cell] * 3] * 2, ["row a", "row b"], ["x", "y", "z"])

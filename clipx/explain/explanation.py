@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+from . import explanation_file
 from .core import check_int
-
-_TENSORS = ("image", "text", "scores", "images", "token_maps")
 
 
 @dataclass
@@ -91,25 +88,18 @@ class Explanation:
 
     # --- save / load ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """One .safetensors file: the tensors, and the rest as JSON in its metadata."""
-        tensors = {k: getattr(self, k).detach().contiguous().cpu() for k in _TENSORS if getattr(self, k) is not None}
-        meta = {k: getattr(self, k) for k in ("tokens", "texts", "method", "options", "crop_boxes", "image_sizes")}
-        save_file(tensors, str(path), metadata={"clipx_explanation": json.dumps(meta)})
+        """One .safetensors file: the maps and tensor options as tensors, the rest as JSON in its
+        metadata. An option that cannot be stored is a ValueError naming it (and nothing is written)."""
+        explanation_file.write(self._fields(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Explanation":
-        from safetensors import safe_open
+        """An Explanation saved by `save` (also by earlier clipx versions); a ValueError naming the file
+        where it is not one or its parts disagree."""
+        return cls(**explanation_file.read(path))
 
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get("clipx_explanation")
-        if raw is None:
-            raise ValueError(f"{path} is not a saved clipx Explanation")
-        meta = json.loads(raw)
-        for key in ("crop_boxes", "image_sizes"):
-            if meta[key] is not None:
-                meta[key] = [tuple(v) for v in meta[key]]
-        tensors = load_file(str(path))
-        return cls(**{k: tensors.get(k) for k in _TENSORS}, **meta)
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def __repr__(self) -> str:
         maps = ", ".join(f"{k}={list(v.shape)}" for k in ("image", "text", "token_maps")

@@ -14,6 +14,10 @@ from .render import SPECIAL, normalise
 if TYPE_CHECKING:
     from ..explain.explanation import Explanation
 
+# Captions, tokens and method names are text: without this, matplotlib reads "$...$" as maths
+# (`a $\frac$ star` raises) and, with rcParams["text.usetex"], hands every string to LaTeX.
+LITERAL = dict(parse_math=False, usetex=False)
+
 
 def explanation_figure(exp: "Explanation", cmap: str = "jet", alpha: float = 0.5,
                        cell_size: float = 2.6, pyplot: bool = False) -> Figure:
@@ -37,11 +41,11 @@ def explanation_figure(exp: "Explanation", cmap: str = "jet", alpha: float = 0.5
                 ax.imshow(exp.images[i].numpy())
             if maps is not None:
                 ax.imshow(normalise(maps[i, j]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-            ax.set_title(f"{exp.texts[j]}\nlogit {exp.scores[i, j]:.2f}", fontsize=8)
+            ax.set_title(f"{exp.texts[j]}\nlogit {exp.scores[i, j]:.2f}", fontsize=8, **LITERAL)
             if exp.text is not None:
-                ax.set_xlabel(" ", fontsize=10)  # reserves the line the tokens are drawn on
+                ax.set_xlabel(" ", fontsize=10, **LITERAL)  # reserves the line the tokens are drawn on
                 draw_tokens(ax, exp.tokens[j], exp.text[i, j, :len(exp.tokens[j])], cmap)
-    fig.suptitle(f"{exp.method}", fontsize=10)
+    fig.suptitle(exp.method, fontsize=10, **LITERAL)
     return fig
 
 
@@ -54,7 +58,7 @@ def draw_tokens(ax, tokens: list[str], values: torch.Tensor, cmap: str) -> None:
     colormap = matplotlib.colormaps[cmap]
     previous = None
     for k, s in zip(keep, shade.tolist()):
-        style = dict(fontsize=8, bbox=dict(boxstyle="round,pad=0.15", fc=colormap(s, alpha=0.6), lw=0))
+        style = dict(fontsize=8, **LITERAL, bbox=dict(boxstyle="round,pad=0.15", fc=colormap(s, alpha=0.6), lw=0))
         if previous is None:  # the first word hangs under the image's left edge
             previous = ax.annotate(tokens[k], xy=(0, -0.03), xycoords="axes fraction", va="top", **style)
         else:  # each next word sits right of the one before
