@@ -28,7 +28,7 @@ def copy_checkpoint(tiny_checkpoint, dst):
 def test_load_attaches_tokenizer_processor_and_settings(tiny_checkpoint):
     model = clipx.load(tiny_checkpoint[0], dtype=torch.float64, attention="eager")
     assert model.attention_backend == "eager" and not model.training
-    px = model.preprocess([torch.rand(3, 32, 32)])
+    px = model.preprocess([torch.randn(3, 32, 32)])  # a tensor passes as preprocessed pixel values
     assert px.dtype == torch.float64 and px.shape == (1, 3, 32, 32)
     tok = model.tokenize(["a photo of a cat", "a dog"])
     assert tok.input_ids[0].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
