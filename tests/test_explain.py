@@ -298,3 +298,14 @@ def test_show_hands_the_figure_to_pyplot(tiny_model, monkeypatch):
     assert len(shown) == 1 and len(shown[0]) == 1 and len(shown[0][0].axes) == 2
     plt.close("all")
     assert len(exp.figure().axes) == 2 and plt.get_fignums() == []  # figure() stays out of pyplot
+
+
+@pytest.mark.parametrize("size", [(333, 1000), (1000, 333), (50, 30), (31, 77), (65, 63)])
+def test_maps_onto_originals_of_any_size(model, size):
+    """The crop box's edges fall between pixels: a 333x1000 photo once failed with a shape error."""
+    from PIL import Image
+
+    exp = clipx.explain(model, Image.new("RGB", size, (90, 140, 30)), CAPTIONS[:2], method="rollout")
+    placed = exp.pixel_maps(original=True)[0]
+    assert placed.shape == (2, size[1], size[0]) and placed.abs().sum() > 0
+    assert torch.equal(exp.pixel_maps(original=True, text=1)[0][0], placed[1])

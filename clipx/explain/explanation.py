@@ -62,12 +62,13 @@ class Explanation:
             raise ValueError("the original images are unknown: explain() was given preprocessed pixel_values")
         maps = []
         for i, ((left, top, right, bottom), (width, height)) in enumerate(zip(self.crop_boxes, self.image_sizes)):
-            x0, y0 = max(int(round(left)), 0), max(int(round(top)), 0)
-            x1, y1 = min(int(round(right)), width), min(int(round(bottom)), height)
-            inside = F.interpolate(image[i:i + 1].float(), size=(round(bottom - top), round(right - left)),
+            # the crop in whole pixels: its size from the rounded edges, so placing it always fits
+            left, top, right, bottom = (int(round(v)) for v in (left, top, right, bottom))
+            x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, width), min(bottom, height)
+            inside = F.interpolate(image[i:i + 1].float(), size=(bottom - top, right - left),
                                    mode="bilinear", align_corners=False)[0]
             canvas = torch.zeros(image.shape[1], height, width)
-            ox, oy = x0 - int(round(left)), y0 - int(round(top))
+            ox, oy = x0 - left, y0 - top
             canvas[:, y0:y1, x0:x1] = inside[:, oy:oy + y1 - y0, ox:ox + x1 - x0]
             maps.append(canvas)
         return maps
