@@ -69,7 +69,7 @@ def malicious_bin(folder):
     state["payload"] = RunsCode(folder.parent / "pwned")
     (folder / "model.safetensors").unlink()
     with open(folder / "pytorch_model.bin", "wb") as f:
-        pickle.dump(state, f)
+        pickle.dump(state, f, protocol=2)  # torch.save's protocol: no warning about another one
 
 
 OUTSIDE = "/etc/passwd"
