@@ -24,35 +24,9 @@ class TowerConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "") -> "TowerConfig":
-        """`where` names the config in errors ("vision_config.")."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{where or 'the config'} must be a JSON object, got {type(d).__name__}")
+    def from_dict(cls, d: dict[str, Any]) -> "TowerConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        config = cls(**{k: v for k, v in d.items() if k in names})
-        config.check(where)
-        return config
-
-    def check(self, where: str = "") -> None:
-        """Every size a positive integer (a float such as 1e9 is refused, not rounded), heads that divide
-        the width: a config is checked before anything is built from it."""
-        sizes = [f.name for f in dataclasses.fields(self) if f.type in ("int", "int | None")]
-        for name in sizes:
-            value = getattr(self, name)
-            if value is None and name == "projection_dim":
-                continue
-            token_id = name.endswith("_id")  # ids may be 0, sizes may not
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if token_id else 1):
-                kind = "non-negative" if token_id else "positive"
-                raise ValueError(f"{where}{name}={value!r}: must be a {kind} integer")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"{where}hidden_size={self.hidden_size} is not divisible by "
-                             f"{where}num_attention_heads={self.num_attention_heads}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or isinstance(self.layer_norm_eps, bool) \
-                or not 0 < self.layer_norm_eps < 1:
-            raise ValueError(f"{where}layer_norm_eps={self.layer_norm_eps!r}: must be a number in (0, 1)")
-        if not isinstance(self.hidden_act, str):
-            raise ValueError(f"{where}hidden_act={self.hidden_act!r}: must be the name of an activation")
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -75,11 +49,6 @@ class VisionConfig(TowerConfig):
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
-
-    def check(self, where: str = "") -> None:
-        super().check(where)
-        if self.patch_size > self.image_size:
-            raise ValueError(f"{where}patch_size={self.patch_size} is larger than {where}image_size={self.image_size}")
 
 
 @dataclass
@@ -110,39 +79,32 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"the config must be a JSON object, got a {type(d).__name__}")
         model_type = d.get("model_type", "clip")
-        projection_dim = d.get("projection_dim", 512)
         if model_type == "clip_vision_model":
-            return cls(text_config=None, vision_config=VisionConfig.from_dict(d), projection_dim=projection_dim)
+            return cls(text_config=None, vision_config=VisionConfig.from_dict(d),
+                       projection_dim=d.get("projection_dim", 512))
         if model_type == "clip_text_model":
-            return cls(text_config=TextConfig.from_dict(d), vision_config=None, projection_dim=projection_dim)
+            return cls(text_config=TextConfig.from_dict(d), vision_config=None,
+                       projection_dim=d.get("projection_dim", 512))
         if model_type != "clip":
-            raise ValueError(f"model_type is {model_type!r}; clipx reads 'clip', "
+            raise ValueError(f"config.json has model_type {model_type!r}; clipx reads 'clip', "
                              "'clip_vision_model' and 'clip_text_model'")
+        projection_dim = d.get("projection_dim", 512)
         towers = {}
         for key, tower_cls in (("text_config", TextConfig), ("vision_config", VisionConfig)):
-            sub = {} if d.get(key) is None else d[key]
-            if not isinstance(sub, dict):
-                raise ValueError(f"{key} must be a JSON object, got a {type(sub).__name__}")
-            # the joint value rules; sub-configs carry a stale default
-            towers[key] = tower_cls.from_dict({**sub, "projection_dim": projection_dim}, where=f"{key}.")
-        scale = d.get("logit_scale_init_value", 2.6592)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise ValueError(f"logit_scale_init_value={scale!r}: must be a number")
-        return cls(**towers, projection_dim=projection_dim, logit_scale_init_value=scale)
+            sub = dict(d.get(key) or {})
+            sub["projection_dim"] = projection_dim  # the joint value rules; sub-configs carry a stale default
+            towers[key] = tower_cls.from_dict(sub)
+        return cls(**towers, projection_dim=projection_dim,
+                   logit_scale_init_value=d.get("logit_scale_init_value", 2.6592))
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "CLIPConfig":
         try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
-        try:
-            return cls.from_dict(d)
-        except (ValueError, TypeError) as e:  # TypeError: a field the dataclass does not take positionally
-            raise ValueError(f"{path}: {e}") from e
+        return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         """HF's layout, so transformers loads a folder clipx saved."""

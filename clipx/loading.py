@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (add_tower_prefix, check_sizes, config_from_openai, is_openai_layout, load_into,
+from .checkpoint import (add_tower_prefix, config_from_openai, is_openai_layout, load_into,
                          open_clip_activation, openai_to_hf, read_config, read_weights)
 from .errors import CheckpointError
 from .hub import resolve
@@ -43,22 +43,13 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
         if tower is not None and projection not in state:
             tower.projection_dim = None  # a bare CLIPVisionModel / CLIPTextModel checkpoint
 
-    source = str(files.weights[0] if len(files.weights) == 1 else files.folder)
-    check_sizes(config, state, source)
-    try:
-        with torch.device("meta"):  # no memory, no random init: the checkpoint's tensors become the weights
-            model = CLIP(config)
-    except ValueError as e:  # an activation clipx does not know, say
-        raise CheckpointError(f"{files.folder}: {e}") from e
-    load_into(model, state, source)
+    model = CLIP(config)
+    load_into(model, state, str(files.weights[0] if len(files.weights) == 1 else files.folder))
     model.eval()
-    try:  # their errors name the file
-        if config.vision_config is not None:
-            model.processor = _processor(files.folder, config.vision_config.image_size)
-        if config.text_config is not None:
-            model.tokenizer = _tokenizer(files.folder, config)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from e
+    if config.vision_config is not None:
+        model.processor = _processor(files.folder, config.vision_config.image_size)
+    if config.text_config is not None:
+        model.tokenizer = _tokenizer(files.folder, config)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model.set_attention(attention)

@@ -79,10 +79,7 @@ class ImageProcessor:
         path = folder / CONFIG_NAME
         if not path.is_file():
             return cls()
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, TypeError, AttributeError, KeyError) as e:
-            raise ValueError(f"{path} is not a valid image processor config: {type(e).__name__}: {e}") from e
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     def to_dict(self) -> dict:
         d = asdict(self)
