@@ -10,7 +10,7 @@ from typing import Any
 from .errors import CheckpointError
 
 
-def _unreadable(path: Path) -> CheckpointError:
+def unreadable(path: Path) -> CheckpointError:
     return CheckpointError(f"cannot read {path}: permission denied (give your user read access to it)")
 
 
@@ -19,7 +19,7 @@ def is_file(path: Path) -> bool:
     try:
         return path.is_file()
     except PermissionError:
-        raise _unreadable(path) from None
+        raise unreadable(path) from None
 
 
 def check_readable(path: Path) -> None:
@@ -27,7 +27,7 @@ def check_readable(path: Path) -> None:
     try:
         path.open("rb").close()
     except PermissionError:
-        raise _unreadable(path) from None
+        raise unreadable(path) from None
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
 
@@ -37,7 +37,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except PermissionError:
-        raise _unreadable(path) from None
+        raise unreadable(path) from None
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
