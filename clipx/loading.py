@@ -30,6 +30,7 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
     files = resolve(name_or_path, revision, local_files_only)
     source = str(files.weights[0] if len(files.weights) == 1 else files.folder)
     config = read_config(files.folder)  # first: a broken config.json fails before the weights are read
+    from_file = config is not None
     state = read_weights(files.weights)
     if is_openai_layout(state):
         if config is None:
@@ -44,7 +45,8 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
         if tower is not None and projection not in state:
             tower.projection_dim = None  # a bare CLIPVisionModel / CLIPTextModel checkpoint
 
-    check_config_against_weights(config, state, source)  # before CLIP(config) allocates what config.json says
+    if from_file:  # before CLIP(config) allocates what config.json says (a config read off the shapes fits them)
+        check_config_against_weights(config, state, source)
     try:
         model = CLIP(config)
     except ValueError as e:  # a setting no size check covers, e.g. an unknown hidden_act

@@ -274,3 +274,15 @@ def test_folder_that_cannot_be_looked_into(tiny_checkpoint, tmp_path, monkeypatc
     monkeypatch.setattr(Path, "is_file", is_file)
     with pytest.raises(CheckpointError, match="cannot read .*model.safetensors: permission denied"):
         clipx.load(folder)
+
+
+def test_openai_layout_that_makes_no_clip(tiny_checkpoint, tmp_path):
+    """OpenAI state dicts carry no config: heads are width // 64, which is 0 for these widths."""
+    from test_parity import hf_to_openai
+
+    torch.save(hf_to_openai(tiny_checkpoint[1].state_dict()), tmp_path / "ViT-narrow.pt")
+    with pytest.raises(CheckpointError, match=r"ViT-narrow.pt do not make a ViT CLIP: .*num_attention_heads"):
+        clipx.load(tmp_path / "ViT-narrow.pt")
+    (tmp_path / "open_clip_config.json").write_text('{"model_cfg": [1]}')
+    with pytest.raises(CheckpointError, match="open_clip_config.json: model_cfg must be a JSON object"):
+        clipx.load(tmp_path / "ViT-narrow.pt")
