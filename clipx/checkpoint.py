@@ -7,8 +7,9 @@ and clipx's own names are derived from HF's by `hf_key`, one rule per kind of mo
 
 from __future__ import annotations
 
-import json
+import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .errors import CheckpointError
-from .files import save_safetensors
+from .files import check_readable, is_file, read_json, save_safetensors
 
 if TYPE_CHECKING:
     from .model import CLIP
@@ -61,32 +62,56 @@ def read_weights(files: list[Path]) -> StateDict:
     """All tensors of one checkpoint (one file or the shards of one), on the CPU."""
     state: StateDict = {}
     for path in files:
+        check_readable(path)
         try:
-            if path.suffix == ".safetensors":
-                part = load_file(path)
-            else:
-                if _is_torchscript(path):
-                    raise CheckpointError(
-                        f"{path} is a TorchScript archive (as OpenAI's original ViT-*.pt downloads are); clipx "
-                        "reads state dicts only: load it with OpenAI's clip package (jit=False) and save "
-                        "torch.save(model.state_dict(), 'state.pt'), or use the hub's Hugging Face checkpoint")
-                # weights_only: a pickle from the hub must not run code on load
-                part = torch.load(path, map_location="cpu", weights_only=True)
-                part = part.get("state_dict", part) if isinstance(part, dict) else part
+            part = load_file(path) if path.suffix == ".safetensors" else _read_pickle(path)
+        except CheckpointError:
+            raise
         except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
             raise CheckpointError(f"cannot read weights from {path}: {e}") from e
-        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+        if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in part.items()):
             raise CheckpointError(f"{path} does not hold a state dict of tensors")
         state.update(part)
     return {k.removeprefix("module."): v for k, v in state.items() if not _IGNORED.search(k)}
+
+
+def _read_pickle(path: Path) -> object:
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (as OpenAI's original ViT-*.pt downloads are); clipx "
+            "reads state dicts only: load it with OpenAI's clip package (jit=False) and save "
+            "torch.save(model.state_dict(), 'state.pt'), or use the hub's Hugging Face checkpoint")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's remarks on protocols; the error below says it all
+            # weights_only: a pickle from the hub must not run code on load
+            part = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is mostly advice to drop weights_only; keep the unpickler's own reason
+        reason = str(e)
+        for marker in ("trusted source.", "WeightsUnpickler error:"):
+            reason = reason.rpartition(marker)[2] or reason
+        reason = " ".join(reason.partition("Check the documentation")[0].split())
+        raise CheckpointError(
+            f"cannot read weights from {path}: it is not a pickled state dict of tensors (it holds other objects, "
+            f"which could run code when loaded and are refused, or is not a pickle at all): {reason}") from None
+    except (KeyError, IndexError, TypeError, AttributeError, ImportError, MemoryError) as e:
+        # what the unpickler raises on bytes that are no pickle; none of them means a bug of ours
+        raise CheckpointError(f"cannot read weights from {path}: not a PyTorch file "
+                              f"({type(e).__name__}: {e})") from None
+    return part.get("state_dict", part) if isinstance(part, dict) else part
 
 
 def _is_torchscript(path: Path) -> bool:
     """torch.save writes a zip with data.pkl; torch.jit.save adds constants.pkl and the code."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False  # torch.load will say what is wrong with it
 
 
 def is_openai_layout(state: StateDict) -> bool:
@@ -134,7 +159,7 @@ def openai_to_hf(state: StateDict) -> StateDict:
     return out
 
 
-def config_from_openai(state: StateDict, hidden_act: str = "quick_gelu") -> CLIPConfig:
+def config_from_openai(state: StateDict, hidden_act: str = "quick_gelu", source: str = "the state dict") -> CLIPConfig:
     """Read the architecture off an OpenAI / open_clip state dict's shapes (as OpenAI's build_model does)."""
     def n_blocks(prefix: str) -> int:
         pattern = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
@@ -156,8 +181,63 @@ def config_from_openai(state: StateDict, hidden_act: str = "quick_gelu") -> CLIP
                           max_position_embeddings=state["positional_embedding"].shape[0],
                           hidden_act=hidden_act, projection_dim=projection_dim)
     except KeyError as e:
-        raise CheckpointError(f"an OpenAI-layout state dict without {e}: clipx reads ViT CLIPs with both towers") from None
+        raise CheckpointError(f"{source} is an OpenAI-layout state dict without {e}: "
+                              "clipx reads ViT CLIPs with both towers") from None
+    except (IndexError, ValueError) as e:  # tensors of the wrong rank; a width that gives no heads
+        raise CheckpointError(f"the shapes in {source} do not make a ViT CLIP: {e}") from None
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+def _sized_by(tower: VisionConfig | TextConfig, prefix: str, projection: str) -> list[tuple[str, int, str, int]]:
+    """(what config.json says, the size it implies, HF weight, dimension) for every size the tower allocates."""
+    def field(name: str) -> tuple[str, int]:
+        return f"{name}={getattr(tower, name)}", getattr(tower, name)
+
+    positions = f"{prefix}embeddings.position_embedding.weight"
+    if isinstance(tower, VisionConfig):
+        patches = f"{prefix}embeddings.patch_embedding.weight"
+        n = tower.grid_size ** 2 + 1
+        sizes = [(*field("hidden_size"), patches, 0), (*field("num_channels"), patches, 1),
+                 (*field("patch_size"), patches, 2),
+                 (f"image_size={tower.image_size} with patch_size={tower.patch_size}, which needs {n} positions",
+                  n, positions, 0)]
+    else:
+        tokens = f"{prefix}embeddings.token_embedding.weight"
+        sizes = [(*field("hidden_size"), tokens, 1), (*field("vocab_size"), tokens, 0),
+                 (*field("max_position_embeddings"), positions, 0)]
+    sizes.append((*field("intermediate_size"), f"{prefix}encoder.layers.0.mlp.fc1.weight", 0))
+    if tower.projection_dim is not None:
+        sizes.append((*field("projection_dim"), f"{projection}.weight", 0))
+    return sizes
+
+
+def check_config_against_weights(config: CLIPConfig, hf_state: StateDict, source: str) -> None:
+    """Every size the model would allocate, compared with the weights' shapes before the model is built:
+    a config.json that disagrees with its weights (or asks for absurd sizes) fails here at once, naming
+    the field, rather than in torch's allocator or after minutes of building a million layers."""
+    joint = config.vision_config is not None and config.text_config is not None
+    wrong = []
+    for key, prefix, projection in (("vision_config", "vision_model.", "visual_projection"),
+                                    ("text_config", "text_model.", "text_projection")):
+        tower = getattr(config, key)
+        if tower is None:
+            continue
+        where = f"{key}." if joint else ""
+        for says, size, weight, dim in _sized_by(tower, prefix, projection):
+            if weight not in hf_state:
+                raise CheckpointError(f"the weights in {source} have no {weight}, so config.json's "
+                                      f"{where}{says.partition('=')[0]} cannot be checked against them")
+            shape = tuple(hf_state[weight].shape)
+            if len(shape) <= dim or shape[dim] != size:
+                wrong.append(f"config.json says {where}{says} but the weights have "
+                             f"{shape[dim] if len(shape) > dim else 'no such dimension'} ({weight}: {shape})")
+        layer = re.compile(re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+        n_layers = len({m.group(1) for k in hf_state if (m := layer.match(k))})
+        if n_layers != tower.num_hidden_layers:
+            wrong.append(f"config.json says {where}num_hidden_layers={tower.num_hidden_layers} but the weights "
+                         f"have {n_layers}")
+    if wrong:
+        raise CheckpointError(f"config.json does not fit the weights in {source}:\n  " + "\n  ".join(wrong))
 
 
 def add_tower_prefix(state: StateDict, config: CLIPConfig) -> StateDict:
@@ -217,7 +297,7 @@ def save_folder(model: "CLIP", folder: str | Path) -> None:
 
 def read_config(folder: Path) -> CLIPConfig | None:
     path = folder / "config.json"
-    if path.is_file():
+    if is_file(path):
         return CLIPConfig.from_json_file(path)
     return None
 
@@ -225,7 +305,9 @@ def read_config(folder: Path) -> CLIPConfig | None:
 def open_clip_activation(folder: Path) -> str:
     """open_clip models use plain GELU unless their config says quick_gelu (OpenAI's weights do)."""
     path = folder / "open_clip_config.json"
-    if not path.is_file():
+    if not is_file(path):
         return "quick_gelu"
-    model_cfg = json.loads(path.read_text()).get("model_cfg", {})
+    model_cfg = read_json(path).get("model_cfg", {})
+    if not isinstance(model_cfg, dict):
+        raise CheckpointError(f"{path}: model_cfg must be a JSON object {{...}}, got a {type(model_cfg).__name__}")
     return "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import CheckpointError
+from .files import read_json
+
+# Fields that size the model: a float (1e9), a string or a bool in their place is an error, not a guess.
+_POSITIVE_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_channels", "image_size", "patch_size", "vocab_size", "max_position_embeddings")
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_projection_dim(value: Any) -> None:
+    if value is not None:
+        _check_int("projection_dim", value)
 
 
 @dataclass
@@ -19,14 +38,35 @@ class TowerConfig:
     layer_norm_eps: float = 1e-5
     projection_dim: int | None = 512
 
+    def __post_init__(self) -> None:
+        for name in _POSITIVE_INTS:
+            if hasattr(self, name):
+                _check_int(name, getattr(self, name))
+        for name in _TOKEN_IDS:
+            if hasattr(self, name) and (getattr(self, name) is not None or name == "eos_token_id"):
+                _check_int(name, getattr(self, name), minimum=0)
+        _check_projection_dim(self.projection_dim)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} does not divide "
+                             f"hidden_size={self.hidden_size}")
+        if not isinstance(self.hidden_act, str):
+            raise ValueError(f"hidden_act must be a string such as 'quick_gelu', got {self.hidden_act!r}")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
+                or not 0 < self.layer_norm_eps < 1:
+            raise ValueError(f"layer_norm_eps must be a number between 0 and 1, got {self.layer_norm_eps!r}")
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TowerConfig":
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> "TowerConfig":
+        """`where`: the key path of `d` in config.json ("vision_config."), to name a bad field exactly."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except ValueError as e:
+            raise ValueError(where + str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -77,8 +117,19 @@ class CLIPConfig:
     projection_dim: int = 512
     logit_scale_init_value: float = 2.6592
 
+    def __post_init__(self) -> None:
+        if self.text_config is None and self.vision_config is None:
+            raise ValueError("a CLIPConfig needs a text_config, a vision_config or both")
+        _check_projection_dim(self.projection_dim)
+        scale = self.logit_scale_init_value
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"logit_scale_init_value must be a finite number, got {scale!r}")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
+        """Raises ValueError naming the bad field by its key path ("vision_config.hidden_size")."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object {{...}}, got a {type(d).__name__}")
         model_type = d.get("model_type", "clip")
         if model_type == "clip_vision_model":
             return cls(text_config=None, vision_config=VisionConfig.from_dict(d),
@@ -87,24 +138,28 @@ class CLIPConfig:
             return cls(text_config=TextConfig.from_dict(d), vision_config=None,
                        projection_dim=d.get("projection_dim", 512))
         if model_type != "clip":
-            raise ValueError(f"config.json has model_type {model_type!r}; clipx reads 'clip', "
+            raise ValueError(f"model_type is {model_type!r}; clipx reads 'clip', "
                              "'clip_vision_model' and 'clip_text_model'")
         projection_dim = d.get("projection_dim", 512)
+        _check_projection_dim(projection_dim)  # before the towers, which would name it as their own field
         towers = {}
         for key, tower_cls in (("text_config", TextConfig), ("vision_config", VisionConfig)):
-            sub = dict(d.get(key) or {})
-            sub["projection_dim"] = projection_dim  # the joint value rules; sub-configs carry a stale default
-            towers[key] = tower_cls.from_dict(sub)
+            sub = d.get(key) or {}
+            if not isinstance(sub, dict):
+                raise ValueError(f"{key} must be a JSON object {{...}}, got a {type(sub).__name__}")
+            # the joint value rules; sub-configs carry a stale default
+            towers[key] = tower_cls.from_dict({**sub, "projection_dim": projection_dim}, where=f"{key}.")
         return cls(**towers, projection_dim=projection_dim,
                    logit_scale_init_value=d.get("logit_scale_init_value", 2.6592))
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "CLIPConfig":
         try:
-            d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(d)
+            return cls.from_dict(read_json(Path(path)))
+        except CheckpointError:
+            raise
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """HF's layout, so transformers loads a folder clipx saved."""

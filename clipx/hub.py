@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .assets import DEMO_MODEL_DIR
 from .errors import CheckpointError, CheckpointNotFoundError
+from .files import is_file, read_json, unreadable
 
 # Everything but the weights that a CLIP folder may hold.
 SIDE_FILES = ["config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -30,19 +30,39 @@ class CheckpointFiles:
 def find_weights(folder: Path) -> list[Path] | None:
     for name in WEIGHT_FILES:
         path = folder / name
-        if not path.is_file():
+        if not is_file(path):
             continue
-        if name.endswith(".index.json"):
-            try:
-                shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{path} is not a valid shard index: {e}") from e
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                raise CheckpointError(f"{path} names shards that are not in {folder}: {', '.join(missing)}")
-            return [folder / s for s in shards]
-        return [path]
+        return _read_shard_index(path) if name.endswith(".index.json") else [path]
     return None
+
+
+def _read_shard_index(index: Path) -> list[Path]:
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map \
+            or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index} is not a valid shard index: it needs a non-empty object 'weight_map' "
+                              "of tensor name -> shard file name")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        _check_shard_name(index, name)
+    missing = [name for name in names if not is_file(index.parent / name)]
+    if missing:
+        raise CheckpointError(f"{index} names shards that are not in {index.parent}: {', '.join(missing)}")
+    return [index.parent / name for name in names]
+
+
+def _check_shard_name(index: Path, name: str) -> None:
+    """A downloaded index must not make clipx read files outside its own folder. The name is checked, not
+    where it leads: the hub cache's files are themselves symlinks into blobs/, outside the snapshot folder."""
+    outside = any(flavour(name).is_absolute() or flavour(name).drive or ".." in flavour(name).parts
+                  for flavour in (PurePosixPath, PureWindowsPath))
+    if outside or not name or "\0" in name:
+        raise CheckpointError(f"{index} names the shard {name!r}, which is not a file inside {index.parent}; "
+                              "clipx reads shards by plain relative names only")
+    # a safetensors index must not smuggle in a pickle (whose reader is the riskier one), nor any other file
+    suffix = ".safetensors" if index.name.endswith(".safetensors.index.json") else ".bin"
+    if not name.endswith(suffix):
+        raise CheckpointError(f"{index} names the shard {name!r}, which is not a {suffix} file")
 
 
 def resolve(name_or_path: str | Path, revision: str | None = None,
@@ -51,12 +71,13 @@ def resolve(name_or_path: str | Path, revision: str | None = None,
         if not DEMO_MODEL_DIR.is_dir():
             raise CheckpointNotFoundError(f"the demo model is missing from {DEMO_MODEL_DIR}")
         name_or_path = DEMO_MODEL_DIR
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
+    path = _expand(Path(name_or_path))
+    kind = _local_kind(path)
+    if kind == "file":
         if path.suffix not in STATE_DICT_SUFFIXES:
             raise CheckpointError(f"{path} is not a weights file (expected {', '.join(STATE_DICT_SUFFIXES)})")
         return CheckpointFiles(path.parent, [path])
-    if path.is_dir():
+    if kind == "folder":
         weights = find_weights(path)
         if weights is None:
             raise CheckpointNotFoundError(f"no weights in the folder {path}: looked for {', '.join(WEIGHT_FILES)}")
@@ -67,16 +88,41 @@ def resolve(name_or_path: str | Path, revision: str | None = None,
     return _download(str(name_or_path), revision, local_files_only)
 
 
+def _expand(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "~someone" with no such user: not a home folder, so take the name as it is
+        return path
+
+
+def _local_kind(path: Path) -> str | None:
+    """"file", "folder" or None (nothing there, or a name no file system takes, e.g. too long: maybe a hub id)."""
+    try:
+        return "file" if path.is_file() else "folder" if path.is_dir() else None
+    except PermissionError:
+        raise unreadable(path) from None
+    except (OSError, ValueError):  # ENAMETOOLONG; a NUL byte in the name
+        return None
+
+
 def _download(repo_id: str, revision: str | None, local_files_only: bool | None) -> CheckpointFiles:
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, HFValidationError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import validate_repo_id
 
     if local_files_only is None:
         # the environment too: a notebook may set HF_HUB_OFFLINE after huggingface_hub was imported
         env = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
         local_files_only = constants.HF_HUB_OFFLINE or env
     offline = local_files_only
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        shown = repo_id if len(repo_id) <= 80 else repo_id[:77] + "..."
+        raise CheckpointNotFoundError(
+            f"{shown!r} ({len(repo_id)} characters) is neither a local file or folder nor a valid hub id: hub ids "
+            "are 'owner/name' of at most 96 letters, digits, '-', '_' and '.'") from None
     # Only the weight format we will read is fetched: safetensors, else the pickled .bin; an
     # open_clip-only repository (no transformers weights) by its own file names, in the same order.
     for weight_patterns in (["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],

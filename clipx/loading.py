@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (add_tower_prefix, config_from_openai, is_openai_layout, load_into,
-                         open_clip_activation, openai_to_hf, read_config, read_weights)
+from .checkpoint import (add_tower_prefix, check_config_against_weights, config_from_openai, is_openai_layout,
+                         load_into, open_clip_activation, openai_to_hf, read_config, read_weights)
 from .errors import CheckpointError
 from .hub import resolve
 from .model import CLIP
@@ -28,11 +28,13 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
     nothing is found and `CheckpointError` when the files do not make a model.
     """
     files = resolve(name_or_path, revision, local_files_only)
+    source = str(files.weights[0] if len(files.weights) == 1 else files.folder)
+    config = read_config(files.folder)  # first: a broken config.json fails before the weights are read
+    from_file = config is not None
     state = read_weights(files.weights)
-    config = read_config(files.folder)
     if is_openai_layout(state):
         if config is None:
-            config = config_from_openai(state, open_clip_activation(files.folder))
+            config = config_from_openai(state, open_clip_activation(files.folder), source)
         state = openai_to_hf(state)
     elif config is None:
         raise CheckpointError(f"{files.folder} has Hugging Face-layout weights but no config.json")
@@ -43,8 +45,13 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
         if tower is not None and projection not in state:
             tower.projection_dim = None  # a bare CLIPVisionModel / CLIPTextModel checkpoint
 
-    model = CLIP(config)
-    load_into(model, state, str(files.weights[0] if len(files.weights) == 1 else files.folder))
+    if from_file:  # before CLIP(config) allocates what config.json says (a config read off the shapes fits them)
+        check_config_against_weights(config, state, source)
+    try:
+        model = CLIP(config)
+    except ValueError as e:  # a setting no size check covers, e.g. an unknown hidden_act
+        raise CheckpointError(f"config.json in {files.folder}: {e}") from None
+    load_into(model, state, source)
     model.eval()
     if config.vision_config is not None:
         model.processor = _processor(files.folder, config.vision_config.image_size)

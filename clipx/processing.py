@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
+from .errors import CheckpointError
+from .files import is_file, read_json
+
 CONFIG_NAME = "preprocessor_config.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -77,9 +80,14 @@ class ImageProcessor:
         if not folder.is_dir():
             raise FileNotFoundError(f"no such folder: {folder}")
         path = folder / CONFIG_NAME
-        if not path.is_file():
+        if not is_file(path):
             return cls()
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return cls.from_dict(read_json(path))
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError, AttributeError) as e:  # a value of the wrong kind, e.g. size: [224]
+            raise CheckpointError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -13,6 +14,8 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from .assets import CLIP_BPE_DIR
+from .errors import CheckpointError
+from .files import check_readable, is_file, read_json
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 DEFAULT_CONTEXT_LENGTH = 77
@@ -44,8 +47,12 @@ class Encoding:
 
 def _clip_backend(vocab_file: Path, merges_file: Path, bos: str, eos: str, unk: str) -> Backend:
     """The pipeline of transformers' CLIPTokenizer (and its converter) around the BPE files."""
-    backend = Backend(BPE.from_file(str(vocab_file), str(merges_file), unk_token=unk, dropout=None,
-                                    continuing_subword_prefix="", end_of_word_suffix="</w>", fuse_unk=False))
+    bpe = _read_backend(partial(BPE.from_file, unk_token=unk, dropout=None, continuing_subword_prefix="",
+                                end_of_word_suffix="</w>", fuse_unk=False), vocab_file, merges_file)
+    backend = Backend(bpe)
+    for name, token in (("bos_token", bos), ("eos_token", eos)):
+        if backend.token_to_id(token) is None:
+            raise CheckpointError(f"{vocab_file} has no token {token!r} ({name})")
     backend.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     backend.pre_tokenizer = pre_tokenizers.Sequence([
@@ -64,14 +71,30 @@ def _read_special_tokens(folder: Path) -> tuple[dict[str, str], int | None]:
     (the order transformers reads them in). Tokens may be strings or serialised AddedTokens."""
     tokens, max_length = {}, None
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        if (folder / name).is_file():
-            config = json.loads((folder / name).read_text(encoding="utf-8"))
+        if is_file(folder / name):
+            config = read_json(folder / name)
             max_length = config.get("model_max_length", max_length)
             for key in SPECIAL_KEYS:
                 value = config.get(key)
-                if value is not None:
-                    tokens[key] = value["content"] if isinstance(value, dict) else value
+                if isinstance(value, dict):
+                    value = value.get("content")
+                if value is None:
+                    continue
+                if not (isinstance(value, str) and value):
+                    raise CheckpointError(f"{folder / name}: {key} must be a token string or an object with "
+                                          f"one in 'content', got {config.get(key)!r}")
+                tokens[key] = value
     return tokens, max_length
+
+
+def _read_backend(read, *paths: Path) -> Backend:
+    """`read(*paths)` through the tokenizers library, whose errors (plain Exceptions) do not name the file."""
+    for path in paths:
+        check_readable(path)
+    try:
+        return read(*map(str, paths))
+    except Exception as e:  # noqa: BLE001 - the Rust side raises bare Exception for every parse error
+        raise CheckpointError(f"{' / '.join(map(str, paths))} is not a valid tokenizer file: {e}") from None
 
 
 def _shorten(text: str, width: int = 50) -> str:
@@ -106,9 +129,9 @@ class Tokenizer:
         folder = Path(folder)
         tokens, max_length = _read_special_tokens(folder)
         tokens = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS, **tokens}
-        if (folder / "tokenizer.json").is_file():
-            backend = Backend.from_file(str(folder / "tokenizer.json"))
-        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        if is_file(folder / "tokenizer.json"):
+            backend = _read_backend(Backend.from_file, folder / "tokenizer.json")
+        elif is_file(folder / "vocab.json") and is_file(folder / "merges.txt"):
             backend = _clip_backend(folder / "vocab.json", folder / "merges.txt",
                                     tokens["bos_token"], tokens["eos_token"], tokens["unk_token"])
         else:

@@ -169,7 +169,15 @@ def test_shapes_that_disagree_with_the_config(tiny_checkpoint, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["vision_config"]["intermediate_size"] = 100
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="mlp.fc1.weight: checkpoint \\(96, 48\\) vs model \\(100, 48\\)"):
+    with pytest.raises(CheckpointError, match=r"vision_config.intermediate_size=100 but the weights have 96 "
+                                              r"\(vision_model.encoder.layers.0.mlp.fc1.weight: \(96, 48\)\)"):
+        clipx.load(folder)
+    # a weight whose shape no config field names is caught by the strict load
+    shutil.copy(tiny_checkpoint[0] / "config.json", folder / "config.json")
+    state = load_file(folder / "model.safetensors")
+    state["vision_model.encoder.layers.0.self_attn.q_proj.weight"] = torch.zeros(48, 40)
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"q_proj.weight: checkpoint \(48, 40\) vs model \(48, 48\)"):
         clipx.load(folder)
 
 
