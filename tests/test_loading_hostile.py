@@ -5,6 +5,7 @@ building no model from sizes the weights do not have."""
 import json
 import os
 import pickle
+import random
 import shutil
 import time
 import warnings
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import clipx
 import clipx.loading
 from clipx import CheckpointError, CheckpointNotFoundError
+from clipx.cli import main
 
 
 def edit_json(name, change):
@@ -140,8 +143,9 @@ HOSTILE = [
     ("tower-config-list", edit_json("config.json", lambda c: c.update(text_config=[1])), CheckpointError,
      ["config.json", "text_config must be a JSON object"]),
     # point 8: weights that are no state dict
-    ("bin-random-bytes", then(remove("model.safetensors"), write("pytorch_model.bin", os.urandom(4096))),
-     CheckpointError, ["pytorch_model.bin", "not a pickled state dict of tensors"]),
+    ("bin-random-bytes", then(remove("model.safetensors"),
+                              write("pytorch_model.bin", random.Random(0).randbytes(4096))),
+     CheckpointError, ["pytorch_model.bin", "cannot read weights from"]),
     ("bin-plain-pickle-of-code", then(remove("model.safetensors"), lambda folder: (folder / "pytorch_model.bin")
                                       .write_bytes(pickle.dumps({"w": RunsCode(folder / "ran")}))),
      CheckpointError, ["pytorch_model.bin", "could run code"]),
@@ -180,7 +184,7 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("damage, error, parts", [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE])
-def test_hostile_folder(tiny_checkpoint, tmp_path, monkeypatch, damage, error, parts):
+def test_hostile_folder(tiny_checkpoint, tmp_path, monkeypatch, capsys, damage, error, parts):
     folder = tmp_path / "checkpoint"
     shutil.copytree(tiny_checkpoint[0], folder)
     damage(folder)
@@ -202,6 +206,12 @@ def test_hostile_folder(tiny_checkpoint, tmp_path, monkeypatch, damage, error, p
     for part in parts:
         assert part in str(info.value)
     assert not (folder / "ran").exists()
+    # the command says the same in one line, exit 2
+    image = tmp_path / "img.png"
+    Image.new("RGB", (32, 32), (200, 20, 20)).save(image)
+    assert main(["score", str(image), "a cat", "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clipx score: error: ") and parts[-1] in err and "Traceback" not in err
 
 
 def test_hub_cache_symlinks_to_blobs_are_followed(tiny_checkpoint, tmp_path):
