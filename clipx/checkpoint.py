@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,10 +82,9 @@ def _read_pickle(path: Path) -> object:
             "reads state dicts only: load it with OpenAI's clip package (jit=False) and save "
             "torch.save(model.state_dict(), 'state.pt'), or use the hub's Hugging Face checkpoint")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torch's remarks on protocols; the error below says it all
-            # weights_only: a pickle from the hub must not run code on load
-            part = torch.load(path, map_location="cpu", weights_only=True)
+        # weights_only: a pickle from the hub must not run code on load. (torch may first remark on the
+        # pickle protocol; silencing that would take global warning filters, which threads share.)
+        part = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message is mostly advice to drop weights_only; keep the unpickler's own reason
         reason = str(e)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -260,17 +259,16 @@ def _reading(path: str | os.PathLike, name: str | None) -> Iterator[Image.Image]
     if not path.is_file():
         raise FileNotFoundError(f"{prefix}no such image file: {path}")
     try:
-        # PIL only warns between 1x and 2x its pixel limit and decodes anyway: refuse both alike
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            f = Image.open(path)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ValueError(f"{prefix}{path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS = "
-                         f"{Image.MAX_IMAGE_PIXELS} allows, a guard against decompression bombs ({e}); downscale "
-                         "the image, or if you trust the file raise the limit in Python "
-                         "(PIL.Image.MAX_IMAGE_PIXELS = None removes it)") from None
+        f = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # a warning where filters make it one
+        raise _bomb(prefix, path, e) from None
     except (OSError, ValueError) as e:  # PIL signals a file it cannot read with OSError subclasses
         raise ValueError(f"{prefix}cannot read an image from {path}: {e}") from e
+    # PIL only warns between 1x and 2x its pixel limit and decodes anyway: refuse both alike (checked
+    # here rather than by turning the warning into an error: warning filters are global, not per thread)
+    if Image.MAX_IMAGE_PIXELS and f.size[0] * f.size[1] > Image.MAX_IMAGE_PIXELS:
+        f.close()
+        raise _bomb(prefix, path, f"{f.size[0]}x{f.size[1]} pixels")
     with f:
         try:
             yield f
@@ -299,3 +297,9 @@ def _from_array(a: np.ndarray, i: int) -> Image.Image:
         raise TypeError(f"images[{i}]: unsupported array dtype {a.dtype}; use uint8 or floats in [0, 1]")
     a = a.astype(np.uint8)
     return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+
+
+def _bomb(prefix: str, path: Path, detail: object) -> ValueError:
+    return ValueError(f"{prefix}{path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} "
+                      f"allows, a guard against decompression bombs ({detail}); downscale the image, or if you "
+                      "trust the file raise the limit in Python (PIL.Image.MAX_IMAGE_PIXELS = None removes it)")

@@ -136,9 +136,12 @@ def test_an_image_over_the_warning_limit_is_refused_too(tiny_model, tmp_path, mo
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")  # 1600 pixels: PIL's warning, not its error
     Image.new("RGB", (30, 30)).save(tmp_path / "fine.png")
+    refused = r"images\[1\]: .*big.png has more pixels than PIL.Image.MAX_IMAGE_PIXELS = 1000 allows"
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ValueError, match=refused):
+        tiny_model.preprocess([tmp_path / "fine.png", tmp_path / "big.png"])  # PIL warns, clipx refuses
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(ValueError, match=r"images\[1\]: .*big.png has more pixels than PIL.Image.MAX_IMAGE_PIXELS = 1000 allows"):
+        warnings.simplefilter("error")  # where the user's filters turn PIL's warning into an exception
+        with pytest.raises(ValueError, match=refused):
             tiny_model.preprocess([tmp_path / "fine.png", tmp_path / "big.png"])
         assert tiny_model.preprocess([tmp_path / "fine.png"]).shape == (1, 3, 32, 32)
 

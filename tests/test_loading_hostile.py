@@ -147,7 +147,7 @@ HOSTILE = [
                               write("pytorch_model.bin", random.Random(0).randbytes(4096))),
      CheckpointError, ["pytorch_model.bin", "cannot read weights from"]),
     ("bin-plain-pickle-of-code", then(remove("model.safetensors"), lambda folder: (folder / "pytorch_model.bin")
-                                      .write_bytes(pickle.dumps({"w": RunsCode(folder / "ran")}))),
+                                      .write_bytes(pickle.dumps({"w": RunsCode(folder / "ran")}, protocol=2))),
      CheckpointError, ["pytorch_model.bin", "could run code"]),
     ("bin-torch-save-of-code", pickled_bin(lambda folder: {"w": RunsCode(folder / "ran")}), CheckpointError,
      ["pytorch_model.bin", "could run code", "makedirs"]),
