@@ -210,6 +210,20 @@ def test_safetensors_files_get_the_mode_the_umask_gives(tmp_path, tiny_model, wr
     assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
+@pytest.mark.parametrize("write", [_write_explanation, _write_model], ids=["Explanation.save", "save_pretrained"])
+@pytest.mark.parametrize("kept", [0o600, 0o664])
+def test_overwriting_a_file_keeps_its_mode(tmp_path, tiny_model, write, kept):
+    """As open(path, "w") does: a file a user made private stays private, a group-writable one stays so."""
+    path = write(tmp_path, tiny_model)
+    path.chmod(kept)
+    old = os.umask(0o022)
+    try:
+        write(tmp_path, tiny_model)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == kept
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
     import clipx.files
 
