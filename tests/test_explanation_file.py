@@ -65,6 +65,20 @@ def test_tensor_option_of_a_real_explanation_is_saved_as_a_tensor(tiny_model, tm
     assert torch.equal(back.options["image_baseline"], baseline) and back.options["n_steps"] == 2
 
 
+@pytest.mark.parametrize("method", clipx.methods())
+def test_every_method_explanation_passes_the_checks_and_loads_back_equal(tiny_model, tmp_path, method):
+    """The checks on save and load refuse no real Explanation (padded text maps, token maps, crops)."""
+    from PIL import Image
+
+    options = {"n_steps": 2} if method == "integrated_gradients" else {}
+    exp = clipx.explain(tiny_model, [Image.new("RGB", (40, 30), "red")], ["a cat", "two dogs on a mat"],
+                        method=method, **options)
+    exp.save(tmp_path / "e.safetensors")
+    back = Explanation.load(tmp_path / "e.safetensors")
+    assert_same(back, exp)
+    assert back.options == exp.options
+
+
 def test_options_of_every_storable_kind_load_back_equal(tmp_path):
     options = dict(tensor=torch.arange(6, dtype=torch.int16).reshape(2, 3)[:, 1:],  # a non-contiguous view
                    array=np.linspace(0, 1, 5, dtype=np.float64), scalar=np.float32(0.5), flag=np.bool_(True),
