@@ -65,6 +65,20 @@ def test_tensor_option_of_a_real_explanation_is_saved_as_a_tensor(tiny_model, tm
     assert torch.equal(back.options["image_baseline"], baseline) and back.options["n_steps"] == 2
 
 
+@pytest.mark.parametrize("method", clipx.methods())
+def test_every_method_explanation_passes_the_checks_and_loads_back_equal(tiny_model, tmp_path, method):
+    """The checks on save and load refuse no real Explanation (padded text maps, token maps, crops)."""
+    from PIL import Image
+
+    options = {"n_steps": 2} if method == "integrated_gradients" else {}
+    exp = clipx.explain(tiny_model, [Image.new("RGB", (40, 30), "red")], ["a cat", "two dogs on a mat"],
+                        method=method, **options)
+    exp.save(tmp_path / "e.safetensors")
+    back = Explanation.load(tmp_path / "e.safetensors")
+    assert_same(back, exp)
+    assert back.options == exp.options
+
+
 def test_options_of_every_storable_kind_load_back_equal(tmp_path):
     options = dict(tensor=torch.arange(6, dtype=torch.int16).reshape(2, 3)[:, 1:],  # a non-contiguous view
                    array=np.linspace(0, 1, 5, dtype=np.float64), scalar=np.float32(0.5), flag=np.bool_(True),
@@ -208,6 +222,20 @@ def test_safetensors_files_get_the_mode_the_umask_gives(tmp_path, tiny_model, wr
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("write", [_write_explanation, _write_model], ids=["Explanation.save", "save_pretrained"])
+@pytest.mark.parametrize("kept", [0o600, 0o664])
+def test_overwriting_a_file_keeps_its_mode(tmp_path, tiny_model, write, kept):
+    """As open(path, "w") does: a file a user made private stays private, a group-writable one stays so."""
+    path = write(tmp_path, tiny_model)
+    path.chmod(kept)
+    old = os.umask(0o022)
+    try:
+        write(tmp_path, tiny_model)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == kept
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
