@@ -174,9 +174,8 @@ class HookedModule(nn.Module):
 
     def reset_hooks(self) -> None:
         """Remove every hook this thread attached to this model."""
-        attached = _ATTACHED.get()
-        _ATTACHED.set({p: h for p, h in attached.items() if p.name not in self._hook_points
-                       or self._hook_points[p.name] is not p})
+        own = set(self._hook_points.values())
+        _ATTACHED.set({p: h for p, h in _ATTACHED.get().items() if p not in own})
 
     @contextmanager
     def recording(self, names: NameFilter = None, requires_grad: bool = False) -> Iterator[Cache]:

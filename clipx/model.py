@@ -29,6 +29,7 @@ from .hooks import HookedModule, HookPoint
 from .length_groups import length_groups
 from .processing import ImageProcessor
 
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
@@ -53,11 +54,14 @@ def _activation(name: str):
         raise ValueError(f"unsupported hidden_act {name!r}; clipx knows {sorted(ACTIVATIONS)}") from None
 
 
-def _global_module_hooks() -> bool:
-    """Whether torch module hooks registered for every module are set (register_module_forward_hook)."""
+def _module_hooked(root: nn.Module) -> bool:
+    """Whether a torch module hook (Captum's, say) may see the modules under `root`: one on any of
+    them, or one registered for every module (register_module_forward_hook)."""
     from torch.nn.modules import module
 
-    return bool(getattr(module, "_global_forward_hooks", None) or getattr(module, "_global_forward_pre_hooks", None))
+    if getattr(module, "_global_forward_hooks", None) or getattr(module, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in root.modules())
 
 
 class LayerNorm(nn.LayerNorm):
@@ -162,9 +166,7 @@ class Tower(nn.Module):
         """In inference, with no torch module hook anywhere (Captum's, say, which may keep a sublayer's
         output), the blocks compute activations and residual sums in place: one large allocation and
         its page faults fewer per sum and activation. Outputs are bit for bit the same."""
-        if torch.is_grad_enabled() or _global_module_hooks():
-            return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+        return not torch.is_grad_enabled() and not _module_hooked(self)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         pooled = self.hook_pooled(pooled)
@@ -246,10 +248,9 @@ class TextTower(Tower):
         torch module hooks, as Captum sets), padding is pure waste: no real token attends to it."""
         if attention_mask is None or torch.is_grad_enabled() or bool(attention_mask.all()):
             return False
-        if any(block.attn.backend_in_use == "eager" for block in self.blocks):
+        if any(block.attn.backend_in_use == "eager" for block in self.blocks) or _module_hooked(self):
             return False
-        if any(m._forward_hooks or m._forward_pre_hooks or (isinstance(m, HookPoint) and m.active)
-               for m in self.modules()):
+        if any(isinstance(m, HookPoint) and m.active for m in self.modules()):
             return False
         return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
@@ -364,7 +365,7 @@ class CLIP(HookedModule):
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"pixel_values hold NaN or infinite values (they span [{low}, {high}]); the model "
                              "needs finite values, as model.preprocess(images) makes them")
-        lo, hi = (self.processor or ImageProcessor()).value_range()
+        lo, hi = self.processor.value_range() if self.processor is not None else _CLIP_PIXEL_RANGE
         # generous: resampling overshoots, and standard-normal test tensors (|x| < 6) are fine; pixels in
         # 0..255 still land far beyond it
         margin = hi - lo
@@ -477,6 +478,7 @@ class CLIP(HookedModule):
         save_folder(self, folder)
 
 
+_CLIP_PIXEL_RANGE = ImageProcessor().value_range()  # for models without a processor: CLIP's recipe
 _INTERNAL = tuple(str(Path(f).parent) + os.sep for f in (torch.__file__, __file__))  # torch's and clipx's code
 
 
