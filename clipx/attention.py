@@ -91,9 +91,11 @@ class Attention(nn.Module):
         """`backend`, or the one a `model.attention(...)` block of this thread switched to."""
         return _SWITCHED.get().get(self, self.backend)
 
-    def forward(self, x: torch.Tensor, *, causal: bool = False, key_padding: torch.Tensor | None = None,
-                right_padded: bool = False, force_eager: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`key_padding` is a [batch, key] bool tensor, True where a key must be ignored.
+    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, causal: bool = False,
+                key_padding: torch.Tensor | None = None, right_padded: bool = False,
+                force_eager: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Queries from `x`; keys and values from `context` (cross-attention, as in an attention-pooling
+        head), or from `x` itself. `key_padding` is a [batch, key] bool tensor, True where a key must be ignored.
 
         With a causal mask and padding only on the right (`right_padded`), no real token ever
         sees a pad, so the fused backends drop the padding mask and run `is_causal` alone:
@@ -101,9 +103,11 @@ class Attention(nn.Module):
         Returns the output and, when the eager path ran, the attention pattern.
         """
         b, n, _ = x.shape
+        context = x if context is None else context
+        m = context.shape[1]
         q = self.hook_q(self.q_proj(x).view(b, n, self.num_heads, self.head_dim))
-        k = self.hook_k(self.k_proj(x).view(b, n, self.num_heads, self.head_dim))
-        v = self.hook_v(self.v_proj(x).view(b, n, self.num_heads, self.head_dim))
+        k = self.hook_k(self.k_proj(context).view(b, m, self.num_heads, self.head_dim))
+        v = self.hook_v(self.v_proj(context).view(b, m, self.num_heads, self.head_dim))
 
         backend = self.backend_in_use
         if force_eager or backend == "eager" or self.hook_scores.active or self.hook_pattern.active:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +24,7 @@ from .errors import CheckpointError
 from .files import check_readable, is_file, read_json, save_safetensors
 
 if TYPE_CHECKING:
-    from .model import CLIP
+    from .model import CLIP, Tower
 
 StateDict = dict[str, torch.Tensor]
 
@@ -40,7 +42,7 @@ _IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|conte
 
 def hf_key(key: str) -> str:
     """The Hugging Face `CLIPModel` name of a clipx state-dict key."""
-    if key == "logit_scale":
+    if key in ("logit_scale", "logit_bias"):
         return key
     tower, rest = key.split(".", 1)
     if rest.startswith("proj."):
@@ -53,6 +55,25 @@ def hf_key(key: str) -> str:
         head, _, tail = rest.partition(".")
         rest = _TOWER_RENAMES[head] + (f".{tail}" if tail else "")
     return f"{_TOWER_PREFIX[tower]}.{rest}"
+
+
+def _same(state: StateDict) -> StateDict:
+    return state
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one family's Hugging Face checkpoints name and shape the weights."""
+
+    hf_key: Callable[[str], str]                          # clipx key -> checkpoint key
+    from_hf: Callable[[StateDict], StateDict] = _same     # checkpoint tensors -> the shapes hf_key's names hold
+    to_hf: Callable[[StateDict], StateDict] = _same       # and back, for save_pretrained
+    # whether a tower-only checkpoint keeps the `vision_model.` / `text_model.` prefix
+    tower_prefixed: Callable[["Tower"], bool] = lambda tower: tower.proj is not None
+
+
+# CLIPVisionModelWithProjection keeps its prefix; a bare CLIPVisionModel has none
+CLIP_LAYOUT = Layout(hf_key=hf_key)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -194,7 +215,7 @@ def _sized_by(tower: VisionConfig | TextConfig, prefix: str, projection: str) ->
     positions = f"{prefix}embeddings.position_embedding.weight"
     if isinstance(tower, VisionConfig):
         patches = f"{prefix}embeddings.patch_embedding.weight"
-        n = tower.grid_size ** 2 + 1
+        n = tower.grid_size ** 2 + tower.prefix_tokens
         sizes = [(*field("hidden_size"), patches, 0), (*field("num_channels"), patches, 1),
                  (*field("patch_size"), patches, 2),
                  (f"image_size={tower.image_size} with patch_size={tower.patch_size}, which needs {n} positions",
@@ -214,9 +235,10 @@ def check_config_against_weights(config: CLIPConfig, hf_state: StateDict, source
     a config.json that disagrees with its weights (or asks for absurd sizes) fails here at once, naming
     the field, rather than in torch's allocator or after minutes of building a million layers."""
     joint = config.vision_config is not None and config.text_config is not None
+    hf = config.layout().hf_key
     wrong = []
-    for key, prefix, projection in (("vision_config", "vision_model.", "visual_projection"),
-                                    ("text_config", "text_model.", "text_projection")):
+    for key, prefix, projection in (("vision_config", "vision_model.", hf("vision.proj.weight").removesuffix(".weight")),
+                                    ("text_config", "text_model.", hf("text.proj.weight").removesuffix(".weight"))):
         tower = getattr(config, key)
         if tower is None:
             continue
@@ -243,16 +265,19 @@ def add_tower_prefix(state: StateDict, config: CLIPConfig) -> StateDict:
     if config.vision_config is not None and config.text_config is not None:
         return state
     prefix = "vision_model." if config.vision_config is not None else "text_model."
-    bare = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.", "final_layer_norm.")
+    bare = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.", "final_layer_norm.", "head.")
     return {prefix + k if k.startswith(bare) else k: v for k, v in state.items()}
 
 
 def load_into(model: "CLIP", hf_state: StateDict, source: str) -> None:
     """Load an HF-layout state dict strictly: every key must match, and every shape."""
     own = model.state_dict()
-    expected = {hf_key(k): k for k in own}
+    layout = model.config.layout()
+    hf_state = layout.from_hf(hf_state)
+    expected = {layout.hf_key(k): k for k in own}
     if model.vision is None or model.text is None:
-        del expected["logit_scale"]  # tower-only checkpoints have none; the model keeps its default
+        for key in ("logit_scale", "logit_bias"):  # tower-only checkpoints have none; the model keeps its default
+            expected.pop(key, None)
     missing = sorted(set(expected) - set(hf_state))
     unexpected = sorted(set(hf_state) - set(expected))
     if missing or unexpected:
@@ -279,12 +304,14 @@ def _listing(items: list[str], sep: str = ", ", limit: int = 12) -> str:
 def save_folder(model: "CLIP", folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    layout = model.config.layout()
+    state = layout.to_hf({layout.hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
     if model.vision is None or model.text is None:
         tower = "vision" if model.vision is not None else "text"
-        if getattr(model, tower).proj is None:  # a bare tower: transformers saves it unprefixed
+        if not layout.tower_prefixed(getattr(model, tower)):
             state = {k.removeprefix(_TOWER_PREFIX[tower] + "."): v for k, v in state.items()}
-        state.pop("logit_scale")
+        for key in ("logit_scale", "logit_bias"):
+            state.pop(key, None)
     save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     model.config.save(folder)
     if model.tokenizer is not None:

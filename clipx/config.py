@@ -85,6 +85,11 @@ class VisionConfig(TowerConfig):
     patch_size: int = 32
 
     model_type = "clip_vision_model"
+    # The readout: how the tower's tokens become its embedding (a family's config class overrides these).
+    prefix_tokens = 1        # tokens before the patches: CLIP's class token
+    pooling = "class"        # "class": the class token through ln_post; "attention": a probe attends over the tokens
+    pre_layernorm = True     # ln_pre after the embeddings
+    patch_bias = False       # the patch embedding has a bias
 
     @property
     def grid_size(self) -> int:
@@ -106,6 +111,10 @@ class TextConfig(TowerConfig):
     pad_token_id: int = 1
 
     model_type = "clip_text_model"
+    causal = True            # each token sees only those before it
+    pooling = "eos"          # "eos": at the EOS token (by id, or argmax for OpenAI's configs); "last": the last position
+    projection_bias = False
+    pad_to_max_length = False  # whether the tower was trained on captions always padded to its context
 
 
 @dataclass
@@ -117,6 +126,9 @@ class CLIPConfig:
     projection_dim: int = 512
     logit_scale_init_value: float = 2.6592
 
+    scoring = "softmax"      # logits = exp(scale) * cos, compared across captions by a softmax
+    logit_bias = False       # SigLIP adds a learned bias and scores each pair by a sigmoid
+
     def __post_init__(self) -> None:
         if self.text_config is None and self.vision_config is None:
             raise ValueError("a CLIPConfig needs a text_config, a vision_config or both")
@@ -125,30 +137,39 @@ class CLIPConfig:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"logit_scale_init_value must be a finite number, got {scale!r}")
 
+    # the model_type values of config.json this family reads, and the tower each one holds (None: both)
+    model_types = {"clip": None, "clip_vision_model": "vision", "clip_text_model": "text"}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
-        """Raises ValueError naming the bad field by its key path ("vision_config.hidden_size")."""
+        """The config of whichever family config.json's model_type names (CLIP, SigLIP, ...).
+        Raises ValueError naming the bad field by its key path ("vision_config.hidden_size")."""
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a JSON object {{...}}, got a {type(d).__name__}")
         model_type = d.get("model_type", "clip")
-        if model_type == "clip_vision_model":
+        families = _families()
+        for family in families:
+            if model_type in family.model_types:
+                return family.read(d, family.model_types[model_type])
+        known = ", ".join(repr(t) for family in families for t in family.model_types)
+        raise ValueError(f"model_type is {model_type!r}; clipx reads {known}")
+
+    @classmethod
+    def read(cls, d: dict[str, Any], tower: str | None) -> "CLIPConfig":
+        """This family's config from config.json's dict; `tower`: "vision" or "text" for a tower-only one."""
+        if tower == "vision":
             return cls(text_config=None, vision_config=VisionConfig.from_dict(d),
                        projection_dim=d.get("projection_dim", 512))
-        if model_type == "clip_text_model":
+        if tower == "text":
             return cls(text_config=TextConfig.from_dict(d), vision_config=None,
                        projection_dim=d.get("projection_dim", 512))
-        if model_type != "clip":
-            raise ValueError(f"model_type is {model_type!r}; clipx reads 'clip', "
-                             "'clip_vision_model' and 'clip_text_model'")
         projection_dim = d.get("projection_dim", 512)
         _check_projection_dim(projection_dim)  # before the towers, which would name it as their own field
         towers = {}
         for key, tower_cls in (("text_config", TextConfig), ("vision_config", VisionConfig)):
-            sub = d.get(key) or {}
-            if not isinstance(sub, dict):
-                raise ValueError(f"{key} must be a JSON object {{...}}, got a {type(sub).__name__}")
             # the joint value rules; sub-configs carry a stale default
-            towers[key] = tower_cls.from_dict({**sub, "projection_dim": projection_dim}, where=f"{key}.")
+            towers[key] = tower_cls.from_dict({**_sub_config(d, key), "projection_dim": projection_dim},
+                                              where=f"{key}.")
         return cls(**towers, projection_dim=projection_dim,
                    logit_scale_init_value=d.get("logit_scale_init_value", 2.6592))
 
@@ -160,6 +181,13 @@ class CLIPConfig:
             raise
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from None
+
+    @classmethod
+    def layout(cls):
+        """How this family's checkpoints name and shape the weights (checkpoint.Layout)."""
+        from .checkpoint import CLIP_LAYOUT
+
+        return CLIP_LAYOUT
 
     def to_dict(self) -> dict[str, Any]:
         """HF's layout, so transformers loads a folder clipx saved."""
@@ -178,3 +206,18 @@ class CLIPConfig:
 
     def save(self, folder: str | Path) -> None:
         Path(folder, "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _sub_config(d: dict[str, Any], key: str) -> dict[str, Any]:
+    sub = d.get(key) or {}
+    if not isinstance(sub, dict):
+        raise ValueError(f"{key} must be a JSON object {{...}}, got a {type(sub).__name__}")
+    return sub
+
+
+def _families() -> list[type[CLIPConfig]]:
+    """Every family clipx reads. Adding one: its module defines a CLIPConfig subclass (its readout,
+    its model_types, `read`, `to_dict`, `layout`), and it is listed here."""
+    from .siglip import SiglipConfig  # its own module; imported here, where it is first needed
+
+    return [CLIPConfig, SiglipConfig]

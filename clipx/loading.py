@@ -40,8 +40,8 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
         raise CheckpointError(f"{files.folder} has Hugging Face-layout weights but no config.json")
     else:
         state = add_tower_prefix(state, config)
-    for tower, projection in ((config.vision_config, "visual_projection.weight"),
-                              (config.text_config, "text_projection.weight")):
+    hf = config.layout().hf_key
+    for tower, projection in ((config.vision_config, hf("vision.proj.weight")), (config.text_config, hf("text.proj.weight"))):
         if tower is not None and projection not in state:
             tower.projection_dim = None  # a bare CLIPVisionModel / CLIPTextModel checkpoint
 

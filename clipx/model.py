@@ -1,8 +1,11 @@
 """CLIP, both towers, readable top to bottom, with a hook point at every sublayer.
 
-Numerically it follows Hugging Face's `CLIPModel`: pre-LN blocks, quick_gelu (or gelu),
-the vision tower pooled at the class token through `ln_post`, the text tower causal and
-pooled at EOS after `ln_final`, both projected and compared by cosine * exp(logit_scale).
+Numerically it follows Hugging Face's `CLIPModel` and `SiglipModel`: pre-LN blocks, then the
+readout the config describes. CLIP: the vision tower pooled at the class token through `ln_post`,
+the text tower causal and pooled at EOS after `ln_final`, both projected and compared by
+cosine * exp(logit_scale), a softmax over captions. SigLIP: no class token, a learned probe
+attending over the tokens (`AttentionPool`), a bidirectional text tower pooled at its last position,
+cosine * exp(logit_scale) + logit_bias, a sigmoid per pair.
 Module names follow TransformerLens (`blocks.3.attn`, `ln1`, `hook_resid_post`); `checkpoint.py`
 maps them to and from the Hugging Face and OpenAI key layouts.
 """
@@ -134,6 +137,33 @@ class TowerOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
+class AttentionPool(nn.Module):
+    """SigLIP's pooling head (multihead attention pooling): a learned probe attends over the tokens,
+    then a pre-LN MLP with its residual. Its attention has hook points like any other
+    (`vision.head.attn.hook_pattern`: [batch, heads, 1, tokens], the probe's weights over the tokens)."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attn = Attention(config.hidden_size, config.num_attention_heads)
+        self.ln = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.hook_attn_out = HookPoint()  # [batch, 1, d_model]
+        self.hook_mlp_out = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, tokens, d] -> [batch, d]"""
+        attn_out, _ = self.attn(self.probe.expand(x.shape[0], -1, -1), context=x)
+        h = self.hook_attn_out(attn_out)
+        return (h + self.hook_mlp_out(self.mlp(self.ln(h))))[:, 0]
+
+    def each(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token's own pooled feature, [batch, tokens, d]: the head as if the probe attended to that
+        token alone (softmax over one key is 1), so each patch lands in the joint space by itself."""
+        h = self.attn.out_proj(self.attn.v_proj(x))
+        return h + self.mlp(self.ln(h))
+
+
 class Tower(nn.Module):
     """What both towers share: the block stack, the final projection and their hook points."""
 
@@ -141,7 +171,7 @@ class Tower(nn.Module):
         super().__init__()
         self.config = config
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
-        self.proj = (nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        self.proj = (nn.Linear(config.hidden_size, config.projection_dim, bias=getattr(config, "projection_bias", False))
                      if config.projection_dim else None)
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
@@ -178,12 +208,23 @@ class VisionTower(Tower):
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__(config)
-        d = config.hidden_size
-        self.patch_embedding = nn.Conv2d(config.num_channels, d, config.patch_size, config.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.zeros(d))
-        self.position_embedding = nn.Embedding(config.grid_size ** 2 + 1, d)
-        self.ln_pre = LayerNorm(d, config.layer_norm_eps)
-        self.ln_post = LayerNorm(d, config.layer_norm_eps)
+        d, eps = config.hidden_size, config.layer_norm_eps
+        if config.prefix_tokens not in (0, 1) or config.pooling not in ("class", "attention") \
+                or (config.pooling == "class") != bool(config.prefix_tokens):
+            raise ValueError(f"a vision tower pools at its class token (1 prefix token) or through an attention "
+                             f"head (none); got pooling={config.pooling!r} with {config.prefix_tokens} prefix tokens")
+        self.patch_embedding = nn.Conv2d(config.num_channels, d, config.patch_size, config.patch_size,
+                                         bias=config.patch_bias)
+        self.class_embedding = nn.Parameter(torch.zeros(d)) if config.prefix_tokens else None
+        self.position_embedding = nn.Embedding(config.grid_size ** 2 + config.prefix_tokens, d)
+        self.ln_pre = LayerNorm(d, eps) if config.pre_layernorm else None
+        self.ln_post = LayerNorm(d, eps)
+        self.head = AttentionPool(config) if config.pooling == "attention" else None
+
+    @property
+    def prefix_tokens(self) -> int:
+        """How many tokens (a class token) precede the patches."""
+        return self.config.prefix_tokens
 
     def patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
         """(grid_h, grid_w): the patches of pixel_values [..., H, W], as the patch embedding cuts them."""
@@ -191,15 +232,32 @@ class VisionTower(Tower):
         return pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
 
     def position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """[1, 1 + grid_h * grid_w, d]; bicubic resampling of the patch positions for other grids
+        """[1, prefix + grid_h * grid_w, d]; bicubic resampling of the patch positions for other grids
         (transformers' `interpolate_pos_encoding`)."""
-        weight = self.position_embedding.weight
+        weight, p = self.position_embedding.weight, self.prefix_tokens
         n = self.config.grid_size
         if (grid_h, grid_w) == (n, n):
             return weight[None]
-        patch = weight[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
+        patch = weight[p:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
         patch = F.interpolate(patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-        return torch.cat([weight[None, :1], patch.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], dim=1)
+        return torch.cat([weight[None, :p], patch.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], dim=1)
+
+    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last block's tokens -> (last_hidden_state, pooled), as transformers names them: the class
+        token through ln_post (last_hidden_state stays before it), or every token through ln_post and
+        then the attention-pooling head."""
+        if self.head is None:
+            return x, self.ln_post(x[:, 0])
+        x = self.ln_post(x)
+        return x, self.head(x)
+
+    def patch_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Block-output tokens [batch, n, d] (patches only, or any) -> each one's own feature in the joint
+        space, as the readout would make it from that token alone (for dense similarity maps)."""
+        x = self.ln_post(tokens)
+        if self.head is not None:
+            return self.head.each(x)
+        return self.proj(x) if self.proj is not None else x
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
@@ -209,14 +267,16 @@ class VisionTower(Tower):
                              f"{size}x{size}; pass interpolate_pos_encoding=True to run at another size")
         patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
         grid_h, grid_w = patches.shape[-2:]
-        patches = patches.flatten(2).transpose(1, 2)
-        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
-        x = self.hook_embed(torch.cat([cls, patches], dim=1))
+        x = patches.flatten(2).transpose(1, 2)
+        if self.class_embedding is not None:
+            x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        x = self.hook_embed(x)
         x = x + self.hook_pos_embed(self.position_embeddings(grid_h, grid_w))
-        x = self.ln_pre(x)
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
         x, hidden_states, attentions = self.run_blocks(x, output_hidden_states, output_attentions)
-        pooled = self.ln_post(x[:, 0])
-        return TowerOutput(x, pooled, self.project(pooled), hidden_states, attentions)
+        last, pooled = self.pool(x)
+        return TowerOutput(last, pooled, self.project(pooled), hidden_states, attentions)
 
 
 class TextTower(Tower):
@@ -228,7 +288,10 @@ class TextTower(Tower):
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.ln_final = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
-    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def pooled_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[T] the position each caption is pooled at: its EOS, or the last position (SigLIP)."""
+        if self.config.pooling == "last":
+            return torch.full(input_ids.shape[:1], input_ids.shape[1] - 1, dtype=torch.long, device=input_ids.device)
         if self.config.eos_token_id == 2:
             # OpenAI's configs carry eos_token_id=2; their real EOS (49407) is the largest id.
             return input_ids.argmax(dim=-1)
@@ -246,6 +309,8 @@ class TextTower(Tower):
     def _skippable_padding(self, attention_mask: torch.Tensor | None) -> bool:
         """In inference under a fused backend, with right padding and nothing hooked (ours or
         torch module hooks, as Captum sets), padding is pure waste: no real token attends to it."""
+        if not (self.config.causal and self.config.pooling == "eos"):
+            return False  # a token attends to the padding after it, or the pooled position is padding
         if attention_mask is None or torch.is_grad_enabled() or bool(attention_mask.all()):
             return False
         if any(block.attn.backend_in_use == "eager" for block in self.blocks) or _module_hooked(self):
@@ -283,9 +348,9 @@ class TextTower(Tower):
             right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
         x, hidden_states, attentions = self.run_blocks(
             x, output_hidden_states, output_attentions,
-            causal=True, key_padding=key_padding, right_padded=right_padded)
+            causal=self.config.causal, key_padding=key_padding, right_padded=right_padded)
         x = self.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), self.eos_positions(input_ids)]
+        pooled = x[torch.arange(x.shape[0], device=x.device), self.pooled_positions(input_ids)]
         return TowerOutput(x, pooled, self.project(pooled), hidden_states, attentions)
 
 
@@ -314,6 +379,7 @@ class CLIP(HookedModule):
         self.vision = VisionTower(config.vision_config) if config.vision_config else None
         self.text = TextTower(config.text_config) if config.text_config else None
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.logit_bias else None
         self.hook_logits_per_image = HookPoint()
         # Attached by `clipx.load`; a model built from a bare config has neither.
         self.processor = None
@@ -414,9 +480,19 @@ class CLIP(HookedModule):
             text = self._text_forward(input_ids, attention_mask, **flags)
             text_embeds = _normalize(text.embeds)
         if vision is not None and text is not None:
-            logits_per_image = self.hook_logits_per_image(image_embeds @ text_embeds.T * self.logit_scale.exp())
+            logits_per_image = image_embeds @ text_embeds.T * self.logit_scale.exp()
+            if self.logit_bias is not None:
+                logits_per_image = logits_per_image + self.logit_bias
+            logits_per_image = self.hook_logits_per_image(logits_per_image)
             logits_per_text = logits_per_image.T
         return CLIPOutput(logits_per_image, logits_per_text, image_embeds, text_embeds, vision, text)
+
+    def probabilities(self, logits_per_image: torch.Tensor) -> torch.Tensor:
+        """Logits as the model was trained to score them: a softmax over the captions (CLIP's contrastive
+        loss), or a sigmoid per image-caption pair (SigLIP's), where the captions do not compete."""
+        if self.config.scoring == "sigmoid":
+            return torch.sigmoid(logits_per_image)
+        return logits_per_image.softmax(dim=-1)
 
     # --- attention backends ----------------------------------------------------------------
     def attention_layers(self) -> Iterator[Attention]:
