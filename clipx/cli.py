@@ -24,7 +24,7 @@ def score(args: argparse.Namespace) -> None:
     with torch.no_grad():
         logits = model(pixel_values=pixel_values, input_ids=tok.input_ids,
                        attention_mask=tok.attention_mask).logits_per_image[0]
-    probs = logits.softmax(-1)
+    probs = model.probabilities(logits[None])[0]
     width = max(len(c) for c in args.captions)
     print(f"{'caption':<{width}}  {'logit':>8}  {'prob':>6}")
     for caption, logit, prob in sorted(zip(args.captions, logits.tolist(), probs.tolist()), key=lambda r: -r[1]):

@@ -182,6 +182,12 @@ class CLIPConfig:
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from None
 
+    def default_processor(self) -> dict[str, Any]:
+        """preprocessor_config.json for checkpoints that ship none: the family's recipe at the model's
+        size (CLIP's: shortest edge, centre crop, OpenAI's mean and std)."""
+        n = self.vision_config.image_size
+        return {"size": {"shortest_edge": n}, "crop_size": {"height": n, "width": n}}
+
     @classmethod
     def layout(cls):
         """How this family's checkpoints name and shape the weights (checkpoint.Layout)."""

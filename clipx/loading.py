@@ -54,7 +54,7 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
     load_into(model, state, source)
     model.eval()
     if config.vision_config is not None:
-        model.processor = _processor(files.folder, config.vision_config.image_size)
+        model.processor = _processor(files.folder, config)
     if config.text_config is not None:
         model.tokenizer = _tokenizer(files.folder, config)
     if device is not None or dtype is not None:
@@ -62,12 +62,11 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
     return model.set_attention(attention)
 
 
-def _processor(folder: Path, image_size: int) -> ImageProcessor:
+def _processor(folder: Path, config) -> ImageProcessor:
     if (folder / "preprocessor_config.json").is_file():
         return ImageProcessor.from_pretrained(folder)
-    # no processor file (OpenAI state dicts): CLIP's recipe at the model's own input size
-    return ImageProcessor.from_dict({"size": {"shortest_edge": image_size},
-                                     "crop_size": {"height": image_size, "width": image_size}})
+    # no processor file (OpenAI state dicts): the family's recipe at the model's own input size
+    return ImageProcessor.from_dict(config.default_processor())
 
 
 def _tokenizer(folder: Path, config) -> Tokenizer | None:

@@ -384,6 +384,8 @@ class CLIP(HookedModule):
         # Attached by `clipx.load`; a model built from a bare config has neither.
         self.processor = None
         self.tokenizer = None
+        # the family's preprocessing, for checking pixel_values where no processor is attached
+        self._recipe = ImageProcessor.from_dict(config.default_processor()) if config.vision_config else None
         self.setup_hooks()
         self.set_attention("sdpa")
 
@@ -431,15 +433,18 @@ class CLIP(HookedModule):
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"pixel_values hold NaN or infinite values (they span [{low}, {high}]); the model "
                              "needs finite values, as model.preprocess(images) makes them")
-        lo, hi = self.processor.value_range() if self.processor is not None else _CLIP_PIXEL_RANGE
+        processor = self.processor if self.processor is not None else self._recipe
+        lo, hi = processor.value_range()
         # generous: resampling overshoots, and standard-normal test tensors (|x| < 6) are fine; pixels in
         # 0..255 still land far beyond it
         margin = hi - lo
         if low < lo - margin or high > hi + margin:
             problem = "far from what preprocessing gives (pixels in 0..255, not normalised?)"
-        elif lo < 0 <= low and high <= 1 and high - low >= 0.5:
-            # unnormalised [0, 1] pixels: normalised images only stay in [0, 1] when they are nearly flat
-            # and light (a grey image, or the all-zero mean image baselines use), and those span less
+        elif lo < 0 <= low and high <= 1 and high - low >= 0.5 and max(processor.image_std) < 0.4:
+            # unnormalised [0, 1] pixels: normalised images only stay in [0, 1] when every pixel lies within
+            # one std above the mean: nearly flat and light where std is small (CLIP's 0.27; a grey image, or
+            # the all-zero mean image baselines use, and those span less); but merely bright where std is
+            # 0.5 (SigLIP's), so no sign of anything there
             problem = "all within [0, 1], like pixels rescaled but not normalised"
         else:
             return
@@ -541,9 +546,12 @@ class CLIP(HookedModule):
         return self.processor(images).to(device=device, dtype=dtype)
 
     def tokenize(self, texts: str | list[str], **kwargs: Any):
-        """Captions -> an Encoding with input_ids and attention_mask on the model's device."""
+        """Captions -> an Encoding with input_ids and attention_mask on the model's device; padded to the
+        context where the text tower was trained so (SigLIP's, which pools the last position)."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; load it with clipx.load() or set model.tokenizer")
+        if self._tower("text").config.pad_to_max_length:
+            kwargs.setdefault("padding", "max_length")
         return self.tokenizer(texts, **kwargs).to(self._device_dtype()[0])
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -554,7 +562,6 @@ class CLIP(HookedModule):
         save_folder(self, folder)
 
 
-_CLIP_PIXEL_RANGE = ImageProcessor().value_range()  # for models without a processor: CLIP's recipe
 _INTERNAL = tuple(str(Path(f).parent) + os.sep for f in (torch.__file__, __file__))  # torch's and clipx's code
 
 

@@ -104,6 +104,12 @@ class SiglipConfig(CLIPConfig):
                   for key, config_cls in (("text_config", SiglipTextConfig), ("vision_config", SiglipVisionConfig))}
         return cls(**towers, projection_dim=towers["vision_config"].hidden_size)
 
+    def default_processor(self) -> dict[str, Any]:
+        """SigLIP's recipe: the whole image resized to the model's size (no crop), mean = std = 0.5."""
+        n = self.vision_config.image_size
+        return {"size": {"height": n, "width": n}, "do_center_crop": False, "crop_size": {"height": n, "width": n},
+                "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+
     @classmethod
     def layout(cls):
         from .checkpoint import Layout

@@ -1,8 +1,10 @@
 """Raw attention: what the pooled token looks at in one layer.
 
-The class token's attention row over the patches (image) and the EOS token's row over the
-caption's tokens (text), averaged over heads or for one head. It reads no gradient, so it is
-the same for every caption (image map) and every image (text map).
+The class token's attention row over the patches (image) and the pooled token's row over the
+caption's tokens (text), averaged over heads or for one head. Where an attention-pooling head
+reads the image (SigLIP), the image map is the layer's rows weighted by the probe's attention over
+the tokens: where the tokens the probe reads were looking. It reads no gradient, so it is the
+same for every caption (image map) and every image (text map).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ def attention(x: Inputs, layer: int = -1, head: int | None = None) -> Maps:
             raise ValueError(f"head {head} is out of range: the towers have {n_heads[0]} and {n_heads[1]} heads")
     names = [f"vision.blocks.{v_layer}.attn.hook_pattern", f"text.blocks.{t_layer}.attn.hook_pattern"]
     with torch.no_grad():
-        out, cache = x.run(names)
+        out, cache = x.run(names + x.readout_names)
     vision, text = (cache[n] for n in names)  # [B or T, heads, L, L]
     if head is not None:
         vision, text = vision[:, head], text[:, head]
     else:
         vision, text = vision.mean(1), text.mean(1)
-    image, text_map = pooled_rows(x, vision, text)
+    image, text_map = pooled_rows(x, vision, text, cache)
     return Maps(out.logits_per_image, image, text_map)

@@ -39,8 +39,20 @@ class Inputs:
         return self.model.vision.patch_grid(self.pixel_values)
 
     @property
-    def eos_positions(self) -> torch.Tensor:
-        return self.model.text.eos_positions(self.input_ids)
+    def pooled_positions(self) -> torch.Tensor:
+        """[T] where each caption is pooled (its EOS, or the last position)."""
+        return self.model.text.pooled_positions(self.input_ids)
+
+    @property
+    def prefix(self) -> int:
+        """How many tokens precede the patches in the vision tower (a class token: 1)."""
+        return self.model.vision.prefix_tokens
+
+    @property
+    def readout_names(self) -> list[str]:
+        """The hook points of the image readout's own attention: the pooling head's pattern, where the
+        model pools through one; none for a class token, whose row in each layer's matrix is the readout."""
+        return ["vision.head.attn.hook_pattern"] if self.model.vision.head is not None else []
 
     def layers(self, tower: str, start_layer: int, name: str = "start_layer") -> range:
         """Block indices from `start_layer` (negative counts from the end: -1 = last) to the last;
@@ -101,17 +113,33 @@ def pattern_names(tower: str, layers: range) -> list[str]:
     return [f"{tower}.blocks.{i}.attn.hook_pattern" for i in layers]
 
 
-def eos_rows(matrix: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-    """[..., T, L, L] relevance or attention matrices -> the EOS query row of each caption, [..., T, L]."""
-    index = eos.view(*([1] * (matrix.dim() - 3)), -1, 1, 1).expand(*matrix.shape[:-3], -1, 1, matrix.shape[-1])
+def text_rows(matrix: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[..., T, L, L] relevance or attention matrices -> the pooled position's query row of each caption
+    (its EOS, or the last position), [..., T, L]."""
+    index = positions.view(*([1] * (matrix.dim() - 3)), -1, 1, 1).expand(*matrix.shape[:-3], -1, 1, matrix.shape[-1])
     return matrix.gather(-2, index).squeeze(-2)
 
 
-def pooled_rows(x: Inputs, vision: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def image_rows(x: Inputs, matrix: torch.Tensor, readout: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, n, n] relevance or attention matrices -> the readout's row over the patches, [B, n_patches]:
+    the class token's row; or, where an attention-pooling head reads the image, `readout` [B, n] (the
+    probe's weights over the tokens, see `probe_weights`) times the matrix."""
+    rows = matrix[:, 0] if readout is None else (readout[:, None] @ matrix)[:, 0]
+    return rows[:, x.prefix:]
+
+
+def probe_weights(x: Inputs, cache: Cache) -> torch.Tensor | None:
+    """The pooling head's attention over the tokens, mean over its heads, [B, n]; None for a class token."""
+    if not x.readout_names:
+        return None
+    return cache[x.readout_names[0]].mean(1)[:, 0]
+
+
+def pooled_rows(x: Inputs, vision: torch.Tensor, text: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps read off [B, n, n] vision and [T, L, L] text matrices without gradients, so the same for
-    every caption (image map: the class token's row over the patches) and every image (text map:
-    the EOS row) -> [B, T, grid_h, grid_w] and [B, T, L]."""
+    every caption (image map: the readout's row over the patches) and every image (text map: the
+    pooled position's row) -> [B, T, grid_h, grid_w] and [B, T, L]. `cache` holds `x.readout_names`."""
     n_images, n_texts = vision.shape[0], text.shape[0]
-    image = x.patch_grid(vision[:, 0, 1:])[:, None].expand(-1, n_texts, -1, -1)
-    text_map = eos_rows(text, x.eos_positions)[None].expand(n_images, -1, -1)
+    image = x.patch_grid(image_rows(x, vision, probe_weights(x, cache)))[:, None].expand(-1, n_texts, -1, -1)
+    text_map = text_rows(text, x.pooled_positions)[None].expand(n_images, -1, -1)
     return image.contiguous(), text_map.contiguous()

@@ -3,8 +3,9 @@
 Channel weights = the mean over tokens of the target's gradient with respect to a block's input
 (the residual stream), map = relu(activations . weights) per token. The last block by default:
 in CLIP only the class token's output of the last block reaches the embedding, so the patch
-outputs of that block get no gradient; its input does. Image map over the patches, text map
-over the caption's tokens (mean over its real tokens, padding excluded).
+outputs of that block get no gradient; its input does. Image map over the patches (prefix tokens
+such as a class token excluded), text map over the caption's tokens (mean over its real tokens,
+padding excluded).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def gradcam(x: Inputs, layer: int = -1) -> Maps:
     logits = out.logits_per_image
     v_act, t_act = cache[v_name], cache[t_name]
     patches = torch.ones(v_act.shape[:2], dtype=torch.bool, device=v_act.device)
-    patches[:, 0] = False  # the class token is not a place in the image
-    image = per_caption(logits, [v_act], lambda g: cam(v_act.detach(), g[0], patches)[:, 1:])
+    patches[:, :x.prefix] = False  # a class token is not a place in the image
+    image = per_caption(logits, [v_act], lambda g: cam(v_act.detach(), g[0], patches)[:, x.prefix:])
     text = per_image(logits, [t_act], lambda g: cam(t_act.detach(), g[0], x.attention_mask.bool()))
     return Maps(logits.detach(), x.patch_grid(image), text)

@@ -36,12 +36,13 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
 
     baseline = torch.as_tensor(image_baseline, dtype=x.pixel_values.dtype, device=x.pixel_values.device)
     baseline = baseline.expand_as(x.pixel_values).contiguous()
-    # BOS, EOS and padding stay: the baseline is "the same caption with no words"
-    positions = torch.arange(x.input_ids.shape[1], device=x.input_ids.device)
-    keep = (positions == 0) | (positions >= x.eos_positions[:, None])
+    # special tokens (BOS, EOS, padding) stay: the baseline is "the same caption with no words"
+    tok = model.tokenizer if model.tokenizer is not None else model.text.config
+    special = [i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]
+    keep = torch.isin(x.input_ids, torch.tensor(special, device=x.input_ids.device)) | (x.attention_mask == 0)
     fill = text_baseline_token
     if fill is None:
-        fill = model.tokenizer.pad_token_id if model.tokenizer is not None else model.text.config.pad_token_id
+        fill = tok.pad_token_id
     text_baseline = torch.where(keep, x.input_ids, torch.full_like(x.input_ids, fill))
     image_base = _embedding(model, "vision", lambda: model.encode_image(baseline, x.interpolate_pos_encoding))
     text_base = _embedding(model, "text", lambda: model.encode_text(text_baseline, x.attention_mask))
@@ -62,7 +63,7 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
     with torch.enable_grad():
         image_ig, text_ig = IntegratedGradients(image_logits), IntegratedGradients(text_logits)
         image = torch.stack([image_ig.attribute(cache["vision.hook_embed"], image_base, target=j, **options)
-                             [:, 1:].sum(-1) for j in range(len(x.texts))], dim=1)  # the class token is no place
+                             [:, x.prefix:].sum(-1) for j in range(len(x.texts))], dim=1)  # a class token is no place
         text = torch.stack([text_ig.attribute(cache["text.hook_embed"], text_base, target=i,
                                               additional_forward_args=(x.input_ids, x.attention_mask),
                                               **options).sum(-1)

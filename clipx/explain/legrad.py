@@ -1,9 +1,9 @@
 """LeGrad (Bousselham et al., "LeGrad: An Explainability Method for Vision Transformers via
 Feature Formation Sensitivity", 2024), as in WalBouss/LeGrad's CLIP wrapper.
 
-For each layer l from `start_layer` on: the mean of layer l's output tokens through ln_post and
-the visual projection, its cosine with the caption embedding s_l; the ReLU of ds_l / dA_l
-(A_l that layer's attention pattern), averaged over heads and query rows, class-token key
+For each layer l from `start_layer` on: layer l's output tokens read out as an image embedding
+(`layer_embedding`), its cosine with the caption embedding s_l; the ReLU of ds_l / dA_l (A_l that
+layer's attention pattern), averaged over heads and query rows, prefix keys (a class token)
 dropped. The maps of the layers are summed, then min-max normalised per pair. Image only.
 """
 
@@ -12,8 +12,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..model import VisionTower
 from .core import Inputs, per_caption
 from .registry import Maps, register
+
+
+def layer_embedding(vision: VisionTower, tokens: torch.Tensor) -> torch.Tensor:
+    """An intermediate layer's tokens [B, n, d] as an image embedding [B, D]: through the model's
+    attention-pooling head where it has one; for a class-token model, the mean of the tokens through
+    ln_post (LeGrad's choice: an intermediate class token has not gathered the image yet)."""
+    pooled = vision.head(vision.ln_post(tokens)) if vision.head is not None else vision.ln_post(tokens.mean(1))
+    return vision.proj(pooled) if vision.proj is not None else pooled
 
 
 @register("legrad")
@@ -26,9 +35,10 @@ def legrad(x: Inputs, start_layer: int = -2) -> Maps:
     for i in layers:
         pattern = cache[f"vision.blocks.{i}.attn.hook_pattern"]
         tokens = cache[f"vision.blocks.{i}.hook_resid_post"]
-        feature = F.normalize(vision.proj(vision.ln_post(tokens.mean(1))), dim=-1)
+        feature = F.normalize(layer_embedding(vision, tokens), dim=-1)
         similarity = feature @ out.text_embeds.T  # [n_images, n_texts]
-        total = total + per_caption(similarity, [pattern], lambda g: g[0].clamp(min=0).mean(1).mean(1)[:, 1:])
+        total = total + per_caption(similarity, [pattern],
+                                    lambda g: g[0].clamp(min=0).mean(1).mean(1)[:, x.prefix:])
     low = total.amin(-1, keepdim=True)
     span = (total.amax(-1, keepdim=True) - low).clamp(min=1e-12)
     return Maps(out.logits_per_image.detach(), x.patch_grid((total - low) / span))

@@ -5,16 +5,23 @@ the CLIP notebook of hila-chefer/Transformer-MM-Explainability.
 Target: logits_per_image[i, j]. From the start layer on, A_bar = mean over heads of
 relu(dA * A), where dA is the target's gradient with respect to the attention pattern A;
 R starts at the identity and R += A_bar @ R, layer by layer. Image map: R[class token, patches];
-text map: R[EOS, tokens]. start_layer -1 (the notebook's default) reads the last layer only,
-0 reads all.
+where an attention-pooling head reads the image (SigLIP), the head's own A_bar (the probe's
+gradient-weighted attention over the tokens) times R, so relevance flows through the probe.
+Text map: R[pooled token, tokens]. start_layer -1 (the notebook's default) reads the last layer
+only, 0 reads all.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .core import Inputs, eos_rows, pattern_names, per_caption, per_image
+from .core import Inputs, image_rows, pattern_names, per_caption, per_image, text_rows
 from .registry import Maps, register
+
+
+def weighted(pattern: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A_bar: the mean over heads of relu(dA * A), [batch, query, key]."""
+    return (grad * pattern).clamp(min=0).mean(1)
 
 
 def relevance_matrix(patterns: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
@@ -22,8 +29,7 @@ def relevance_matrix(patterns: list[torch.Tensor], grads: list[torch.Tensor]) ->
     n = patterns[0].shape[-1]
     r = torch.eye(n, dtype=patterns[0].dtype, device=patterns[0].device).expand(patterns[0].shape[0], n, n)
     for a, g in zip(patterns, grads):
-        a_bar = (g * a).clamp(min=0).mean(1)
-        r = r + a_bar @ r
+        r = r + weighted(a, g) @ r
     return r
 
 
@@ -31,11 +37,18 @@ def relevance_matrix(patterns: list[torch.Tensor], grads: list[torch.Tensor]) ->
 def relevance(x: Inputs, start_layer: int = -1, start_layer_text: int = -1) -> Maps:
     v_names = pattern_names("vision", x.layers("vision", start_layer))
     t_names = pattern_names("text", x.layers("text", start_layer_text, "start_layer_text"))
-    out, cache = x.run(v_names + t_names, requires_grad=True)
+    out, cache = x.run(v_names + x.readout_names + t_names, requires_grad=True)
     logits = out.logits_per_image
-    v_patterns = [cache[n] for n in v_names]
+    v_patterns = [cache[n] for n in v_names + x.readout_names]  # the pooling head's last, if any
     t_patterns = [cache[n] for n in t_names]
-    eos = x.eos_positions
-    image = per_caption(logits, v_patterns, lambda g: relevance_matrix(v_patterns, g)[:, 0, 1:])
-    text = per_image(logits, t_patterns, lambda g: eos_rows(relevance_matrix(t_patterns, g), eos))
+    n_layers = len(v_names)
+
+    def image_map(grads: list[torch.Tensor]) -> torch.Tensor:
+        r = relevance_matrix(v_patterns[:n_layers], grads[:n_layers])
+        readout = weighted(v_patterns[-1], grads[-1])[:, 0] if x.readout_names else None
+        return image_rows(x, r, readout)
+
+    positions = x.pooled_positions
+    image = per_caption(logits, v_patterns, image_map)
+    text = per_image(logits, t_patterns, lambda g: text_rows(relevance_matrix(t_patterns, g), positions))
     return Maps(logits.detach(), x.patch_grid(image), text)

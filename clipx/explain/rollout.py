@@ -3,8 +3,9 @@
 Each layer's head-averaged attention plus the identity (for the residual connection), rows
 renormalised to sum to one; the product of these matrices from `start_layer` to the last layer
 says how much each input token flows into each output token. Image map: the class token's row
-over the patches; text map: the EOS token's row over the tokens. No gradients: the same map
-for every caption (image) and every image (text).
+over the patches (for an attention-pooling head, the probe's weights over the tokens times the
+matrix); text map: the pooled token's row over the tokens. No gradients: the same map for every
+caption (image) and every image (text).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def rollout(x: Inputs, start_layer: int = 0) -> Maps:
     v_names = pattern_names("vision", x.layers("vision", start_layer))
     t_names = pattern_names("text", x.layers("text", start_layer))
     with torch.no_grad():
-        out, cache = x.run(v_names + t_names)
+        out, cache = x.run(v_names + t_names + x.readout_names)
     image, text = pooled_rows(x, rollout_matrix([cache[n] for n in v_names]),
-                              rollout_matrix([cache[n] for n in t_names]))
+                              rollout_matrix([cache[n] for n in t_names]), cache)
     return Maps(out.logits_per_image, image, text)

@@ -16,9 +16,10 @@ from .render import mark_patch, matrix, token_html
 
 
 class AttentionView(View):
-    """In the image tower, the attention from the class token or a chosen patch to every patch;
-    in the text tower, token-to-token attention, with one query token's row over the caption.
-    All patterns come from one recorded forward; every control only re-renders."""
+    """In the image tower, the attention from the readout (the class token, or the probe of an
+    attention-pooling head) or a chosen patch to every patch; in the text tower, token-to-token
+    attention, with one query token's row over the caption. All patterns come from one recorded
+    forward; every control only re-renders."""
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], cmap: str = "jet",
                  size: int = 224) -> None:
@@ -27,7 +28,10 @@ class AttentionView(View):
         self.tower = widgets.ToggleButtons(options=["vision", "text"], description="tower")
         self.layer = widgets.IntSlider(min=0, description="layer")
         self.head = widgets.Dropdown(description="head")
-        self.source = widgets.ToggleButtons(options=["class token", "patch"], description="from")
+        self.prefix = model.vision.prefix_tokens
+        # a class token is a query of every layer; a pooling head's probe attends once, after the last
+        self.readout = "class token" if model.vision.head is None else "pooling probe"
+        self.source = widgets.ToggleButtons(options=[self.readout, "patch"], description="from")
         self.row, self.col = self.patch_sliders()
         self.query = widgets.Dropdown(description="query")
         self.vision_only = [self.image_choice, self.source, self.row, self.col, self.opacity]
@@ -47,16 +51,23 @@ class AttentionView(View):
         return self._image(head) if vision else self._text(head)
 
     def _image(self, head: int | None) -> tuple[Image.Image, str]:
-        i, row, col = self.image_choice.value, self.row.value, self.col.value
-        pattern = self.patterns.get("vision", self.layer.value, i, head)  # [1 + patches, 1 + patches]
+        i, row, col, p = self.image_choice.value, self.row.value, self.col.value, self.prefix
         from_patch = self.source.value == "patch"
-        query = 1 + row * self.grid[1] + col if from_patch else 0
-        picture = self.overlay(i, pattern[query, 1:].reshape(self.grid))
+        if from_patch or self.model.vision.head is None:
+            pattern = self.patterns.get("vision", self.layer.value, i, head)  # [prefix + patches] x the same
+            where = f"layer {self.layer.value}"
+        else:
+            pattern = self.patterns.get("vision", "head", i, head)  # [1, patches]: the probe's one row
+            where = "the pooling head (after the last layer)"
+        query = p + row * self.grid[1] + col if from_patch else 0
+        picture = self.overlay(i, pattern[query, p:].reshape(self.grid))
         if from_patch:
             picture = mark_patch(picture, row, col, self.grid)
-        source = f"patch ({row}, {col})" if from_patch else "the class token"
-        return picture, (f"<p>attention from {source} to every patch, layer {self.layer.value}, head {self.head.label}"
-                         f"</p><p>to the class token: {float(pattern[query, 0]):.1%}</p>")
+        source = f"patch ({row}, {col})" if from_patch else f"the {self.readout}"
+        text = f"<p>attention from {source} to every patch, {where}, head {self.head.label}</p>"
+        if p:
+            text += f"<p>to the class token: {float(pattern[query, 0]):.1%}</p>"
+        return picture, text
 
     def _text(self, head: int | None) -> tuple[Image.Image, str]:
         j = self.texts.index(self.caption_choice.value)

@@ -48,9 +48,11 @@ class Patterns:
         self.lengths = tok.attention_mask.sum(1).tolist()
         self.tokens = model.tokenizer.tokens(tok.input_ids, tok.attention_mask)
 
-    def get(self, tower: str, layer: int, index: int, head: int | None) -> torch.Tensor:
-        """[L, L] attention of image or caption `index` in one layer: one head, or the mean of all (head=None)."""
-        pattern = self.cache[f"{tower}.blocks.{layer}.attn.hook_pattern"][index]
+    def get(self, tower: str, layer: int | str, index: int, head: int | None) -> torch.Tensor:
+        """[L, L] attention of image or caption `index` in one layer (layer "head": the vision pooling
+        head's, [1, L]): one head, or the mean of all (head=None)."""
+        where = "head" if layer == "head" else f"blocks.{layer}"
+        pattern = self.cache[f"{tower}.{where}.attn.hook_pattern"][index]
         if tower == "text":
             n = self.lengths[index]
             pattern = pattern[:, :n, :n]

@@ -47,4 +47,4 @@ class Explorer(View):
         picture = self.overlay(i, None if exp.image is None else exp.image[i, j])
         tokens = token_html(exp.tokens[j], None if exp.text is None else exp.text[i, j], self.cmap)
         logits = torch.stack([e.scores[i, k] for e, k in (self.results.get(method, t) for t in self.texts)])
-        return picture, tokens + scores_table(self.texts, logits, selected=text)
+        return picture, tokens + scores_table(self.texts, logits, selected=text, scoring=self.model.config.scoring)

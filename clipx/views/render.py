@@ -21,7 +21,8 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 if TYPE_CHECKING:
     from ..explain.explanation import Explanation
 
-SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+# the special tokens of the tokenizers clipx reads (CLIP's; SigLIP's SentencePiece and Gemma ones)
+SPECIAL = ("<|startoftext|>", "<|endoftext|>", "</s>", "<s>", "<pad>", "<bos>", "<eos>")
 PAD = 4  # pixels between grid cells
 
 
@@ -118,11 +119,17 @@ def token_html(tokens: Sequence[str], values: Any = None, cmap: str = "jet") -> 
     return f'<div style="line-height:1.9;font-family:monospace">{" ".join(spans)}</div>'
 
 
-def scores_table(texts: Sequence[str], logits: Any, selected: str | None = None) -> str:
-    """Each caption's logit and its softmax probability over the captions, as an HTML table."""
+def scores_table(texts: Sequence[str], logits: Any, selected: str | None = None, scoring: str = "softmax") -> str:
+    """Each caption's logit and its probability, as an HTML table: a softmax over the captions, or with
+    scoring="sigmoid" (SigLIP's; `model.config.scoring` says which) each caption's own sigmoid."""
     logits = as_array(logits).astype(np.float64)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
+    if scoring == "sigmoid":
+        probs = 1 / (1 + np.exp(-logits))
+    elif scoring == "softmax":
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+    else:
+        raise ValueError(f"scoring must be 'softmax' or 'sigmoid', got {scoring!r}")
     weight = {True: "bold", False: "normal"}
     rows = "".join(f'<tr style="font-weight:{weight[t == selected]}"><td>{html.escape(t)}</td>'
                    f'<td style="text-align:right">{v:.2f}</td><td style="text-align:right">{p:.1%}</td></tr>'

@@ -1,0 +1,309 @@
+"""SigLIP: parity with transformers' SiglipModel (random weights written by save_pretrained), the
+readout it describes (no class token, attention-pooling head, last-position text, logit bias and
+sigmoid), and every explanation method on it."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import transformers
+
+import clipx
+from clipx.errors import CheckpointError
+from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from conftest import randomise
+from floats import FLOAT32_RTOL, assert_float32_close
+
+TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=16, vocab_size=49408)
+VISION = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              image_size=32, patch_size=8)
+CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
+
+
+def hf_siglip(text=TEXT, vision=VISION, seed=0, attn="eager") -> transformers.SiglipModel:
+    torch.manual_seed(seed)
+    config = transformers.SiglipConfig(text_config=text, vision_config=vision)
+    config._attn_implementation = attn
+    model = randomise(transformers.SiglipModel(config).eval(), seed)
+    with torch.no_grad():  # SigLIP's trained values, so logits have their real scale
+        model.logit_scale.fill_(2.3)
+        model.logit_bias.fill_(-1.5)
+    return model
+
+
+def save(model, folder) -> None:
+    model.save_pretrained(folder)
+    # CLIP's BPE beside the weights: the tiny vocabulary is CLIP's size; SigLIP's own tokenizers are
+    # tested in their own file
+    transformers.CLIPTokenizerFast.from_pretrained(clipx.assets.CLIP_BPE_DIR).save_pretrained(folder)
+
+
+def load(folder, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return clipx.load(folder, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-siglip")
+    hf = hf_siglip()
+    save(hf, folder)
+    return folder, hf
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load(checkpoint[0])
+
+
+def inputs(n_images=3, seed=1, size=32):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 49408, (4, 16), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # one caption right-padded: the mask must act in a bidirectional tower
+    return torch.rand(n_images, 3, size, size, generator=g) * 2 - 1, ids, mask
+
+
+def probe_pattern(hf, last_hidden_state):
+    """The pooling head's attention, [B, heads, 1, n], from transformers' own MultiheadAttention."""
+    head = hf.vision_model.head
+    probe = head.probe.expand(last_hidden_state.shape[0], -1, -1)
+    return head.attention(probe, last_hidden_state, last_hidden_state, need_weights=True,
+                          average_attn_weights=False)[1]
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_parity_with_transformers(checkpoint, model, backend):
+    _, hf = checkpoint
+    px, ids, mask = inputs()
+    with torch.no_grad():
+        ref = hf(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                 output_attentions=True)
+        with model.attention(backend), model.recording("vision.head.attn.hook_pattern") as cache:
+            out = model(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                        output_attentions=True)
+    assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
+    assert_float32_close(out.image_embeds, ref.image_embeds, floor=1)
+    assert_float32_close(out.text_embeds, ref.text_embeds, floor=1)
+    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
+                         (out.text_model_output, ref.text_model_output)):
+        assert_float32_close(ours.last_hidden_state, theirs.last_hidden_state, floor=1)
+        assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)  # SigLIP's pooler_output is after its head
+        assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
+        for a, b in zip(ours.hidden_states, theirs.hidden_states):
+            assert_float32_close(a, b, floor=1)
+        for a, b in zip(ours.attentions, theirs.attentions):
+            assert_float32_close(a, b, floor=1)
+    if backend == "eager":  # only eager records patterns
+        assert_float32_close(cache["vision.head.attn.hook_pattern"],
+                             probe_pattern(hf, ref.vision_model_output.last_hidden_state), floor=1)
+
+
+def test_readout_described_by_the_model(model):
+    vision, text = model.vision, model.text
+    assert vision.prefix_tokens == 0 and vision.class_embedding is None and vision.ln_pre is None
+    assert vision.head is not None and model.config.scoring == "sigmoid"
+    assert not text.config.causal and text.config.pooling == "last"
+    assert "vision.head.attn.hook_pattern" in model.hook_names()
+    ids = torch.tensor([[5, 6, 7, 1, 1]])
+    assert text.pooled_positions(ids).tolist() == [4]
+    logits = torch.tensor([[-2.0, 3.0]])
+    assert torch.equal(model.probabilities(logits), torch.sigmoid(logits))
+    # captions are padded to the context, as SigLIP was trained
+    assert model.tokenize(["a cat"]).input_ids.shape == (1, 16)
+
+
+def test_the_text_tower_sees_later_tokens(model):
+    """Bidirectional: changing the last word changes the first token's state (not so in CLIP)."""
+    ids = torch.tensor([[10, 11, 12, 13], [10, 11, 12, 14]])
+    with torch.no_grad():
+        last = model.text(ids).last_hidden_state
+    assert (last[0, 0] - last[1, 0]).abs().max() > 1e-4
+
+
+def test_ablating_the_probes_attention_changes_the_embedding(model):
+    px, _, _ = inputs(1)
+
+    def only_first_patch(pattern, hook):
+        out = torch.zeros_like(pattern)
+        out[..., 0] = 1
+        return out
+
+    with torch.no_grad():
+        before = model.encode_image(px)
+        with model.hooks(fwd=[("vision.head.attn.hook_pattern", only_first_patch)]):
+            after = model.encode_image(px)
+        patch = model.vision.patch_features  # the head reading one token alone is exactly that token's feature
+        with model.recording("vision.blocks.1.hook_resid_post") as cache:
+            model.encode_image(px)
+    assert (before - after).abs().max() > 1e-3
+    assert_float32_close(after[0], patch(cache["vision.blocks.1.hook_resid_post"])[0, 0], floor=1)
+
+
+def test_save_pretrained_loads_back_in_transformers(checkpoint, model, tmp_path):
+    _, hf = checkpoint
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "siglip" and config["text_config"]["projection_size"] == 48
+    again = transformers.SiglipModel.from_pretrained(tmp_path).eval()
+    px, ids, mask = inputs()
+    for (name, a), (_, b) in zip(again.state_dict().items(), hf.state_dict().items()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():  # transformers' sdpa there, eager here
+        assert_float32_close(again(pixel_values=px, input_ids=ids).logits_per_image,
+                             hf(pixel_values=px, input_ids=ids).logits_per_image, rtol=1e-4, floor=1)
+    back = load(tmp_path)
+    for (name, a), (_, b) in zip(back.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_tower_only_checkpoints(checkpoint, tower, tmp_path):
+    _, hf = checkpoint
+    px, ids, mask = inputs()
+    if tower == "vision":
+        ref = transformers.SiglipVisionModel(hf.config.vision_config).eval()
+        ref.load_state_dict(hf.vision_model.state_dict())
+        with torch.no_grad():
+            expected = ref(pixel_values=px).pooler_output
+    else:
+        ref = transformers.SiglipTextModel(hf.config.text_config).eval()
+        ref.load_state_dict(hf.text_model.state_dict())
+        with torch.no_grad():
+            expected = ref(input_ids=ids).pooler_output
+    ref.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no tokenizer files beside a tower
+        model = clipx.load(tmp_path)
+    assert getattr(model, "text" if tower == "vision" else "vision") is None
+    with torch.no_grad():
+        got = model.encode_image(px) if tower == "vision" else model.encode_text(ids)
+    assert_float32_close(got, expected, floor=1)
+    model.save_pretrained(tmp_path / "again")
+    assert type(ref).from_pretrained(tmp_path / "again").state_dict().keys() == ref.state_dict().keys()
+
+
+def test_positions_interpolate_like_transformers(checkpoint, model):
+    _, hf = checkpoint
+    px = torch.rand(2, 3, 48, 40) * 2 - 1
+    with torch.no_grad():
+        expected = hf.get_image_features(pixel_values=px, interpolate_pos_encoding=True).pooler_output
+        got = model.encode_image(px, interpolate_pos_encoding=True)
+    assert_float32_close(got, expected, floor=1)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"vision_config": {**VISION, "vision_use_head": False}}, "vision_use_head"),
+    ({"text_config": {**TEXT, "projection_size": 40}}, "same width"),
+    ({"model_type": "siglip2"}, "model_type is 'siglip2'"),
+    ({"vision_config": {**VISION, "patch_size": 7}}, "patch_size"),
+])
+def test_bad_configs_are_refused_by_name(checkpoint, tmp_path, change, message):
+    save(checkpoint[1], tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CheckpointError, match=message):
+        clipx.load(tmp_path)
+
+
+def test_built_from_a_config_it_trains_with_siglips_initial_scale_and_bias():
+    config = SiglipConfig(text_config=SiglipTextConfig(**TEXT), vision_config=SiglipVisionConfig(**VISION))
+    model = clipx.CLIP(config)
+    assert model.logit_scale.exp().item() == pytest.approx(10.0)
+    assert model.logit_bias.item() == -10.0
+    assert model.text.proj.bias is not None and model.vision.patch_embedding.bias is not None
+
+
+# --- every method on SigLIP ----------------------------------------------------------------
+
+BATCHING_RTOL = {"gradcam": 1e-4}
+
+
+@pytest.mark.parametrize("method", clipx.methods())
+def test_every_method_batched_equals_single_pair(model, method):
+    px = inputs()[0]
+    exp = clipx.explain(model, px, CAPTIONS, method=method)
+    assert exp.image.shape == (3, 3, 4, 4) and torch.isfinite(exp.image).all()
+    assert exp.scores.shape == (3, 3)
+    for i, j in [(0, 0), (1, 2), (2, 1)]:
+        single = clipx.explain(model, px[i:i + 1], [CAPTIONS[j]], method=method)
+        rtol = BATCHING_RTOL.get(method, FLOAT32_RTOL)
+        assert_float32_close(single.image[0, 0], exp.image[i, j], rtol)
+        assert_float32_close(single.scores[0, 0], exp.scores[i, j])
+        if exp.text is not None:
+            assert exp.text.shape[-1] == single.text.shape[-1] == 16  # padded to the context
+            assert_float32_close(single.text[0, 0], exp.text[i, j], rtol)
+
+
+@pytest.mark.parametrize("method", ["relevance", "gradcam", "legrad", "integrated_gradients", "similarity",
+                                    "rollout", "attention"])
+def test_maps_change_when_the_last_block_is_rerandomised(checkpoint, method):
+    model = load(checkpoint[0])
+    px = inputs(2)[0]
+    before = clipx.explain(model, px, CAPTIONS, method=method).image
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.vision.blocks[-1].parameters():
+            p.copy_(torch.randn_like(p) * p.std().clamp(min=0.05))
+    after = clipx.explain(model, px, CAPTIONS, method=method).image
+    assert (before - after).abs().max() > 1e-3
+
+
+def test_relevance_flows_through_the_probe(checkpoint, model):
+    """The image map is the probe's gradient-weighted attention times R, recomputed here one pair at a
+    time on transformers' model (its encoder attentions, and the head's from its MultiheadAttention)."""
+    _, hf = checkpoint
+    px = inputs(2)[0]
+    exp = clipx.explain(model, px, CAPTIONS[:2], method="relevance", start_layer=0)
+    tok = model.tokenize(CAPTIONS[:2])
+    for i in range(2):
+        for j in range(2):
+            out = hf(pixel_values=px[i:i + 1], input_ids=tok.input_ids[j:j + 1],
+                     attention_mask=tok.attention_mask[j:j + 1], output_attentions=True)
+            pattern, image_embed = pooling_head_by_hand(hf, out.vision_model_output.last_hidden_state)
+            cos = torch.nn.functional.cosine_similarity(image_embed, out.text_embeds[0], dim=-1)
+            logit = cos * hf.logit_scale.exp() + hf.logit_bias
+            attentions = [*out.vision_model_output.attentions, pattern]
+            grads = torch.autograd.grad(logit.sum(), attentions)
+            r = torch.eye(16)
+            for a, g in zip(attentions[:-1], grads[:-1]):
+                r = r + (g * a).clamp(min=0).mean(1)[0] @ r
+            row = (grads[-1] * attentions[-1]).clamp(min=0).mean(1)[0] @ r
+            assert_float32_close(exp.image[i, j].flatten(), row[0], floor=1)
+
+
+def pooling_head_by_hand(hf, tokens):
+    """transformers' pooling head written out from its weights: (pattern [B, heads, 1, n], embedding [B, d])."""
+    head = hf.vision_model.head
+    b, n, d = tokens.shape
+    heads = hf.config.vision_config.num_attention_heads
+    wq, wk, wv = head.attention.in_proj_weight.chunk(3)
+    bq, bk, bv = head.attention.in_proj_bias.chunk(3)
+    split = lambda x: x.view(b, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
+    q, k, v = split(head.probe @ wq.T + bq), split(tokens @ wk.T + bk), split(tokens @ wv.T + bv)
+    pattern = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, dim=-1)
+    h = head.attention.out_proj((pattern @ v).transpose(1, 2).reshape(b, 1, d))
+    return pattern, (h + head.mlp(head.layernorm(h)))[:, 0]
+
+
+def test_views_and_cli_speak_sigmoid(model):
+    from clipx.views.render import scores_table
+
+    table = scores_table(["a", "b"], torch.tensor([0.0, 0.0]), scoring=model.config.scoring)
+    assert table.count("50.0%") == 2  # each pair scored alone; a softmax would also give 50% here...
+    table = scores_table(["a", "b"], torch.tensor([3.0, 3.0]), scoring=model.config.scoring)
+    assert table.count("95.3%") == 2  # ...but not here
+
+
+def test_attention_view_shows_the_probe(model):
+    from clipx.views import AttentionView
+
+    view = AttentionView(model, inputs(1)[0], CAPTIONS[:1])
+    assert view.source.options[0] == "pooling probe"
+    picture, text = view.render()
+    assert "pooling head" in text and "class token" not in text
