@@ -1,7 +1,8 @@
-"""Image preprocessing identical to transformers' `CLIPImageProcessorPil`, and its inverse for display.
+"""Image preprocessing identical to transformers' `CLIPImageProcessorPil` and `SiglipImageProcessorPil`,
+and its inverse for display.
 
-The recipe: convert to RGB, resize the shortest edge (PIL, bicubic), centre crop, rescale by 1/255,
-normalise. Every step copies transformers' PIL backend down to the dtype of each operation, so
+CLIP's recipe: convert to RGB, resize the shortest edge (PIL, bicubic), centre crop, rescale by 1/255,
+normalise. SigLIP's: resize to a fixed height x width (squashing the aspect ratio), no crop, mean = std = 0.5. Every step copies transformers' PIL backend down to the dtype of each operation, so
 pixel values come out bit-identical, not merely close.
 """
 
@@ -26,6 +27,10 @@ CONFIG_NAME = "preprocessor_config.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BICUBIC = int(Image.Resampling.BICUBIC)  # 3, the value preprocessor_config.json stores
+# SiglipImageProcessor: resize to a fixed size, no crop, mean = std = 0.5 (its transformers defaults)
+SIGLIP_TYPES = ("SiglipImageProcessor", "SiglipImageProcessorPil", "SiglipImageProcessorFast")
+SIGLIP_DEFAULTS = {"size": {"height": 224, "width": 224}, "do_center_crop": False,
+                   "image_mean": (0.5, 0.5, 0.5), "image_std": (0.5, 0.5, 0.5)}
 
 
 @dataclass
@@ -68,9 +73,13 @@ class ImageProcessor:
     # --- configuration files -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> "ImageProcessor":
-        """Settings from a preprocessor_config.json dict; keys that do not concern CLIP are ignored."""
+        """Settings from a preprocessor_config.json dict; keys that do not concern CLIP are ignored.
+        A SiglipImageProcessor's missing keys take SigLIP's defaults, and it never crops."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        settings = {k: v for k, v in d.items() if k in names}
+        if d.get("image_processor_type") in SIGLIP_TYPES:
+            settings = {**SIGLIP_DEFAULTS, **settings, "do_center_crop": False}
+        return cls(**settings)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "ImageProcessor":
@@ -89,8 +98,13 @@ class ImageProcessor:
             raise CheckpointError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
+        """A CLIPImageProcessor config, or a SiglipImageProcessor one where that is the same recipe
+        (a fixed size without crop, which SigLIP's processor cannot express otherwise)."""
         d = asdict(self)
         d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
+        if not self.do_center_crop and set(self.size) == {"height", "width"}:
+            del d["do_center_crop"], d["crop_size"]
+            return {"image_processor_type": "SiglipImageProcessor", **d}
         return {"image_processor_type": "CLIPImageProcessor", **d}
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:

@@ -1,10 +1,18 @@
-"""CLIP's byte-level BPE tokenizer through the `tokenizers` library, giving the ids of HF's CLIPTokenizerFast."""
+"""Text tokenizers: CLIP's byte-level BPE and SigLIP 2's Gemma BPE through the `tokenizers` library
+(the ids of transformers' CLIPTokenizerFast / GemmaTokenizer / Siglip2Tokenizer), and `load_tokenizer`,
+which picks the family of a folder (SigLIP's SentencePiece tokenizer is in `sentencepiece_tokenizer.py`).
+
+SigLIP's text tower runs bidirectionally over all 64 positions and pools the last one, and was trained
+with padding as ordinary input: its tokenizers pad every caption to context_length and return an
+attention_mask of ones (so `model(**enc)` masks nothing, as transformers' SigLIP usage does). Which
+positions hold the caption is in `Encoding.content_mask`, for display.
+"""
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +27,7 @@ from .files import check_readable, is_file, read_json
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 DEFAULT_CONTEXT_LENGTH = 77
+SIGLIP_CONTEXT_LENGTH = 64  # SigLIP and SigLIP 2 were trained on 64 tokens
 # CLIP's word split, as transformers' CLIPTokenizer has it: special tokens, contractions, letter runs,
 # single digits, runs of anything else but whitespace (which is dropped)
 SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -28,13 +37,17 @@ _BYTES = decoders.ByteLevel()  # byte-level symbols ("Ã©") back to text ("é")
 
 @dataclass
 class Encoding:
-    """Token ids and attention mask (LongTensor [T, L], right-padded); also a mapping, so `model(**enc)` works."""
+    """Token ids and attention mask (LongTensor [T, L]); also a mapping of the model's inputs, so
+    `model(**enc)` works. content_mask is 1 at the caption's own tokens (specials included) and 0 at
+    padding: for display, never a model input (it equals attention_mask except for SigLIP, whose
+    model sees padding)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    content_mask: torch.Tensor | None = None
 
     def keys(self) -> list[str]:
-        return [f.name for f in fields(self)]
+        return ["input_ids", "attention_mask"]
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self.keys():
@@ -42,7 +55,8 @@ class Encoding:
         return getattr(self, key)
 
     def to(self, device: torch.device | str) -> Encoding:
-        return Encoding(self.input_ids.to(device), self.attention_mask.to(device))
+        return Encoding(*(None if t is None else t.to(device) for t in (self.input_ids, self.attention_mask,
+                                                                          self.content_mask)))
 
 
 def _clip_backend(vocab_file: Path, merges_file: Path, bos: str, eos: str, unk: str) -> Backend:
@@ -64,6 +78,62 @@ def _clip_backend(vocab_file: Path, merges_file: Path, bos: str, eos: str, unk: 
     backend.post_processor = processors.RobertaProcessing(
         (eos, backend.token_to_id(eos)), (bos, backend.token_to_id(bos)), trim_offsets=False, add_prefix_space=False)
     return backend
+
+
+def _gemma_tokenizer(folder: Path, tokenizer_class: str, context_length: int | None) -> Tokenizer:
+    """SigLIP 2's tokenizer: Gemma's BPE from tokenizer.json, in the pipeline transformers' GemmaTokenizer
+    and Siglip2Tokenizer rebuild around the file's vocabulary and merges (they ignore its normalizer);
+    Siglip2Tokenizer lowercases first."""
+    path = folder / "tokenizer.json"
+    if not is_file(path):
+        raise FileNotFoundError(f"{folder}: a {tokenizer_class} folder needs tokenizer.json")
+    backend = _read_backend(Backend.from_file, path)
+    if not isinstance(backend.model, BPE):
+        raise CheckpointError(f"{path}: a {tokenizer_class} needs a BPE model, got {type(backend.model).__name__}")
+    config = read_json(folder / "tokenizer_config.json")
+    tokens, max_length = _read_special_tokens(folder)
+    tokens = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>", **tokens}
+    backend.model.fuse_unk, backend.model.byte_fallback, backend.model.dropout = True, True, None
+    backend.model.unk_token = tokens["unk_token"]
+    spaces = normalizers.Replace(" ", "▁")
+    backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), spaces]) \
+        if tokenizer_class.startswith("Siglip2") else spaces
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    # the file's post-processor decides BOS / EOS: transformers 5 drops the config's add_bos_token /
+    # add_eos_token for these classes (SigLIP 2's hub configs say add_eos_token: true, to no effect)
+    # transformers' order: the config, the padding saved in tokenizer.json, the class's own (left)
+    padding_side = config.get("padding_side") or (backend.padding or {}).get("direction") or "left"
+    tok = Tokenizer(backend, _context_length(context_length, max_length, SIGLIP_CONTEXT_LENGTH), **tokens,
+                    fixed_length=True, padding_side=padding_side, tokenizer_class=tokenizer_class)
+    tok._config = {"padding_side": padding_side}
+    return tok
+
+
+def load_tokenizer(folder: str | Path, context_length: int | None = None):
+    """The tokenizer of a folder in the hub's layout, by its family: tokenizer_config.json's
+    tokenizer_class "SiglipTokenizer" (or a lone spiece.model) is SigLIP's SentencePiece,
+    "GemmaTokenizer" / "Siglip2Tokenizer" SigLIP 2's Gemma BPE, anything else CLIP's BPE.
+    context_length: None takes the folder's model_max_length, else 77 (CLIP) or 64 (SigLIP)."""
+    folder = Path(folder)
+    config_path = folder / "tokenizer_config.json"
+    name = read_json(config_path).get("tokenizer_class") if is_file(config_path) else None
+    name = name.removesuffix("Fast") if isinstance(name, str) else None
+    if name in ("GemmaTokenizer", "Siglip2Tokenizer"):
+        return _gemma_tokenizer(folder, name, context_length)
+    lone_spiece = name is None and is_file(folder / "spiece.model") and not is_file(folder / "tokenizer.json")
+    if name == "SiglipTokenizer" or lone_spiece:
+        from .sentencepiece_tokenizer import SiglipTokenizer
+
+        return SiglipTokenizer.from_pretrained(folder, context_length)
+    return Tokenizer.from_pretrained(folder, context_length)
+
+
+def _context_length(given: int | None, max_length, default: int) -> int:
+    if given is not None:
+        return given
+    # transformers writes a huge sentinel (1e30) when no length is known
+    return max_length if isinstance(max_length, int) and max_length < 1e6 else default
 
 
 def _read_special_tokens(folder: Path) -> tuple[dict[str, str], int | None]:
@@ -102,13 +172,64 @@ def _shorten(text: str, width: int = 50) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def check_texts(texts: str | list[str]) -> list[str]:
+    """A caption or a list of captions -> a non-empty list of str."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts to tokenize: got an empty list")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
+    return texts
+
+
+def check_padding(padding: str | None, fixed_length: bool) -> str:
+    """padding=None means the family's own: "longest" for CLIP, "max_length" for SigLIP."""
+    if padding is None:
+        return "max_length" if fixed_length else "longest"
+    if padding not in ("longest", "max_length"):
+        raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+    if fixed_length and padding != "max_length":
+        raise ValueError("SigLIP pools the last of context_length positions: its captions are always padded "
+                         "to max_length")
+    return padding
+
+
+def batch_encoding(rows: list[list[int]], cut: list[bool], texts: list[str], context_length: int,
+                   padding: str, truncation: bool, pad_token_id: int, padding_side: str = "right",
+                   pads_are_inputs: bool = False) -> Encoding:
+    """Pad per-caption ids (already truncated, `cut` marking which were) into an Encoding; warn about,
+    or with truncation=False refuse, captions that were too long."""
+    too_long = [text for text, c in zip(texts, cut) if c]
+    if too_long:
+        message = (f"{len(too_long)} of {len(texts)} captions are longer than context_length="
+                   f"{context_length} tokens (the first: {_shorten(too_long[0])!r})")
+        if not truncation:
+            raise ValueError(message + "; shorten them or pass truncation=True")
+        warnings.warn(message + "; they were truncated, keeping EOS last", stacklevel=3)
+    length = context_length if padding == "max_length" else max(map(len, rows))
+    ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    content = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        at = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+        ids[i, at] = torch.tensor(row, dtype=torch.long)
+        content[i, at] = 1
+    return Encoding(ids, torch.ones_like(content) if pads_are_inputs else content, content)
+
+
 class Tokenizer:
-    """CLIP's tokenizer: `tok(texts)` -> Encoding of input_ids and attention_mask, padded with `pad_token`."""
+    """A tokenizer on the `tokenizers` library: `tok(texts)` -> Encoding, padded with `pad_token`.
+
+    CLIP's by default. fixed_length (SigLIP 2): every caption is padded to context_length on
+    `padding_side` and the padding is model input (attention_mask all ones)."""
 
     def __init__(self, backend: Backend, context_length: int = DEFAULT_CONTEXT_LENGTH, bos_token: str = BOS,
-                 eos_token: str = EOS, pad_token: str = EOS, unk_token: str = EOS):
+                 eos_token: str = EOS, pad_token: str = EOS, unk_token: str = EOS, *, fixed_length: bool = False,
+                 padding_side: str = "right", tokenizer_class: str = "CLIPTokenizer"):
         if context_length < 2:
             raise ValueError(f"context_length must leave room for BOS and EOS, got {context_length}")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         # transformers registers every special token as an added special token, which also keeps it whole
         # in text (and splits it out of words: a pad token "!" changes how "wow!!" is cut); do the same
         backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
@@ -120,12 +241,15 @@ class Tokenizer:
         self.eos_token_id = backend.token_to_id(eos_token)
         self.pad_token_id = backend.token_to_id(pad_token)
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self.fixed_length, self.padding_side, self.tokenizer_class = fixed_length, padding_side, tokenizer_class
         self._special_ids = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        self._config: dict = {}  # further tokenizer_config.json entries save_pretrained writes back
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, context_length: int | None = None) -> Tokenizer:
-        """Load tokenizer.json, else vocab.json + merges.txt, from a folder in the hub's layout.
-        context_length: None takes the folder's model_max_length where one is set, else 77."""
+        """Load CLIP's tokenizer.json, else vocab.json + merges.txt, from a folder in the hub's layout.
+        context_length: None takes the folder's model_max_length where one is set, else 77.
+        (`load_tokenizer` also reads the SigLIP families.)"""
         folder = Path(folder)
         tokens, max_length = _read_special_tokens(folder)
         tokens = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS, **tokens}
@@ -137,44 +261,29 @@ class Tokenizer:
         else:
             raise FileNotFoundError(f"no tokenizer files in {folder}: looked for tokenizer.json, "
                                     "or vocab.json together with merges.txt")
-        if context_length is None:
-            # transformers writes a huge sentinel (1e30) when no length is known
-            context_length = max_length if isinstance(max_length, int) and max_length < 1e6 else DEFAULT_CONTEXT_LENGTH
-        return cls(backend, context_length, **tokens)
+        return cls(backend, _context_length(context_length, max_length, DEFAULT_CONTEXT_LENGTH), **tokens)
 
     @classmethod
     def default(cls, context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
         """CLIP's own vocabulary, shipped in assets/clip-bpe (for checkpoints that come without tokenizer files)."""
         return cls.from_pretrained(CLIP_BPE_DIR, context_length)
 
-    def __call__(self, texts: str | list[str], padding: str = "longest", truncation: bool = True) -> Encoding:
+    def __call__(self, texts: str | list[str], padding: str | None = None, truncation: bool = True) -> Encoding:
         """Tokenize a caption or a list of captions (a str is a batch of one).
 
-        padding: "longest" (the longest caption in the batch) or "max_length" (context_length).
+        padding: "longest" (the longest caption in the batch) or "max_length" (context_length); None is
+        the family's own ("longest" for CLIP; SigLIP allows only "max_length").
         truncation: cut captions longer than context_length, keeping EOS last, with a warning;
         False raises a ValueError for them instead."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            raise ValueError("no texts to tokenize: got an empty list")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
-        if padding not in ("longest", "max_length"):
-            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        texts = check_texts(texts)
+        padding = check_padding(padding, self.fixed_length)
         # set per call: context_length is a plain attribute the caller may change
         self._backend.enable_truncation(self.context_length)
-        self._backend.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,
-                                     length=self.context_length if padding == "max_length" else None)
+        self._backend.no_padding()  # padded here (a tokenizer.json may bring its own padding settings)
         encodings = self._backend.encode_batch(texts)
-        too_long = [text for text, e in zip(texts, encodings) if e.overflowing]
-        if too_long:
-            message = (f"{len(too_long)} of {len(texts)} captions are longer than context_length="
-                       f"{self.context_length} tokens (the first: {_shorten(too_long[0])!r})")
-            if not truncation:
-                raise ValueError(message + "; shorten them or pass truncation=True")
-            warnings.warn(message + "; they were truncated, keeping EOS last", stacklevel=2)
-        return Encoding(torch.tensor([e.ids for e in encodings], dtype=torch.long),
-                        torch.tensor([e.attention_mask for e in encodings], dtype=torch.long))
+        return batch_encoding([e.ids for e in encodings], [bool(e.overflowing) for e in encodings], texts,
+                              self.context_length, padding, truncation, self.pad_token_id, self.padding_side,
+                              pads_are_inputs=self.fixed_length)
 
     def tokens(self, input_ids, attention_mask=None) -> list[list[str]]:
         """Readable strings per position ("café", not "cafÃ©</w>"); special tokens as they are.
@@ -190,27 +299,34 @@ class Tokenizer:
         token = self._backend.id_to_token(token_id)
         if token is None:
             raise ValueError(f"token id {token_id} is outside the vocabulary (size {self.vocab_size})")
-        return token if token_id in self._special_ids else _BYTES.decode([token.removesuffix("</w>")])
+        if token_id in self._special_ids:
+            return token
+        if self.tokenizer_class == "CLIPTokenizer":
+            return _BYTES.decode([token.removesuffix("</w>")])
+        return self._backend.decode([token_id])  # Gemma: "▁cat" -> " cat", a lone byte "<0xE6>" -> "\ufffd"
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        """One sequence of ids back to (normalised) text, as CLIPTokenizerFast.decode does."""
+        """One sequence of ids back to (normalised) text, as transformers' decode does."""
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.dim() != 1:
             raise ValueError(f"decode takes one sequence (1-D ids), got shape {tuple(ids.shape)}")
         text = self._backend.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+        if self.tokenizer_class != "CLIPTokenizer":
+            return text
         return text.replace("</w>", " ").strip()  # "</w>" marks where words end
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """Write tokenizer.json, vocab.json, merges.txt and tokenizer_config.json (the hub's layout),
-        loadable here and by transformers' CLIPTokenizer(Fast)."""
+        """Write tokenizer.json and tokenizer_config.json (and for CLIP vocab.json + merges.txt), the hub's
+        layout, loadable here and by transformers' AutoTokenizer."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._backend.no_truncation()  # the per-call settings must not be saved
         self._backend.no_padding()
         self._backend.save(str(folder / "tokenizer.json"))
-        self._backend.model.save(str(folder))  # vocab.json + merges.txt, for readers of the slow format
-        config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": self.context_length,
-                  **{key: getattr(self, key) for key in SPECIAL_KEYS}}
+        if self.tokenizer_class == "CLIPTokenizer":
+            self._backend.model.save(str(folder))  # vocab.json + merges.txt, for readers of the slow format
+        config = {"tokenizer_class": self.tokenizer_class, "model_max_length": self.context_length,
+                  **{key: getattr(self, key) for key in SPECIAL_KEYS}, **self._config}
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     def __repr__(self) -> str:
