@@ -5,3 +5,5 @@ from pathlib import Path
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 CLIP_BPE_DIR = ASSETS_DIR / "clip-bpe"
 DEMO_MODEL_DIR = ASSETS_DIR / "shapes-clip"
+DEMO_SIGLIP_DIR = ASSETS_DIR / "shapes-siglip"
+DEMOS = {"demo": DEMO_MODEL_DIR, "demo-siglip": DEMO_SIGLIP_DIR}  # the names clipx.load takes for them

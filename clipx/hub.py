@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .assets import DEMO_MODEL_DIR
+from .assets import DEMOS
 from .errors import CheckpointError, CheckpointNotFoundError
 from .files import is_file, read_json, unreadable
 
@@ -67,10 +67,11 @@ def _check_shard_name(index: Path, name: str) -> None:
 
 def resolve(name_or_path: str | Path, revision: str | None = None,
             local_files_only: bool | None = None) -> CheckpointFiles:
-    if str(name_or_path) == "demo":
-        if not DEMO_MODEL_DIR.is_dir():
-            raise CheckpointNotFoundError(f"the demo model is missing from {DEMO_MODEL_DIR}")
-        name_or_path = DEMO_MODEL_DIR
+    if str(name_or_path) in DEMOS:
+        folder = DEMOS[str(name_or_path)]
+        if not folder.is_dir():
+            raise CheckpointNotFoundError(f"the {name_or_path} model is missing from {folder}")
+        name_or_path = folder
     path = _expand(Path(name_or_path))
     kind = _local_kind(path)
     if kind == "file":

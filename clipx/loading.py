@@ -13,7 +13,7 @@ from .errors import CheckpointError
 from .hub import resolve
 from .model import CLIP
 from .processing import ImageProcessor
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, load_tokenizer
 
 CLIP_VOCAB_SIZE = 49408
 
@@ -69,12 +69,12 @@ def _processor(folder: Path, config) -> ImageProcessor:
     return ImageProcessor.from_dict(config.default_processor())
 
 
-def _tokenizer(folder: Path, config) -> Tokenizer | None:
+def _tokenizer(folder: Path, config):
     context = config.text_config.max_position_embeddings
     try:
-        return Tokenizer.from_pretrained(folder, context_length=context)
+        return load_tokenizer(folder, context_length=context)
     except FileNotFoundError:
-        if config.text_config.vocab_size == CLIP_VOCAB_SIZE:
+        if config.text_config.vocab_size == CLIP_VOCAB_SIZE and config.text_config.pooling == "eos":
             return Tokenizer.default(context_length=context)  # OpenAI state dicts ship no tokenizer files
         warnings.warn(f"{folder} has no tokenizer files and a vocabulary of {config.text_config.vocab_size} "
                       "tokens, not CLIP's: model.tokenize() is unavailable; pass input_ids yourself")

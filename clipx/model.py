@@ -31,6 +31,7 @@ from .config import CLIPConfig, TextConfig, TowerConfig, VisionConfig
 from .hooks import HookedModule, HookPoint
 from .length_groups import length_groups
 from .processing import ImageProcessor
+from .tokenizer import Encoding
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -546,13 +547,16 @@ class CLIP(HookedModule):
         return self.processor(images).to(device=device, dtype=dtype)
 
     def tokenize(self, texts: str | list[str], **kwargs: Any):
-        """Captions -> an Encoding with input_ids and attention_mask on the model's device; padded to the
-        context where the text tower was trained so (SigLIP's, which pools the last position)."""
+        """Captions -> an Encoding with input_ids and attention_mask on the model's device. A text tower
+        trained on captions padded to its context (SigLIP's, which pools the last position) gets them
+        so, with the padding as ordinary input (attention_mask all ones; content_mask marks the caption)."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; load it with clipx.load() or set model.tokenizer")
-        if self._tower("text").config.pad_to_max_length:
-            kwargs.setdefault("padding", "max_length")
-        return self.tokenizer(texts, **kwargs).to(self._device_dtype()[0])
+        if not self._tower("text").config.pad_to_max_length:
+            return self.tokenizer(texts, **kwargs).to(self._device_dtype()[0])
+        kwargs.setdefault("padding", "max_length")
+        enc = self.tokenizer(texts, **kwargs)
+        return Encoding(enc.input_ids, torch.ones_like(enc.input_ids), enc.content_mask).to(self._device_dtype()[0])
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write config.json + model.safetensors in Hugging Face's layout (and the tokenizer and

@@ -234,15 +234,15 @@ class ShapesDataset(torch.utils.data.Dataset):
     """`n` scenes -> (pixel_values [3, size, size], caption), or with `with_contents`
     (pixel_values, caption, contents multi-hot). Item i of (seed, split) is always the same scene;
     "train" and "test" splits never share one. `n_objects` None mixes 1-3 objects (some overlapping);
-    an int fixes it (objects apart)."""
+    an int fixes it (objects apart). `image_processor`: the model's preprocessing (CLIP's by default)."""
 
     def __init__(self, n: int, seed: int = 0, split: str = "train", n_objects: int | None = None,
-                 size: int = IMAGE_SIZE, with_contents: bool = False):
+                 size: int = IMAGE_SIZE, with_contents: bool = False, image_processor: ImageProcessor | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         self.n, self.seed, self.split, self.n_objects, self.size = n, seed, split, n_objects, size
         self.with_contents = with_contents
-        self.processor = processor(size)
+        self.processor = image_processor if image_processor is not None else processor(size)
 
     def __len__(self) -> int:
         return self.n

@@ -1,13 +1,17 @@
-"""Training the demo CLIP from scratch on `clipx.shapes` scenes, on a CPU.
+"""Training the demo models from scratch on `clipx.shapes` scenes, on a CPU.
 
     python -m clipx.shapes train --out assets/shapes-clip --steps 3000 --batch 128 --seed 0
+    python -m clipx.shapes train --family siglip --out assets/shapes-siglip ...
 
 The recipe is CLIP's at toy scale: a BPE trained on the caption grammar with CLIP's
 conventions, OpenAI's initialisation, a learnable temperature starting at 1/0.07 and clamped
 at 100, AdamW with linear warmup and cosine decay, and the symmetric cross-entropy over a
 batch. A caption that is true of another image in the batch ("a red circle" when that image
 has a red circle too) is taken out of that image's negatives, and that image out of the
-caption's.
+caption's. `--family siglip` trains SigLIP's architecture (no class token, an attention-pooling
+head, a bidirectional text tower pooled at its last position over captions padded to the context)
+with its sigmoid loss: every image-caption pair is its own yes/no question, temperature 10 and
+bias -10 at the start; a caption true of another image is a positive for it.
 """
 
 from __future__ import annotations
@@ -34,18 +38,24 @@ from . import shapes
 from .assets import DEMO_MODEL_DIR
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .model import CLIP
+from .processing import ImageProcessor
+from .siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from .tokenizer import BOS, EOS, SPLIT, Tokenizer
+
+
+FAMILIES = {"clip": (CLIPConfig, TextConfig, VisionConfig), "siglip": (SiglipConfig, SiglipTextConfig, SiglipVisionConfig)}
 
 
 @dataclass(frozen=True)
 class Architecture:
+    family: str = "clip"      # or "siglip": its readout and its sigmoid loss
     image_size: int = shapes.IMAGE_SIZE
     patch_size: int = 8
     width: int = 128         # both towers
     layers: int = 4          # both towers
     heads: int = 4
     context_length: int = 16  # the longest caption has 13 tokens with BOS and EOS
-    projection_dim: int = 128
+    projection_dim: int = 128  # SigLIP: the vision width, where its pooling head ends
 
 
 @dataclass
@@ -109,41 +119,56 @@ def _word_end(text: str) -> str:
 # --- model ---------------------------------------------------------------------------------------
 
 def build_model(arch: Architecture, tokenizer: Tokenizer, seed: int) -> CLIP:
-    """A freshly initialised CLIP for `arch`, whose text config carries the tokenizer's ids."""
+    """A freshly initialised model of `arch.family`, whose text config carries the tokenizer's ids."""
+    if arch.family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {arch.family!r}")
+    config_cls, text_cls, vision_cls = FAMILIES[arch.family]
+    siglip = arch.family == "siglip"
     tower = dict(hidden_size=arch.width, intermediate_size=4 * arch.width, num_hidden_layers=arch.layers,
-                 num_attention_heads=arch.heads, projection_dim=arch.projection_dim)
-    config = CLIPConfig(
-        text_config=TextConfig(**tower, vocab_size=tokenizer.vocab_size, max_position_embeddings=arch.context_length,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id),
-        vision_config=VisionConfig(**tower, image_size=arch.image_size, patch_size=arch.patch_size),
-        projection_dim=arch.projection_dim, logit_scale_init_value=math.log(1 / 0.07))
+                 num_attention_heads=arch.heads)
+    projection = {} if siglip else dict(projection_dim=arch.projection_dim)  # SigLIP's head is its projection
+    config = config_cls(
+        text_config=text_cls(**tower, **projection, vocab_size=tokenizer.vocab_size,
+                             max_position_embeddings=arch.context_length, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=vision_cls(**tower, **projection, image_size=arch.image_size, patch_size=arch.patch_size),
+        **({} if siglip else dict(projection_dim=arch.projection_dim, logit_scale_init_value=math.log(1 / 0.07))))
     torch.manual_seed(seed)
     model = CLIP(config)
     init_weights(model)
-    model.tokenizer, model.processor = tokenizer, shapes.processor(arch.image_size)
+    # the family's preprocessing (SigLIP: mean = std = 0.5); the scenes are rendered at the model's size
+    model.tokenizer, model.processor = tokenizer, ImageProcessor.from_dict(config.default_processor())
     return model
 
 
 @torch.no_grad()
 def init_weights(model: CLIP) -> None:
     """OpenAI's CLIP initialisation: normal with std width^-0.5 for attention inputs, embeddings of
-    the image tower and projections; residual outputs scaled down by (2 * layers)^-0.5; biases zero."""
+    the image tower and projections; residual outputs scaled down by (2 * layers)^-0.5; biases zero.
+    A pooling head (SigLIP's) is initialised as one more block, its probe as an embedding."""
     for tower in (model.vision, model.text):
         width, n = tower.config.hidden_size, len(tower.blocks)
         attn_std, out_std, fc_std = width ** -0.5, width ** -0.5 * (2 * n) ** -0.5, (2 * width) ** -0.5
-        for block in tower.blocks:
+        for block in [*tower.blocks, *([tower.head] if getattr(tower, "head", None) is not None else [])]:
             for linear, std in ((block.attn.q_proj, attn_std), (block.attn.k_proj, attn_std),
                                 (block.attn.v_proj, attn_std), (block.attn.out_proj, out_std),
                                 (block.mlp.fc1, fc_std), (block.mlp.fc2, out_std)):
                 linear.weight.normal_(std=std)
                 linear.bias.zero_()
-        tower.proj.weight.normal_(std=width ** -0.5)
+        if tower.proj is not None:
+            tower.proj.weight.normal_(std=width ** -0.5)
+            if tower.proj.bias is not None:
+                tower.proj.bias.zero_()
     model.text.token_embedding.weight.normal_(std=0.02)
     model.text.position_embedding.weight.normal_(std=0.01)
-    width = model.vision.config.hidden_size
-    model.vision.class_embedding.normal_(std=width ** -0.5)
-    model.vision.position_embedding.weight.normal_(std=width ** -0.5)
+    vision = model.vision
+    width = vision.config.hidden_size
+    for embedding in (vision.class_embedding, vision.head.probe if vision.head is not None else None):
+        if embedding is not None:
+            embedding.normal_(std=width ** -0.5)
+    vision.position_embedding.weight.normal_(std=width ** -0.5)
+    if vision.patch_embedding.bias is not None:
+        vision.patch_embedding.bias.zero_()
 
 
 # --- objective and evaluation --------------------------------------------------------------------
@@ -160,6 +185,15 @@ def true_of(contents: torch.Tensor, captions: list[str]) -> torch.Tensor:
     """Bool [images, captions]: the image holds every colour-shape pair the caption names."""
     hot = caption_hot(captions)
     return (contents @ hot.T) == hot.sum(1)
+
+
+def sigmoid_loss(logits_per_image: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss: each pair a binary question, positive on the diagonal and wherever the caption is
+    true of the image; summed over the pairs, averaged over the images."""
+    n = logits_per_image.shape[0]
+    positive = true | torch.eye(n, dtype=torch.bool)
+    signs = positive.to(logits_per_image.dtype) * 2 - 1
+    return -F.logsigmoid(signs * logits_per_image).sum() / n
 
 
 def contrastive_loss(logits_per_image: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -180,9 +214,10 @@ def zero_shot_accuracy(model: CLIP, pixels: torch.Tensor, labels: torch.Tensor) 
     return ((image @ text.T).argmax(1) == labels).float().mean().item()
 
 
-def single_object_set(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out single-object scenes: pixel_values and their class indices."""
-    data = shapes.ShapesDataset(n, seed, split="test", n_objects=1, size=size)
+def single_object_set(n: int, seed: int, model: CLIP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out single-object scenes, preprocessed for `model`: pixel_values and their class indices."""
+    data = shapes.ShapesDataset(n, seed, split="test", n_objects=1, size=model.config.vision_config.image_size,
+                                image_processor=model.processor)
     scenes = [data.scene(i) for i in range(n)]
     pixels = torch.stack([data.processor(sc.image)[0] for sc in scenes])
     return pixels, torch.tensor([shapes.class_index(sc.objects[0].color, sc.objects[0].shape) for sc in scenes])
@@ -207,7 +242,7 @@ def two_object_retrieval(model: CLIP, n: int, seed: int, batch: int = 100) -> fl
 
 def evaluate(model: CLIP, seed: int, n: int = 1000) -> dict[str, float]:
     model.eval()
-    pixels, labels = single_object_set(n, seed, model.config.vision_config.image_size)
+    pixels, labels = single_object_set(n, seed, model)
     return {"zero_shot_single_object": zero_shot_accuracy(model, pixels, labels),
             "two_object_retrieval": two_object_retrieval(model, n, seed)}
 
@@ -229,8 +264,10 @@ def train(recipe: Recipe = Recipe(), arch: Architecture = Architecture(), progre
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
-    data = shapes.ShapesDataset(recipe.steps * recipe.batch, recipe.seed, size=arch.image_size, with_contents=True)
-    held_out = single_object_set(recipe.eval_scenes, recipe.seed, arch.image_size) if recipe.eval_every else None
+    objective = sigmoid_loss if model.config.scoring == "sigmoid" else contrastive_loss
+    data = shapes.ShapesDataset(recipe.steps * recipe.batch, recipe.seed, size=arch.image_size, with_contents=True,
+                                image_processor=model.processor)
+    held_out = single_object_set(recipe.eval_scenes, recipe.seed, model) if recipe.eval_every else None
 
     result = Result(model, [], 0.0)
     start = time.perf_counter()
@@ -238,7 +275,7 @@ def train(recipe: Recipe = Recipe(), arch: Architecture = Architecture(), progre
     for step, (pixels, captions, contents) in enumerate(bar, 1):
         tok = model.tokenize(list(captions))
         out = model(pixel_values=pixels, input_ids=tok.input_ids, attention_mask=tok.attention_mask)
-        loss = contrastive_loss(out.logits_per_image, true_of(contents, list(captions)))
+        loss = objective(out.logits_per_image, true_of(contents, list(captions)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -268,12 +305,28 @@ def model_card(recipe: Recipe, arch: Architecture, result: Result, scores: dict[
     history = "\n".join(f"| {step} | {accuracy:.3f} |" for step, accuracy in result.history)
     counts = {1: "one object", 2: "two", 3: "three"}
     mix = ", ".join(f"{p:.0%} {counts[n]}" for n, p in zip(shapes.OBJECT_COUNTS, shapes.OBJECT_COUNT_P))
-    return f"""# shapes-clip: the clipx demo model
+    siglip = arch.family == "siglip"
+    if siglip:
+        name, demo, peer = "shapes-siglip", "demo-siglip", "SiglipModel"
+        vision_readout = "no class token; pooled by an attention-pooling head (a learned probe over the tokens, then an MLP)"
+        text = (f"bidirectional transformer, {arch.layers} layers, width {arch.width}, {arch.heads} heads, captions padded "
+                f"to {arch.context_length} positions (the padding is input), pooled at the last position through a linear head")
+        joint = "cosine x exp(scale) + bias (init 10 and -10, scale clamped at 100), a sigmoid per pair; gelu (tanh)"
+        objective = ("SigLIP's sigmoid loss: every image-caption pair of the batch a binary question, positive on the "
+                     "diagonal and where the caption is true of the image")
+    else:
+        name, demo, peer = "shapes-clip", "demo", "CLIPModel"
+        vision_readout = "pooled at the class token"
+        text = (f"causal transformer, {arch.layers} layers, width {arch.width}, {arch.heads} heads, "
+                f"{arch.context_length} positions, pooled at the first EOS")
+        joint = f"projection to {arch.projection_dim}, learnable temperature (init 1/0.07, clamped at 100), quick_gelu"
+        objective = "symmetric cross-entropy; captions true of another image of the batch are left out of its negatives"
+    return f"""# {name}: a clipx demo model
 
-A {params / 1e6:.2f}M-parameter CLIP trained from scratch by clipx on synthetic scenes of
+A {params / 1e6:.2f}M-parameter {"SigLIP" if siglip else "CLIP"} trained from scratch by clipx on synthetic scenes of
 `clipx.shapes` (1-3 flat-coloured shapes on flat, noisy or textured backgrounds, objects with
-exact masks). It loads offline with `clipx.load("demo")` through the same code path as a hub
-checkpoint, and transformers' `CLIPModel.from_pretrained` reads the folder too.
+exact masks). It loads offline with `clipx.load("{demo}")` through the same code path as a hub
+checkpoint, and transformers' `{peer}.from_pretrained` reads the folder too.
 
 ## Held-out scores
 
@@ -288,11 +341,11 @@ Fresh scenes (`ShapesDataset(..., split="test")`, never seen in training), seed 
 
 | | |
 |---|---|
-| vision | ViT, {arch.image_size} px images, {arch.patch_size} px patches ({grid}x{grid} grid), {arch.layers} layers, width {arch.width}, {arch.heads} heads |
-| text | causal transformer, {arch.layers} layers, width {arch.width}, {arch.heads} heads, {arch.context_length} positions, pooled at the first EOS |
-| joint | projection to {arch.projection_dim}, learnable temperature (init 1/0.07, clamped at 100), quick_gelu |
+| vision | ViT, {arch.image_size} px images, {arch.patch_size} px patches ({grid}x{grid} grid), {arch.layers} layers, width {arch.width}, {arch.heads} heads, {vision_readout} |
+| text | {text} |
+| joint | {joint} |
 | tokenizer | byte-level BPE ({result.model.tokenizer.vocab_size} tokens) trained with `tokenizers` on the caption grammar, CLIP's conventions: NFC, lowercase, CLIP's split, `</w>` word ends, `<|startoftext|>` / `<|endoftext|>` added, padding with `<|endoftext|>` |
-| preprocessing | CLIP's (resize, centre crop, OpenAI mean/std) at {arch.image_size} px |
+| preprocessing | {"SigLIP's (resize without crop, mean = std = 0.5)" if siglip else "CLIP's (resize, centre crop, OpenAI mean/std)"} at {arch.image_size} px |
 
 ## Training
 
@@ -304,7 +357,7 @@ Fresh scenes (`ShapesDataset(..., split="test")`, never seen in training), seed 
   {mix}, {shapes.OVERLAP_P:.0%} of them with occlusion; captions name one object
   ("a red circle", "a picture with ...", "there is ..."), two objects and their relation
   ("... left of / right of / above / below ..."), or several objects ("... and ...").
-- objective: symmetric cross-entropy; captions true of another image of the batch are left out of its negatives.
+- objective: {objective}.
 - optimiser: AdamW (lr {recipe.lr}, betas 0.9 / 0.98, eps 1e-6, weight decay {recipe.weight_decay} on matrices),
   {recipe.warmup} warmup steps, cosine decay to zero; OpenAI's initialisation; seed {recipe.seed}.
 - hardware: CPU, {threads} threads; wall time {result.seconds / 60:.1f} min ({result.seconds / recipe.steps:.2f} s/step),

@@ -29,6 +29,7 @@ class Inputs:
     input_ids: torch.Tensor            # [T, L]
     attention_mask: torch.Tensor       # [T, L]
     texts: list[str]
+    content_mask: torch.Tensor         # [T, L] the captions' own tokens (attention_mask, except where pads are inputs)
     crop_boxes: list[tuple[float, float, float, float]] | None = None  # per image, in original pixels
     image_sizes: list[tuple[int, int]] | None = None                  # per image (width, height)
     interpolate_pos_encoding: bool = False

@@ -38,7 +38,8 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
     baseline = baseline.expand_as(x.pixel_values).contiguous()
     # special tokens (BOS, EOS, padding) stay: the baseline is "the same caption with no words"
     tok = model.tokenizer if model.tokenizer is not None else model.text.config
-    special = [i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]
+    special = [i for i in (getattr(tok, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id"))
+               if i is not None]
     keep = torch.isin(x.input_ids, torch.tensor(special, device=x.input_ids.device)) | (x.attention_mask == 0)
     fill = text_baseline_token
     if fill is None:

@@ -77,11 +77,11 @@ def explain(model: CLIP, images: Any, texts: str | list[str], method: str = "rel
     with torch.inference_mode(False):  # inputs made here are normal tensors autograd can save
         inputs = _prepare(model, images, texts)
         maps = fn(inputs, **options)
-    tok = model.tokenizer
-    tokens = (tok.tokens(inputs.input_ids, inputs.attention_mask) if tok is not None
-              else [[str(i) for i in row[m.bool()].tolist()] for row, m in zip(inputs.input_ids, inputs.attention_mask)])
+    tok, content = model.tokenizer, inputs.content_mask
+    tokens = (tok.tokens(inputs.input_ids, content) if tok is not None
+              else [[str(i) for i in row[m.bool()].tolist()] for row, m in zip(inputs.input_ids, content)])
     return Explanation(
-        image=maps.image, text=maps.text, scores=maps.scores.detach(), tokens=tokens, texts=inputs.texts,
+        image=maps.image, text=None if maps.text is None else _caption_first(maps.text, content), scores=maps.scores.detach(), tokens=tokens, texts=inputs.texts,
         method=method, options={**allowed, **options}, images=_display(model, inputs.pixel_values),
         token_maps=maps.token_maps, crop_boxes=inputs.crop_boxes, image_sizes=inputs.image_sizes)
 
@@ -107,9 +107,17 @@ def _prepare(model: CLIP, images: Any, texts: str | list[str]) -> Inputs:
         crop_boxes = [processor.crop_box(*s) for s in sizes]
     tok = model.tokenize(texts)
     size = model.vision.config.image_size
-    return Inputs(model, pixel_values, tok.input_ids, tok.attention_mask, texts,
+    content = tok.attention_mask if tok.content_mask is None else tok.content_mask
+    return Inputs(model, pixel_values, tok.input_ids, tok.attention_mask, texts, content,
                   crop_boxes, sizes if crop_boxes else None,
                   interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (size, size))
+
+
+def _caption_first(text: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """[B, T, L] maps over input positions -> over each caption's own tokens first, then its padding, so
+    that text[i, j, k] belongs to tokens[j][k] whichever side the tokenizer padded."""
+    order = torch.argsort(content.to(torch.int8), dim=1, descending=True, stable=True)  # [T, L]
+    return text.gather(2, order[None].expand(text.shape[0], -1, -1))
 
 
 def _display(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor | None:
