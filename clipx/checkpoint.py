@@ -194,8 +194,9 @@ def openai_shapes(state: StateDict, source: str) -> OpenAIShapes:
         conv = state["visual.conv1.weight"]
         return OpenAIShapes(
             width=conv.shape[0], patch_size=conv.shape[-1], positions=state["visual.positional_embedding"].shape[0],
-            vision_layers=n_blocks("visual."), vision_mlp=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-            text_width=state["ln_final.weight"].shape[0], vocab_size=state["token_embedding.weight"].shape[0],
+            vision_layers=n_blocks("visual."),
+            vision_mlp=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            text_width=state["token_embedding.weight"].shape[1], vocab_size=state["token_embedding.weight"].shape[0],
             context_length=state["positional_embedding"].shape[0], text_layers=n_blocks(""),
             text_mlp=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             embed_dim=state["text_projection"].shape[1])
@@ -219,7 +220,8 @@ def config_from_openai(shapes: OpenAIShapes, vision_heads: int, text_heads: int,
         text = TextConfig(hidden_size=shapes.text_width, intermediate_size=shapes.text_mlp,
                           num_hidden_layers=shapes.text_layers, num_attention_heads=text_heads,
                           vocab_size=shapes.vocab_size, max_position_embeddings=shapes.context_length,
-                          hidden_act=hidden_act, projection_dim=shapes.embed_dim)
+                          hidden_act=hidden_act, projection_dim=shapes.embed_dim,
+                          eos_token_id=2)  # pool at argmax(input_ids), as OpenAI and open_clip do for any vocabulary
     except ValueError as e:  # e.g. a width that gives no heads
         raise CheckpointError(f"the shapes in {source} do not make a ViT CLIP: {e}") from None
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=shapes.embed_dim)

@@ -130,13 +130,13 @@ def clip_config(state: StateDict, folder: Path, model: str | None, source: str) 
     from_file = read_config_file(folder)
     preprocess = from_file[1] if from_file is not None else None
     if model is not None:
-        return _config_from_cfg(model_cfg(model), shapes, f"model={model!r}", source), preprocess
+        return config_from_model_cfg(model_cfg(model), shapes, f"model={model!r}", source), preprocess
     if from_file is not None:
-        return _config_from_cfg(from_file[0], shapes, f"{folder / CONFIG_NAME}: model_cfg", source), preprocess
-    return _guessed_config(shapes, source), None
+        return config_from_model_cfg(from_file[0], shapes, f"{folder / CONFIG_NAME}: model_cfg", source), preprocess
+    return guessed_config(shapes, source), None
 
 
-def _config_from_cfg(cfg: dict[str, Any], shapes: OpenAIShapes, where: str, source: str) -> CLIPConfig:
+def config_from_model_cfg(cfg: dict[str, Any], shapes: OpenAIShapes, where: str, source: str) -> CLIPConfig:
     """`where` names the origin in errors ("model='ViT-H-14'", ".../open_clip_config.json: model_cfg")."""
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     for name, value in (("vision_cfg", vision), ("text_cfg", text)):
@@ -154,10 +154,10 @@ def _config_from_cfg(cfg: dict[str, Any], shapes: OpenAIShapes, where: str, sour
         v["image_size"] = v["image_size"][0]  # [h, w] of a square
     for tower, values in (("vision_cfg", v), ("text_cfg", t)):
         for k, value in values.items():
-            number = (int, float) if k == "mlp_ratio" else int
+            number, kind = ((int, float), "number") if k == "mlp_ratio" else (int, "integer")
             if isinstance(value, bool) or not isinstance(value, number) or value <= 0 or not math.isfinite(value):
-                raise CheckpointError(f"{where}.{tower}.{k} must be a positive {'number' if k == 'mlp_ratio' else 'integer'}"
-                                      f", got {value!r}" + (" (clipx reads ViTs, not ResNets)" if k == "layers" else ""))
+                resnet = " (clipx reads ViTs, not ResNets)" if (tower, k) == ("vision_cfg", "layers") else ""
+                raise CheckpointError(f"{where}.{tower}.{k} must be a positive {kind}, got {value!r}{resnet}")
     embed_dim, quick_gelu = cfg["embed_dim"], cfg.get("quick_gelu", False)
     if not isinstance(quick_gelu, bool):
         raise CheckpointError(f"{where}.quick_gelu must be true or false, got {quick_gelu!r}")
@@ -202,12 +202,11 @@ def _refuse_unsupported(cfg: dict[str, Any], unsupported: dict[str, tuple], know
                                   "refusing rather than loading a model that may compute something else")
 
 
-def _guessed_config(shapes: OpenAIShapes, source: str) -> CLIPConfig:
+def guessed_config(shapes: OpenAIShapes, source: str) -> CLIPConfig:
+    """OpenAI's build_model's reading: 64-wide heads and QuickGELU, said in a warning."""
     config = config_from_openai(shapes, shapes.width // 64, shapes.text_width // 64, "quick_gelu", source)
     openai = next((name for name in _OPENAI_RELEASES
                    if _config_from_cfg_fits(ARCHITECTURES[name], shapes)), None)
-    how = (f"state it with clipx.load(..., model=NAME), NAME one of clipx.open_clip.architectures(), "
-           f"or put the release's {CONFIG_NAME} beside the weights")
     if openai:
         warnings.warn(f"{source} has the shapes of OpenAI's {openai} and no {CONFIG_NAME}: assuming OpenAI's "
                       f"QuickGELU. open_clip's own {openai} trainings (LAION's, DataComp's) use plain GELU: for "
@@ -218,13 +217,16 @@ def _guessed_config(shapes: OpenAIShapes, source: str) -> CLIPConfig:
                       f"from the weights' shapes: {config.vision_config.num_attention_heads} vision and "
                       f"{config.text_config.num_attention_heads} text attention heads (width / 64) and QuickGELU. "
                       f"A wrong guess loads without error and computes wrong outputs (open_clip's ViT-H-14, for "
-                      f"one, has 16 vision heads, not 20, and GELU); {how}", UserWarning, stacklevel=4)
+                      f"one, has 16 vision heads, not 20, and GELU); state it with clipx.load(..., model=NAME), "
+                      f"NAME one of clipx.open_clip.architectures(), or put the release's {CONFIG_NAME} beside "
+                      "the weights",
+                      UserWarning, stacklevel=4)
     return config
 
 
 def _config_from_cfg_fits(cfg: dict[str, Any], shapes: OpenAIShapes) -> bool:
     try:
-        _config_from_cfg(cfg, shapes, "", "")
+        config_from_model_cfg(cfg, shapes, "", "")
     except CheckpointError:
         return False
     return True
