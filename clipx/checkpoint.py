@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from .config import CLIPConfig, TextConfig, VisionConfig
 from .errors import CheckpointError
-from .files import check_readable, is_file, read_json, save_safetensors
+from .files import check_readable, is_file, save_safetensors
 
 if TYPE_CHECKING:
     from .model import CLIP, Tower
@@ -178,33 +178,73 @@ def openai_to_hf(state: StateDict) -> StateDict:
     return out
 
 
-def config_from_openai(state: StateDict, hidden_act: str = "quick_gelu", source: str = "the state dict") -> CLIPConfig:
-    """Read the architecture off an OpenAI / open_clip state dict's shapes (as OpenAI's build_model does)."""
+@dataclass(frozen=True)
+class OpenAIShapes:
+    """The sizes an OpenAI / open_clip state dict's tensors fix; `WEIGHTS` names the tensor each is read from.
+    Head counts and the activation are not among them: the weights have the same shapes either way."""
+
+    width: int
+    patch_size: int
+    positions: int
+    vision_layers: int
+    vision_mlp: int
+    text_width: int
+    vocab_size: int
+    context_length: int
+    text_layers: int
+    text_mlp: int
+    embed_dim: int
+
+    WEIGHTS = {
+        "width": "visual.conv1.weight", "patch_size": "visual.conv1.weight",
+        "positions": "visual.positional_embedding", "vision_layers": "visual.transformer.resblocks",
+        "vision_mlp": "visual.transformer.resblocks.0.mlp.c_fc.weight", "text_width": "token_embedding.weight",
+        "vocab_size": "token_embedding.weight", "context_length": "positional_embedding",
+        "text_layers": "transformer.resblocks", "text_mlp": "transformer.resblocks.0.mlp.c_fc.weight",
+        "embed_dim": "text_projection",
+    }
+
+
+def openai_shapes(state: StateDict, source: str) -> OpenAIShapes:
     def n_blocks(prefix: str) -> int:
         pattern = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
         return len({m.group(1) for k in state if (m := pattern.match(k))})
 
     try:
-        width = state["visual.conv1.weight"].shape[0]
-        patch = state["visual.conv1.weight"].shape[-1]
-        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        text_width = state["ln_final.weight"].shape[0]
-        projection_dim = state["text_projection"].shape[1]
-        vision = VisionConfig(hidden_size=width, intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                              num_hidden_layers=n_blocks("visual."), num_attention_heads=width // 64,
-                              image_size=patch * grid, patch_size=patch, hidden_act=hidden_act,
-                              projection_dim=projection_dim)
-        text = TextConfig(hidden_size=text_width, intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                          num_hidden_layers=n_blocks(""), num_attention_heads=text_width // 64,
-                          vocab_size=state["token_embedding.weight"].shape[0],
-                          max_position_embeddings=state["positional_embedding"].shape[0],
-                          hidden_act=hidden_act, projection_dim=projection_dim)
+        conv = state["visual.conv1.weight"]
+        return OpenAIShapes(
+            width=conv.shape[0], patch_size=conv.shape[-1], positions=state["visual.positional_embedding"].shape[0],
+            vision_layers=n_blocks("visual."),
+            vision_mlp=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            text_width=state["token_embedding.weight"].shape[1], vocab_size=state["token_embedding.weight"].shape[0],
+            context_length=state["positional_embedding"].shape[0], text_layers=n_blocks(""),
+            text_mlp=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            embed_dim=state["text_projection"].shape[1])
     except KeyError as e:
         raise CheckpointError(f"{source} is an OpenAI-layout state dict without {e}: "
                               "clipx reads ViT CLIPs with both towers") from None
-    except (IndexError, ValueError) as e:  # tensors of the wrong rank; a width that gives no heads
+    except IndexError as e:  # tensors of the wrong rank
         raise CheckpointError(f"the shapes in {source} do not make a ViT CLIP: {e}") from None
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+def config_from_openai(shapes: OpenAIShapes, vision_heads: int, text_heads: int, hidden_act: str,
+                       source: str, image_size: int | None = None) -> CLIPConfig:
+    """The architecture of an OpenAI / open_clip state dict: its shapes plus what they cannot tell.
+    `image_size` defaults to the largest the positions fit (OpenAI's build_model reads it so)."""
+    grid = round((shapes.positions - 1) ** 0.5)
+    try:
+        vision = VisionConfig(hidden_size=shapes.width, intermediate_size=shapes.vision_mlp,
+                              num_hidden_layers=shapes.vision_layers, num_attention_heads=vision_heads,
+                              image_size=image_size or shapes.patch_size * grid, patch_size=shapes.patch_size,
+                              hidden_act=hidden_act, projection_dim=shapes.embed_dim)
+        text = TextConfig(hidden_size=shapes.text_width, intermediate_size=shapes.text_mlp,
+                          num_hidden_layers=shapes.text_layers, num_attention_heads=text_heads,
+                          vocab_size=shapes.vocab_size, max_position_embeddings=shapes.context_length,
+                          hidden_act=hidden_act, projection_dim=shapes.embed_dim,
+                          eos_token_id=2)  # pool at argmax(input_ids), as OpenAI and open_clip do for any vocabulary
+    except ValueError as e:  # e.g. a width that gives no heads
+        raise CheckpointError(f"the shapes in {source} do not make a ViT CLIP: {e}") from None
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=shapes.embed_dim)
 
 
 def _sized_by(tower: VisionConfig | TextConfig, prefix: str, projection: str) -> list[tuple[str, int, str, int]]:
@@ -325,14 +365,3 @@ def read_config(folder: Path) -> CLIPConfig | None:
     if is_file(path):
         return CLIPConfig.from_json_file(path)
     return None
-
-
-def open_clip_activation(folder: Path) -> str:
-    """open_clip models use plain GELU unless their config says quick_gelu (OpenAI's weights do)."""
-    path = folder / "open_clip_config.json"
-    if not is_file(path):
-        return "quick_gelu"
-    model_cfg = read_json(path).get("model_cfg", {})
-    if not isinstance(model_cfg, dict):
-        raise CheckpointError(f"{path}: model_cfg must be a JSON object {{...}}, got a {type(model_cfg).__name__}")
-    return "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"

@@ -188,11 +188,12 @@ WIDE_VISION = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, 
 
 def test_openai_state_dict_gives_same_logits(tmp_path):
     """A state dict in OpenAI's layout, without any config: the architecture is read off the shapes
-    (heads = width / 64, as OpenAI's build_model does) and the default CLIP BPE is attached."""
+    (heads = width / 64, as OpenAI's build_model does; said in a warning) and the default CLIP BPE is attached."""
     hf = make_checkpoint(tmp_path / "hf", seed=5, text=WIDE_TEXT, vision=WIDE_VISION, eos_token_id=2)
     state = hf_to_openai(hf.state_dict())
     torch.save(state, tmp_path / "ViT-tiny.pt")
-    model = clipx.load(tmp_path / "ViT-tiny.pt")
+    with pytest.warns(UserWarning, match="guessed from the weights' shapes"):
+        model = clipx.load(tmp_path / "ViT-tiny.pt")
     assert model.config.vision_config.num_hidden_layers == 3
     px = pixels()
     ids = model.tokenize(["a photo of a cat", "a diagram", "two dogs on a sofa"])
