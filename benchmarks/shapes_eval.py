@@ -1,6 +1,7 @@
-"""Every explanation method scored against ground truth on fresh two-object shapes scenes.
+"""Every explanation method scored against ground truth on fresh two-object shapes scenes, for each
+model side by side (by default both demo models: CLIP's architecture and SigLIP's).
 
-    python benchmarks/shapes_eval.py [--scenes 200 --seed 10000 --model demo]
+    python benchmarks/shapes_eval.py [--scenes 200 --seed 10000 --models demo demo-siglip]
 
 For each scene the caption names one of its two objects ("a red circle"); each method explains
 that pair. Localisation: pointing game (hit within 5% of the image size of the named object's
@@ -27,15 +28,11 @@ ROWS = [("relevance", {}), ("relevance (all layers)", {"start_layer": 0}), ("rol
 BASELINES = ("random map", "centre prior")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--scenes", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=10_000, help="first scene seed (training never sees these)")
-    ap.add_argument("--model", default="demo")
-    ap.add_argument("--curve-steps", type=int, default=16)
-    args = ap.parse_args()
+COLUMNS = ["pointing", "energy", "discrimination", "deletion AUC", "insertion AUC"]
 
-    model = clipx.load(args.model)
+
+def score(model, args) -> dict[str, dict[str, list[float]]]:
+    """Every method's and baseline's scores on the scenes, per column."""
     generator = torch.Generator().manual_seed(args.seed)
     results: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for k in tqdm(range(args.scenes), desc="scenes"):
@@ -43,7 +40,7 @@ def main() -> None:
         target, other = scene.objects[k % 2], scene.objects[1 - k % 2]
         caption = shapes.describe(target)
         pixel_values = model.preprocess([scene.image])
-        score = metrics.caption_logit(model, caption)
+        logit = metrics.caption_logit(model, caption)
 
         maps = {}
         for name, options in ROWS:
@@ -58,18 +55,34 @@ def main() -> None:
             row["energy"].append(metrics.energy_pointing_game(saliency, target.mask))
             row["discrimination"].append(metrics.discrimination(saliency, target.mask, other.mask))
             with torch.no_grad():
-                row["deletion AUC"].append(metrics.deletion_curve(score, pixel_values, saliency,
+                row["deletion AUC"].append(metrics.deletion_curve(logit, pixel_values, saliency,
                                                                   steps=args.curve_steps).auc)
-                row["insertion AUC"].append(metrics.insertion_curve(score, pixel_values, saliency,
+                row["insertion AUC"].append(metrics.insertion_curve(logit, pixel_values, saliency,
                                                                     steps=args.curve_steps).auc)
+    return results
 
-    columns = ["pointing", "energy", "discrimination", "deletion AUC", "insertion AUC"]
-    print(f"\n{args.scenes} two-object scenes (seeds {args.seed}..{args.seed + args.scenes - 1}), model {args.model}\n")
-    print("| method | " + " | ".join(columns) + " |")
-    print("|---|" + "---:|" * len(columns))
-    for name in [n for n, _ in ROWS] + list(BASELINES):
-        values = [sum(results[name][c]) / len(results[name][c]) for c in columns]
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--scenes", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=10_000, help="first scene seed (training never sees these)")
+    ap.add_argument("--models", nargs="+", default=["demo", "demo-siglip"])
+    ap.add_argument("--curve-steps", type=int, default=16)
+    args = ap.parse_args()
+
+    results = {}
+    for name in args.models:
+        model = clipx.load(name)
+        results[name] = score(model, args)
+
+    print(f"\n{args.scenes} two-object scenes (seeds {args.seed}..{args.seed + args.scenes - 1}); "
+          f"each cell: {' / '.join(args.models)}\n")
+    print("| method | " + " | ".join(COLUMNS) + " |")
+    print("|---|" + "---:|" * len(COLUMNS))
+    for method in [n for n, _ in ROWS] + list(BASELINES):
+        cells = [" / ".join(f"{sum(results[m][method][c]) / len(results[m][method][c]):.3f}" for m in args.models)
+                 for c in COLUMNS]
+        print(f"| {method} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

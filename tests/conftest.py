@@ -70,6 +70,20 @@ def tiny_model(tiny_checkpoint):
     return clipx.load(tiny_checkpoint[0], attention="eager")
 
 
+def map_change_after_rerandomising(model, pixel_values, captions, method: str) -> float:
+    """The sanity check of Adebayo et al. (2018): the largest change in `method`'s image maps when the
+    last vision block's weights are re-randomised (in place: pass a model of the test's own)."""
+    import clipx
+
+    before = clipx.explain(model, pixel_values, captions, method=method).image
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.vision.blocks[-1].parameters():
+            p.copy_(torch.randn_like(p) * p.std().clamp(min=0.05))
+    after = clipx.explain(model, pixel_values, captions, method=method).image
+    return float((before - after).abs().max())
+
+
 def texts_to_ids(n: int = 3, seed: int = 0, lengths=(5, 9, 7)) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded random captions: BOS, words, EOS, then EOS padding (HF's convention)."""
     g = torch.Generator().manual_seed(seed)

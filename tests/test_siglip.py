@@ -14,7 +14,7 @@ import transformers
 import clipx
 from clipx.errors import CheckpointError
 from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from conftest import randomise
+from conftest import map_change_after_rerandomising, randomise
 from floats import FLOAT32_RTOL, assert_float32_close
 
 TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -102,6 +102,37 @@ def test_parity_with_transformers(checkpoint, model, backend):
     if backend == "eager":  # only eager records patterns
         assert_float32_close(cache["vision.head.attn.hook_pattern"],
                              probe_pattern(hf, ref.vision_model_output.last_hidden_state), floor=1)
+
+
+@pytest.mark.slow
+def test_siglip_base_patch16_224_shapes(tmp_path):
+    """google/siglip-base-patch16-224's shapes (random weights): 12 layers of width 768 in both towers,
+    a 32,000-token vocabulary, 64 positions, 196 patches and no class token."""
+    text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                max_position_embeddings=64, vocab_size=32000)
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  image_size=224, patch_size=16)
+    hf = hf_siglip(text, vision, seed=3)
+    hf.save_pretrained(tmp_path)
+    g = torch.Generator().manual_seed(4)
+    px = torch.rand(2, 3, 224, 224, generator=g) * 2 - 1
+    ids = torch.randint(0, 32000, (3, 64), generator=g)
+    with torch.no_grad():
+        ref = hf(pixel_values=px, input_ids=ids, output_hidden_states=True, output_attentions=True)
+        for backend in ("eager", "sdpa"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # no tokenizer files beside the weights
+                model = clipx.load(tmp_path, attention=backend)
+            with model.recording("vision.head.attn.hook_pattern") as cache:
+                out = model(pixel_values=px, input_ids=ids, output_hidden_states=True, output_attentions=True)
+            assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
+            for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
+                                 (out.text_model_output, ref.text_model_output)):
+                assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)
+                for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
+                    assert_float32_close(a, b, floor=1)
+            assert_float32_close(cache["vision.head.attn.hook_pattern"],
+                                 probe_pattern(hf, ref.vision_model_output.last_hidden_state), floor=1)
 
 
 def test_readout_described_by_the_model(model):
@@ -243,15 +274,7 @@ def test_every_method_batched_equals_single_pair(model, method):
 @pytest.mark.parametrize("method", ["relevance", "gradcam", "legrad", "integrated_gradients", "similarity",
                                     "rollout", "attention"])
 def test_maps_change_when_the_last_block_is_rerandomised(checkpoint, method):
-    model = load(checkpoint[0])
-    px = inputs(2)[0]
-    before = clipx.explain(model, px, CAPTIONS, method=method).image
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for p in model.vision.blocks[-1].parameters():
-            p.copy_(torch.randn_like(p) * p.std().clamp(min=0.05))
-    after = clipx.explain(model, px, CAPTIONS, method=method).image
-    assert (before - after).abs().max() > 1e-3
+    assert map_change_after_rerandomising(load(checkpoint[0]), inputs(2)[0], CAPTIONS, method) > 1e-3
 
 
 def test_relevance_flows_through_the_probe(checkpoint, model):
@@ -307,3 +330,31 @@ def test_attention_view_shows_the_probe(model):
     assert view.source.options[0] == "pooling probe"
     picture, text = view.render()
     assert "pooling head" in text and "class token" not in text
+
+
+def test_cli_on_a_siglip_checkpoint(checkpoint, model, tmp_path, capsys):
+    """`clipx score` prints each pair's sigmoid (they need not sum to one); `clipx explain` writes overlays."""
+    from PIL import Image
+
+    from clipx.cli import main
+
+    image = tmp_path / "img.png"
+    Image.open("assets/images/circle-and-square.png").save(image)
+    assert main(["score", str(image), "a red circle", "a blue square", "--model", str(checkpoint[0])]) == 0
+    rows = [line.rsplit(None, 2) for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    for _, logit, prob in rows:
+        assert float(prob) == pytest.approx(torch.sigmoid(torch.tensor(float(logit))).item(), abs=1e-3)
+    assert main(["explain", str(image), "a red circle", "a blue square", "--model", str(checkpoint[0]),
+                 "--out", str(tmp_path / "out")]) == 0
+    first, second = (Image.open(p) for p in sorted((tmp_path / "out").glob("*.png")))
+    assert first.size == (224, 224) and first.tobytes() != second.tobytes()
+
+
+def test_explorer_and_token_patch_view_render(model):
+    from clipx.views import Explorer, TokenPatchView
+
+    explorer = Explorer(model, inputs(1)[0], CAPTIONS[:2])
+    picture, text = explorer.render()
+    assert picture.size[0] > 0 and "%" in text
+    picture, text = TokenPatchView(model, inputs(1)[0], CAPTIONS[:1]).render()
+    assert picture.size[0] > 0
