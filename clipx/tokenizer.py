@@ -104,10 +104,8 @@ def _gemma_tokenizer(folder: Path, tokenizer_class: str, context_length: int | N
     # add_eos_token for these classes (SigLIP 2's hub configs say add_eos_token: true, to no effect)
     # transformers' order: the config, the padding saved in tokenizer.json, the class's own (left)
     padding_side = config.get("padding_side") or (backend.padding or {}).get("direction") or "left"
-    tok = Tokenizer(backend, _context_length(context_length, max_length, SIGLIP_CONTEXT_LENGTH), **tokens,
-                    fixed_length=True, padding_side=padding_side, tokenizer_class=tokenizer_class)
-    tok._config = {"padding_side": padding_side}
-    return tok
+    return Tokenizer(backend, _context_length(context_length, max_length, SIGLIP_CONTEXT_LENGTH), **tokens,
+                     fixed_length=True, padding_side=padding_side, tokenizer_class=tokenizer_class)
 
 
 def load_tokenizer(folder: str | Path, context_length: int | None = None):
@@ -243,7 +241,6 @@ class Tokenizer:
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.fixed_length, self.padding_side, self.tokenizer_class = fixed_length, padding_side, tokenizer_class
         self._special_ids = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
-        self._config: dict = {}  # further tokenizer_config.json entries save_pretrained writes back
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, context_length: int | None = None) -> Tokenizer:
@@ -326,7 +323,9 @@ class Tokenizer:
         if self.tokenizer_class == "CLIPTokenizer":
             self._backend.model.save(str(folder))  # vocab.json + merges.txt, for readers of the slow format
         config = {"tokenizer_class": self.tokenizer_class, "model_max_length": self.context_length,
-                  **{key: getattr(self, key) for key in SPECIAL_KEYS}, **self._config}
+                  **{key: getattr(self, key) for key in SPECIAL_KEYS}}
+        if self.fixed_length:  # SigLIP 2's side, which its class would otherwise default to left
+            config["padding_side"] = self.padding_side
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     def __repr__(self) -> str:
