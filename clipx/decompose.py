@@ -191,6 +191,7 @@ def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Ten
     with torch.no_grad():
         with model.recording(names) as cache:
             run()
+
         def at_pooled(point: str) -> torch.Tensor:
             return cache[point][items, pooled].float()
 
@@ -218,10 +219,9 @@ class _Readout:
     each part (the biases are parts of their own)."""
 
     def __init__(self, tower: Tower, name: str, residual: torch.Tensor) -> None:
-        self.ln = tower.ln_post if name == "vision" else tower.ln_final
-        self.proj = tower.proj
-        self.std = (residual.var(-1, unbiased=False) + self.ln.eps).sqrt()  # [items], as the LayerNorm computes it
         ln_name = "ln_post" if name == "vision" else "ln_final"
+        self.ln, self.proj = getattr(tower, ln_name), tower.proj
+        self.std = (residual.var(-1, unbiased=False) + self.ln.eps).sqrt()  # [items], as the LayerNorm computes it
         self.bias_labels = [f"{name}.{ln_name}.bias"] + ([f"{name}.proj.bias"] if self._proj_bias() is not None else [])
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
