@@ -16,8 +16,8 @@ its logit lens is still well defined (each layer's tokens through ln_post and th
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,7 +55,8 @@ class DirectLogits(Parts):
     """Direct logit attribution, `values` [n_images, n_parts, n_texts]: summed over parts, the model's
     logits_per_image."""
 
-    def top(self, text_index: int, k: int = 5, image_index: int = 0) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    def top(self, text_index: int, k: int = 5,
+            image_index: int = 0) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
         """The k parts pushing caption `text_index`'s logit for image `image_index` up most, and the k
         pushing it down most: two lists of (label, logit contribution), strongest first."""
         column = self.values[image_index, :, text_index]
@@ -143,7 +144,8 @@ def logit_lens(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor) 
     tower = model._tower("vision")
     pixel_values, _ = prepare_images(model, images)
     text = _normalize(text_embeds(model, texts))
-    names = ["vision.blocks.0.hook_resid_pre"] + [f"vision.blocks.{i}.hook_resid_post" for i in range(len(tower.blocks))]
+    names = ["vision.blocks.0.hook_resid_pre"]
+    names += [f"vision.blocks.{i}.hook_resid_post" for i in range(len(tower.blocks))]
     with torch.no_grad():
         with model.recording(names) as cache:
             encode_images(model, pixel_values)
@@ -207,7 +209,8 @@ def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Ten
             labels += [f"{label}.attn.head.{h}" for h in range(attn.num_heads)] + [f"{label}.attn.bias", f"{label}.mlp"]
             if per_position:
                 pattern = cache[f"{label}.attn.hook_pattern"][items, :, pooled].float()  # [items, head, key]
-                heads.append(torch.einsum("nhj,njhk,dhk->nhjd", pattern, cache[f"{label}.attn.hook_v"].float(), out_weight))
+                value_vectors = cache[f"{label}.attn.hook_v"].float()  # [items, key, head, d_head]
+                heads.append(torch.einsum("nhj,njhk,dhk->nhjd", pattern, value_vectors, out_weight))
         readout = _Readout(tower, name, at_pooled(names[1]))
         values = torch.cat([readout(torch.cat(parts, dim=1)), *readout.bias_parts(len(items))], dim=1)
         per_position_parts = readout(torch.stack(heads, dim=1)) if per_position else None
