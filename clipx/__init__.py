@@ -4,14 +4,17 @@ from .config import CLIPConfig, TextConfig, VisionConfig
 from .errors import CheckpointError, CheckpointNotFoundError
 from .hooks import Cache, HookPoint
 from .explain import Explanation, explain, methods
+# Not lazy, unlike metrics and views: it needs only torch, and the module shares its name with the function
+# `clipx.decompose`, which only an import here rebinds over the submodule (as `clipx.explain`).
+from .decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
 from .loading import load
 from .model import CLIP, CLIPOutput, TowerOutput
 
 __version__ = "0.1.0"
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError",
-           "Explanation", "HookPoint", "TextConfig", "TowerOutput", "VisionConfig", "explain", "load", "methods", "metrics",
-           "views"]
+           "Decomposition", "DirectLogits", "Explanation", "HookPoint", "TextConfig", "TowerOutput", "VisionConfig",
+           "decompose", "decompose_text", "explain", "load", "logit_lens", "methods", "metrics", "views"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
 # a script that scores captions uses neither them nor the metrics.

@@ -91,16 +91,7 @@ def _prepare(model: CLIP, images: Any, texts: str | list[str]) -> Inputs:
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no texts to explain: got an empty list")
-    if isinstance(images, torch.Tensor):
-        images = check_pixel_values(images, "images")  # float [B, 3, H, W], not uint8 pixels cast silently
-        sizes = None
-        pixel_values = images.to(*model._device_dtype()).clone()  # a normal copy of what may be an inference tensor
-    else:
-        images = list(images) if isinstance(images, (list, tuple)) else [images]
-        if not images:
-            raise ValueError("no images to explain: got an empty list")
-        sizes = [_size(im, i) for i, im in enumerate(images)]
-        pixel_values = model.preprocess(images)
+    pixel_values, sizes = prepare_images(model, images)
     processor = model.processor
     crop_boxes = None
     if sizes is not None and all(s is not None for s in sizes) and processor is not None:
@@ -111,6 +102,19 @@ def _prepare(model: CLIP, images: Any, texts: str | list[str]) -> Inputs:
     return Inputs(model, pixel_values, tok.input_ids, tok.attention_mask, texts, content,
                   crop_boxes, sizes if crop_boxes else None,
                   interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (size, size))
+
+
+def prepare_images(model: CLIP, images: Any) -> tuple[torch.Tensor, list[tuple[int, int] | None] | None]:
+    """Images (PIL, paths, arrays) or preprocessed pixel_values -> (pixel_values on the model's device, each
+    image's (width, height) as given, or None for a tensor)."""
+    if isinstance(images, torch.Tensor):
+        images = check_pixel_values(images, "images")  # float [B, 3, H, W], not uint8 pixels cast silently
+        return images.to(*model._device_dtype()).clone(), None  # a normal copy of what may be an inference tensor
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not images:
+        raise ValueError("no images given: got an empty list")
+    sizes = [_size(im, i) for i, im in enumerate(images)]
+    return model.preprocess(images), sizes
 
 
 def _caption_first(text: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
