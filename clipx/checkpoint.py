@@ -40,9 +40,13 @@ _TOWER_RENAMES = {
 _IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length|vocab_size)$")
 
 
+# the joint model's own parameters, which tower-only checkpoints lack
+JOINT_PARAMETERS = ("logit_scale", "logit_bias")
+
+
 def hf_key(key: str) -> str:
     """The Hugging Face `CLIPModel` name of a clipx state-dict key."""
-    if key in ("logit_scale", "logit_bias"):
+    if key in JOINT_PARAMETERS:
         return key
     tower, rest = key.split(".", 1)
     if rest.startswith("proj."):
@@ -150,9 +154,7 @@ def openai_to_hf(state: StateDict) -> StateDict:
             i, tail = block.groups()
             layer = f"{prefix}.encoder.layers.{i}"
             if tail.startswith("attn.in_proj_"):
-                kind = tail.rsplit("_", 1)[1]  # weight / bias
-                for name, part in zip("qkv", value.chunk(3, dim=0)):
-                    out[f"{layer}.self_attn.{name}_proj.{kind}"] = part.clone()
+                out.update(split_in_proj(f"{layer}.self_attn.", tail, value))
                 continue
             tail = (tail.replace("attn.out_proj", "self_attn.out_proj").replace("ln_1", "layer_norm1")
                     .replace("ln_2", "layer_norm2").replace("mlp.c_fc", "mlp.fc1").replace("mlp.c_proj", "mlp.fc2"))
@@ -227,6 +229,12 @@ def openai_shapes(state: StateDict, source: str) -> OpenAIShapes:
         raise CheckpointError(f"the shapes in {source} do not make a ViT CLIP: {e}") from None
 
 
+def split_in_proj(prefix: str, key: str, value: torch.Tensor) -> StateDict:
+    """A fused `...in_proj_weight` / `in_proj_bias` (torch's MultiheadAttention) as `{prefix}q_proj.weight`, ..."""
+    kind = key.rsplit("_", 1)[1]  # weight / bias
+    return {f"{prefix}{name}_proj.{kind}": part.clone() for name, part in zip("qkv", value.chunk(3, dim=0))}
+
+
 def config_from_openai(shapes: OpenAIShapes, vision_heads: int, text_heads: int, hidden_act: str,
                        source: str, image_size: int | None = None) -> CLIPConfig:
     """The architecture of an OpenAI / open_clip state dict: its shapes plus what they cannot tell.
@@ -247,7 +255,7 @@ def config_from_openai(shapes: OpenAIShapes, vision_heads: int, text_heads: int,
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=shapes.embed_dim)
 
 
-def _sized_by(tower: VisionConfig | TextConfig, prefix: str, projection: str) -> list[tuple[str, int, str, int]]:
+def _sized_by(tower: VisionConfig | TextConfig, prefix: str, projection_weight: str) -> list[tuple[str, int, str, int]]:
     """(what config.json says, the size it implies, HF weight, dimension) for every size the tower allocates."""
     def field(name: str) -> tuple[str, int]:
         return f"{name}={getattr(tower, name)}", getattr(tower, name)
@@ -266,7 +274,7 @@ def _sized_by(tower: VisionConfig | TextConfig, prefix: str, projection: str) ->
                  (*field("max_position_embeddings"), positions, 0)]
     sizes.append((*field("intermediate_size"), f"{prefix}encoder.layers.0.mlp.fc1.weight", 0))
     if tower.projection_dim is not None:
-        sizes.append((*field("projection_dim"), f"{projection}.weight", 0))
+        sizes.append((*field("projection_dim"), projection_weight, 0))
     return sizes
 
 
@@ -277,8 +285,8 @@ def check_config_against_weights(config: CLIPConfig, hf_state: StateDict, source
     joint = config.vision_config is not None and config.text_config is not None
     hf = config.layout().hf_key
     wrong = []
-    for key, prefix, projection in (("vision_config", "vision_model.", hf("vision.proj.weight").removesuffix(".weight")),
-                                    ("text_config", "text_model.", hf("text.proj.weight").removesuffix(".weight"))):
+    for key, prefix, projection in (("vision_config", "vision_model.", hf("vision.proj.weight")),
+                                    ("text_config", "text_model.", hf("text.proj.weight"))):
         tower = getattr(config, key)
         if tower is None:
             continue
@@ -316,7 +324,7 @@ def load_into(model: "CLIP", hf_state: StateDict, source: str) -> None:
     hf_state = layout.from_hf(hf_state)
     expected = {layout.hf_key(k): k for k in own}
     if model.vision is None or model.text is None:
-        for key in ("logit_scale", "logit_bias"):  # tower-only checkpoints have none; the model keeps its default
+        for key in JOINT_PARAMETERS:  # tower-only checkpoints have none; the model keeps its default
             expected.pop(key, None)
     missing = sorted(set(expected) - set(hf_state))
     unexpected = sorted(set(hf_state) - set(expected))
@@ -350,7 +358,7 @@ def save_folder(model: "CLIP", folder: str | Path) -> None:
         tower = "vision" if model.vision is not None else "text"
         if not layout.tower_prefixed(getattr(model, tower)):
             state = {k.removeprefix(_TOWER_PREFIX[tower] + "."): v for k, v in state.items()}
-        for key in ("logit_scale", "logit_bias"):
+        for key in JOINT_PARAMETERS:
             state.pop(key, None)
     save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     model.config.save(folder)

@@ -38,6 +38,8 @@ class TowerConfig:
     layer_norm_eps: float = 1e-5
     projection_dim: int | None = 512
 
+    projection_bias = False  # the final projection has a bias (SigLIP's text head)
+
     def __post_init__(self) -> None:
         for name in _POSITIVE_INTS:
             if hasattr(self, name):
@@ -86,10 +88,14 @@ class VisionConfig(TowerConfig):
 
     model_type = "clip_vision_model"
     # The readout: how the tower's tokens become its embedding (a family's config class overrides these).
-    prefix_tokens = 1        # tokens before the patches: CLIP's class token
-    pooling = "class"        # "class": the class token through ln_post; "attention": a probe attends over the tokens
+    pooling = "class"        # "class": a class token through ln_post; "attention": a probe attends over the tokens
     pre_layernorm = True     # ln_pre after the embeddings
     patch_bias = False       # the patch embedding has a bias
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token a class-token readout needs, else none."""
+        return 1 if self.pooling == "class" else 0
 
     @property
     def grid_size(self) -> int:
@@ -113,7 +119,6 @@ class TextConfig(TowerConfig):
     model_type = "clip_text_model"
     causal = True            # each token sees only those before it
     pooling = "eos"          # "eos": at the EOS token (by id, or argmax for OpenAI's configs); "last": the last position
-    projection_bias = False
     pad_to_max_length = False  # whether the tower was trained on captions always padded to its context
 
 

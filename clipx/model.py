@@ -172,7 +172,7 @@ class Tower(nn.Module):
         super().__init__()
         self.config = config
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
-        self.proj = (nn.Linear(config.hidden_size, config.projection_dim, bias=getattr(config, "projection_bias", False))
+        self.proj = (nn.Linear(config.hidden_size, config.projection_dim, bias=config.projection_bias)
                      if config.projection_dim else None)
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
@@ -210,10 +210,9 @@ class VisionTower(Tower):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__(config)
         d, eps = config.hidden_size, config.layer_norm_eps
-        if config.prefix_tokens not in (0, 1) or config.pooling not in ("class", "attention") \
-                or (config.pooling == "class") != bool(config.prefix_tokens):
-            raise ValueError(f"a vision tower pools at its class token (1 prefix token) or through an attention "
-                             f"head (none); got pooling={config.pooling!r} with {config.prefix_tokens} prefix tokens")
+        if config.pooling not in ("class", "attention"):
+            raise ValueError(f"a vision tower pools at its class token ('class') or through an attention head "
+                             f"('attention'), got pooling={config.pooling!r}")
         self.patch_embedding = nn.Conv2d(config.num_channels, d, config.patch_size, config.patch_size,
                                          bias=config.patch_bias)
         self.class_embedding = nn.Parameter(torch.zeros(d)) if config.prefix_tokens else None
@@ -552,11 +551,13 @@ class CLIP(HookedModule):
         so, with the padding as ordinary input (attention_mask all ones; content_mask marks the caption)."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; load it with clipx.load() or set model.tokenizer")
-        if not self._tower("text").config.pad_to_max_length:
-            return self.tokenizer(texts, **kwargs).to(self._device_dtype()[0])
-        kwargs.setdefault("padding", "max_length")
+        padded = self._tower("text").config.pad_to_max_length
+        if padded:
+            kwargs.setdefault("padding", "max_length")
         enc = self.tokenizer(texts, **kwargs)
-        return Encoding(enc.input_ids, torch.ones_like(enc.input_ids), enc.content_mask).to(self._device_dtype()[0])
+        if padded:  # whichever tokenizer is attached (the SigLIP demo's is CLIP's BPE)
+            enc = Encoding(enc.input_ids, torch.ones_like(enc.input_ids), enc.content_mask)
+        return enc.to(self._device_dtype()[0])
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write config.json + model.safetensors in Hugging Face's layout (and the tokenizer and

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
+from .checkpoint import JOINT_PARAMETERS, Layout, StateDict, split_in_proj
+from .checkpoint import hf_key as clip_hf_key
 from .config import CLIPConfig, TextConfig, VisionConfig, _sub_config
-
-StateDict = dict[str, torch.Tensor]
 _HEAD_ATTENTION = "vision_model.head.attention."
 
 
@@ -32,7 +32,6 @@ class SiglipVisionConfig(VisionConfig):
     projection_dim: int | None = None  # the pooling head's output is the embedding
 
     model_type = "siglip_vision_model"
-    prefix_tokens = 0
     pooling = "attention"
     pre_layernorm = False
     patch_bias = True
@@ -112,9 +111,7 @@ class SiglipConfig(CLIPConfig):
 
     @classmethod
     def layout(cls):
-        from .checkpoint import Layout
-
-        return Layout(hf_key=hf_key, from_hf=from_hf, to_hf=to_hf, tower_prefixed=lambda tower: False)
+        return LAYOUT
 
     def to_dict(self) -> dict[str, Any]:
         """transformers' SiglipConfig layout."""
@@ -138,8 +135,6 @@ class SiglipConfig(CLIPConfig):
 def hf_key(key: str) -> str:
     """The Hugging Face `SiglipModel` name of a clipx state-dict key. The pooling head's q/k/v get
     names of their own here; `from_hf` / `to_hf` split and fuse transformers' in_proj for them."""
-    from .checkpoint import hf_key as clip_hf_key
-
     if key.startswith("text.proj."):
         return "text_model.head." + key.removeprefix("text.proj.")
     if key.startswith("vision.head."):
@@ -157,10 +152,8 @@ def from_hf(state: StateDict) -> StateDict:
     out = {}
     for key, value in state.items():
         if key.startswith(_HEAD_ATTENTION + "in_proj_"):
-            kind = key.rsplit("_", 1)[1]  # weight / bias
-            for name, part in zip("qkv", value.chunk(3, dim=0)):
-                out[f"{_HEAD_ATTENTION}{name}_proj.{kind}"] = part.clone()
-        elif key in ("logit_scale", "logit_bias") and value.numel() == 1:
+            out.update(split_in_proj(_HEAD_ATTENTION, key, value))
+        elif key in JOINT_PARAMETERS and value.numel() == 1:
             out[key] = value.reshape(())
         else:
             out[key] = value
@@ -176,8 +169,12 @@ def to_hf(state: StateDict) -> StateDict:
             if key.split(".")[-2] == "q_proj":
                 parts = [state[f"{_HEAD_ATTENTION}{name}_proj.{kind}"] for name in "qkv"]
                 out[f"{_HEAD_ATTENTION}in_proj_{kind}"] = torch.cat(parts).contiguous()
-        elif key in ("logit_scale", "logit_bias"):
+        elif key in JOINT_PARAMETERS:
             out[key] = value.reshape(1)
         else:
             out[key] = value
     return out
+
+
+# SigLIP's tower-only models (SiglipVisionModel, SiglipTextModel) are saved without a prefix
+LAYOUT = Layout(hf_key=hf_key, from_hf=from_hf, to_hf=to_hf, tower_prefixed=lambda tower: False)
