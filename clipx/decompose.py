@@ -94,6 +94,27 @@ class Decomposition(Parts):
         n_layers = len({_BLOCK.match(self.labels[i]).group(1) for i in index})
         return self.values[:, index].reshape(self.values.shape[0], n_layers, -1, self.values.shape[-1])
 
+    def ablated(self, parts: str | list[str], mode: str = "mean", reference: Decomposition | None = None) -> Decomposition:
+        """The direct path of `parts` ablated (TextSpan's protocol): their contributions replaced by zero
+        (mode="zero") or by their mean over `reference`'s items (mode="mean": another decomposition by the
+        same model, e.g. of a dataset; by default these items), every other part as it was, so later layers
+        still saw the clean values. Summed, the embedding as if the parts wrote nothing (or their mean)
+        straight to the readout; `.logits` scores it as the model scores an embedding."""
+        parts = [parts] if isinstance(parts, str) else list(parts)
+        unknown = [p for p in parts if p not in self.labels]
+        if unknown or not parts:
+            raise ValueError(f"no part {unknown[0]!r} in this decomposition; its labels run "
+                             f"{self.labels[0]!r} ... {self.labels[-1]!r}" if unknown else "no parts given")
+        if mode not in ("zero", "mean"):
+            raise ValueError(f"mode must be 'zero' or 'mean' for the direct path, got {mode!r}")
+        reference = self if reference is None else reference
+        if reference.labels != self.labels:
+            raise ValueError("the reference decomposition has other parts: decompose the reference with the same model")
+        index = [self.labels.index(p) for p in parts]
+        values = self.values.clone()
+        values[:, index] = 0 if mode == "zero" else reference.values[:, index].mean(0)
+        return Decomposition(values, list(self.labels))
+
     def logits(self, model: CLIP, texts: str | list[str] | torch.Tensor) -> DirectLogits:
         """Each part's direct contribution to the logits against `texts` (captions, or text embeddings
         [n_texts, dim]): exp(scale) * <part, t / |t|> / |e|, with the image embedding's norm |e| fixed at the
