@@ -8,15 +8,17 @@ from .explain import Explanation, explain, methods
 # `clipx.decompose`, which only an import here rebinds over the submodule (as `clipx.explain`).
 from .decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
 from .ablation import ablate, ablate_heads, patch
+from .textspan import HeadDescription, describe_heads
 from .loading import load
 from .sweep import HeadTable, patching_effect, sweep_heads
 from .model import CLIP, CLIPOutput, TowerOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["CLIP", "ablate", "ablate_heads", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError",
-           "Decomposition", "DirectLogits", "Explanation", "HeadTable", "HookPoint", "TextConfig", "TowerOutput", "VisionConfig",
-           "decompose", "decompose_text", "explain", "load", "logit_lens", "methods", "metrics", "patch", "patching_effect", "sweep_heads", "views"]
+__all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
+           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HookPoint", "TextConfig", "TowerOutput",
+           "VisionConfig", "ablate", "ablate_heads", "decompose", "decompose_text", "describe_heads", "explain", "load",
+           "logit_lens", "methods", "metrics", "patch", "patching_effect", "sweep_heads", "views"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
 # a script that scores captions uses neither them nor the metrics.

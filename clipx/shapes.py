@@ -147,6 +147,23 @@ def all_captions() -> list[str]:
     return out + [f"{names[0]}, {names[1]} and {names[2]}"]
 
 
+def caption_bank(n_pairs: int = 120) -> list[str]:
+    """A default bank for describing the demo model's heads (`clipx.describe_heads`), in words its tokenizer
+    knows: every colour alone ("red"), every shape alone ("circle"), every colour-shape pair ("a red circle"),
+    then `n_pairs` two-object captions of two colours, as scenes have them (a fixed sample of every relation
+    in `RELATIONS` and "and").
+
+    Backgrounds (flat, noise, texture), sizes and where an object lies in the image cannot be said in the
+    demo's vocabulary (`WORDS`), so the bank has no captions for them: a head that reads them shows up as
+    variance no caption explains."""
+    names = class_names()
+    pairs = [f"{a} {link} {b}" for a in names for b in names if a.split()[1] != b.split()[1]
+             for link in RELATIONS + ["and"]]
+    chosen = np.random.default_rng(0).choice(len(pairs), n_pairs, replace=False)
+    pairs = [pairs[i] for i in sorted(chosen)]
+    return list(COLORS) + SHAPES + names + pairs
+
+
 # --- drawing ---------------------------------------------------------------------------------
 
 def _background(rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
