@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .explain.core import check_int
+from .hooks import Cache
 from .model import CLIP
 
 MODES = ("zero", "mean", "resample")
@@ -84,7 +85,8 @@ def ablate(model: CLIP, parts: Iterable[str] | str, mode: str = "zero", referenc
     (mode="mean": per position where the lengths agree, else over positions too), or the output of a
     reference input drawn at random for each item and each part (mode="resample", drawn by a generator
     seeded with `seed`). reference: the inputs of one forward (`{"pixel_values": px}`, `{"input_ids": ...}`),
-    or for vision parts images as `clipx.explain` takes them. positions: only these token positions
+    for vision parts images as `clipx.explain` takes them, or a `Cache` recorded from them that holds the
+    parts' hooks. positions: only these token positions
     (0 is an image's class token), else all. Only this thread's forwards are affected, as with `model.hooks`."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -146,6 +148,14 @@ def run_inputs(model: CLIP, inputs: Any) -> dict[str, torch.Tensor]:
 
 
 def _record(model: CLIP, chosen: list[Site], inputs: Any) -> dict[Site, torch.Tensor]:
+    """Each site's output for the inputs, or read from a `Cache` recorded before (one recording serves many
+    ablations, as in a sweep)."""
+    if isinstance(inputs, Cache):
+        missing = sorted({site.hook for site in chosen} - set(inputs))
+        if missing:
+            raise ValueError(f"the reference cache holds no {missing[0]!r}: record it, e.g. "
+                             f"model.recording({missing!r})")
+        return {site: site.read(inputs[site.hook]) for site in chosen}
     inputs = run_inputs(model, inputs)
     towers = {site.hook.split(".")[0] for site in chosen}
     given = {"vision": "pixel_values", "text": "input_ids"}

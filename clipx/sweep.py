@@ -75,8 +75,8 @@ def sweep_heads(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor,
     """Ablate each vision head alone and average, over the images, the change in the target caption's
     logit. texts: captions or text embeddings [n_texts, dim]; targets: each image's caption index (by
     default the caption it scores highest). mode: "zero" or "mean" (over `reference` images, by default
-    these images); "resample" too for the total effect. One forward per head for "total", one in all for
-    "direct"."""
+    these images); "resample" too for the total effect. One forward per head for "total" (and one of the
+    reference), one in all for "direct"."""
     if effect not in EFFECTS:
         raise ValueError(f"effect must be one of {', '.join(EFFECTS)}, got {effect!r}")
     if effect == "direct" and mode == "resample":
@@ -95,9 +95,13 @@ def sweep_heads(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor,
                    for label in tqdm(labels, desc="heads", disable=not progress))
     else:
         clean = image_logits(model, pixel_values, text)
+        recorded = None
+        if mode != "zero":
+            with torch.no_grad(), model.recording("vision.blocks.*.attn.hook_z") as recorded:
+                encode_images(model, reference_pixels)  # one recording serves every head's ablation
 
         def run(label: str) -> torch.Tensor:
-            with ablate(model, label, mode, {"pixel_values": reference_pixels}):
+            with ablate(model, label, mode, recorded):
                 return image_logits(model, pixel_values, text)
         ablated = (run(label) for label in tqdm(labels, desc="heads", disable=not progress))
 

@@ -144,3 +144,19 @@ def test_bad_interventions_are_refused_by_name(model, run, message):
     with pytest.raises(ValueError, match=message):
         with run(model), torch.no_grad():
             model.encode_image(pixels(2))
+
+
+def test_a_recorded_cache_serves_as_the_reference(model):
+    reference, px, part = pixels(3, seed=8), pixels(2, seed=9), "vision.blocks.1.attn.head.2"
+    with torch.no_grad(), model.recording("vision.blocks.1.attn.hook_z") as cache:
+        model.encode_image(reference)
+    with torch.no_grad():
+        for mode in ("mean", "resample"):
+            with ablate(model, part, mode, reference):
+                from_inputs = model.encode_image(px)
+            with ablate(model, part, mode, cache):
+                from_cache = model.encode_image(px)
+            assert torch.equal(from_cache, from_inputs)
+    with pytest.raises(ValueError, match="cache holds no 'vision.blocks.0.attn.hook_z'"):
+        with ablate(model, "vision.blocks.0.attn.head.1", "mean", cache):
+            pass
