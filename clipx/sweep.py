@@ -55,7 +55,7 @@ class HeadTable:
         return "\n".join(lines)
 
     def plot(self, ax=None):
-        """A heatmap of the table (blue: ablating the head lowers the logit), on `ax` or a new figure."""
+        """A heatmap of the table (red: ablating the head lowers the logit), on `ax` or a new figure."""
         import matplotlib.pyplot as plt
 
         if ax is None:
