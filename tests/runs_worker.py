@@ -1,0 +1,33 @@
+"""A dataset run as a process of its own, for tests/test_runs.py: the demo model explains every image of
+FOLDER into OUT, against fixed captions or (MODE=function) a caption function. With CRASH_AFTER=n the
+caption function SIGKILLs the process when asked for its n-th image: a crash mid-shard, mid-run.
+
+    python tests/runs_worker.py FOLDER OUT [fixed|function]     (also under torchrun)
+"""
+
+import os
+import signal
+import sys
+
+import clipx
+from clipx.explain_run import explain_dataset
+
+CAPTIONS = ["a red circle", "a blue square"]
+calls = 0
+
+
+def captions(path: str) -> list[str]:
+    global calls
+    calls += 1
+    if calls == int(os.environ.get("CRASH_AFTER", "0")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "no-caption" in path:
+        raise RuntimeError(f"no caption for {os.path.basename(path)}")
+    return CAPTIONS[len(os.path.basename(path)) % 2:] + ["a green star"]  # the path's alone: a resumed run asks again
+
+
+if __name__ == "__main__":
+    folder, out = sys.argv[1], sys.argv[2]
+    mode = sys.argv[3] if len(sys.argv) > 3 else "fixed"
+    explain_dataset(clipx.load("demo"), folder, out, captions if mode == "function" else CAPTIONS,
+                    method="relevance", shard_size=4, batch_size=3, progress=False)
