@@ -8,6 +8,9 @@ from .explain import Explanation, explain, methods
 # `clipx.decompose`, which only an import here rebinds over the submodule (as `clipx.explain`).
 from .decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
 from .ablation import ablate_heads
+from .sae import SAEConfig, SparseAutoencoder
+from .sae_attach import attach_sae, splice_effect
+from .sae_training import train_sae
 from .loading import load
 from .model import CLIP, CLIPOutput, TowerOutput
 
@@ -15,7 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = ["CLIP", "ablate_heads", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError",
            "Decomposition", "DirectLogits", "Explanation", "HookPoint", "TextConfig", "TowerOutput", "VisionConfig",
-           "decompose", "decompose_text", "explain", "load", "logit_lens", "methods", "metrics", "views"]
+           "decompose", "decompose_text", "explain", "load", "logit_lens", "methods", "metrics", "views",
+           "SAEConfig", "SparseAutoencoder", "attach_sae", "splice_effect", "train_sae"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
 # a script that scores captions uses neither them nor the metrics.
