@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -37,16 +36,6 @@ from clipx.sae_features import feature_activations
 HOOK = "vision.blocks.3.hook_resid_post"
 CONCEPTS = [("colour", c) for c in shapes.COLORS] + [("shape", s) for s in shapes.SHAPES]
 POSITIVE_SHARE = 0.5
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def concept_coverage(dataset: shapes.ShapesDataset, patch: int = 8) -> torch.Tensor:
@@ -120,6 +109,8 @@ def main() -> None:
     ap.add_argument("--save", type=Path, default=None, help="write the SAE and its concept features here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from common import cpu_name  # benchmarks/common.py (with transformers), here so that tests can load this file
+
     print(f"CPU: {cpu_name()}, {args.threads} thread(s); torch {torch.__version__}")
 
     model = clipx.load("demo")
