@@ -14,6 +14,8 @@ logit of one caption):
 
 Baselines that know nothing about the model: a random map (`torch.rand`) and `centre_prior`.
 
+Ranking: `auroc` (with ties), for scoring a feature or a map against labels.
+
 Maps and masks are `[h, w]` torch tensors or numpy arrays; masks are boolean.
 """
 

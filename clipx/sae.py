@@ -48,6 +48,8 @@ class SAEConfig:
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not isinstance(self.hook_name, str) or not isinstance(self.tied, bool):
+            raise ValueError(f"hook_name must be a str and tied a bool, got {self.hook_name!r} and {self.tied!r}")
         for field in ("d_in", "d_sae"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 raise ValueError(f"{field} must be a positive int, got {getattr(self, field)!r}")

@@ -111,7 +111,6 @@ def fit(sae: SparseAutoencoder, activations: torch.Tensor, steps: int = 2000, lr
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     fired = torch.zeros(config.d_sae, dtype=torch.bool, device=activations.device)
     resampled = 0
-    sae.train()
     for step in tqdm(range(1, steps + 1), desc=f"SAE {config.hook_name}", disable=not progress):
         x = activations[torch.randint(len(activations), (batch_size,), generator=generator).to(activations.device)]
         reconstruction, features = sae(x)
@@ -129,7 +128,6 @@ def fit(sae: SparseAutoencoder, activations: torch.Tensor, steps: int = 2000, lr
             if step <= steps // 2 and not fired.all():
                 resampled += _resample(sae, optimizer, ~fired, x, error.detach(), generator)
             fired.zero_()
-    sae.eval()
     return _stats(sae, activations, resampled)
 
 
@@ -140,10 +138,10 @@ def train_sae(model: CLIP, hook_name: str, images: Any, d_sae: int = 1024, k: in
     """Train an SAE on `model`'s activations at `hook_name` (a vision hook with token activations, e.g.
     "vision.blocks.3.hook_resid_post") over `images`: pixel values [N, 3, H, W], a list of images, a
     Dataset such as `shapes.ShapesDataset`, or an iterable of pixel batches. TopK with `k` features per
-    token, or ReLU with an `l1` penalty (give one). `positions`: "patches" (the class token left out,
+    token, or ReLU with an `l1` penalty (give one; TopK with k=32 when neither is given). `positions`: "patches" (the class token left out,
     as its statistics differ) or "all". Returns (sae, stats)."""
     if k is None and l1 is None:
-        k = 16
+        k = 32
     activations = token_activations(hook_activations(model, hook_name, images, positions, image_batch_size))
     if len(activations) == 0:
         raise ValueError("no images to train on")

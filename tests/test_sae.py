@@ -162,8 +162,9 @@ def tamper_config(folder: Path, change) -> None:
     (lambda f: save_file({k: v for k, v in load_file(f / "sae.safetensors").items() if k != "b_enc"},
                          f / "sae.safetensors"), "lacks tensor 'b_enc'"),
     (lambda f: (f / "config.json").write_text("{"), "not valid JSON"),
+    (lambda f: tamper_config(f, lambda c: c.update(tied="no")), "tied a bool"),
 ], ids=["no-weights", "no-config", "missing-field", "unknown-field", "wrong-shape", "bad-k", "tied-but-W_enc",
-        "missing-tensor", "bad-json"])
+        "missing-tensor", "bad-json", "tied-not-bool"])
 def test_tampered_files_fail_loudly(tmp_path, tamper, message):
     small_sae().save(tmp_path)
     tamper(tmp_path)
@@ -273,7 +274,6 @@ def test_shipped_sae_loads_by_name():
     assert sae.config.hook_name == "vision.blocks.3.hook_resid_post" and sae.config.d_in == 128
 
 
-@pytest.mark.slow
 def test_shipped_sae_concept_features_on_fresh_scenes():
     """The concept features recorded in the asset's concepts.json, re-scored on scenes that neither the SAE
     nor the feature selection saw (test split, seed 1): within 0.03 of the recorded AUROC."""
