@@ -9,6 +9,9 @@ from .explain import Explanation, explain, methods
 from .decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
 from .ablation import ablate, ablate_heads, patch
 from .textspan import HeadDescription, describe_heads
+from .sae import SAEConfig, SparseAutoencoder
+from .sae_attach import attach_sae, splice_effect
+from .sae_training import train_sae
 from .loading import load
 from .sweep import HeadTable, patching_effect, sweep_heads
 from .model import CLIP, CLIPOutput, TowerOutput
@@ -16,9 +19,10 @@ from .model import CLIP, CLIPOutput, TowerOutput
 __version__ = "0.1.0"
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
-           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HookPoint", "TextConfig", "TowerOutput",
-           "VisionConfig", "ablate", "ablate_heads", "decompose", "decompose_text", "describe_heads", "explain", "load",
-           "logit_lens", "methods", "metrics", "patch", "patching_effect", "sweep_heads", "views"]
+           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HookPoint", "SAEConfig", "SparseAutoencoder",
+           "TextConfig", "TowerOutput", "VisionConfig", "ablate", "ablate_heads", "attach_sae", "decompose",
+           "decompose_text", "describe_heads", "explain", "load", "logit_lens", "methods", "metrics", "patch",
+           "patching_effect", "splice_effect", "sweep_heads", "train_sae", "views"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
 # a script that scores captions uses neither them nor the metrics.

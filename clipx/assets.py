@@ -7,3 +7,4 @@ CLIP_BPE_DIR = ASSETS_DIR / "clip-bpe"
 DEMO_MODEL_DIR = ASSETS_DIR / "shapes-clip"
 DEMO_SIGLIP_DIR = ASSETS_DIR / "shapes-siglip"
 DEMOS = {"demo": DEMO_MODEL_DIR, "demo-siglip": DEMO_SIGLIP_DIR}  # the names clipx.load takes for them
+DEMO_SAES = {"demo-sae": ASSETS_DIR / "shapes-clip-sae"}  # the names SparseAutoencoder.load takes for shipped SAEs

@@ -14,6 +14,8 @@ logit of one caption):
 
 Baselines that know nothing about the model: a random map (`torch.rand`) and `centre_prior`.
 
+Ranking: `auroc` (with ties), for scoring a feature or a map against labels.
+
 Maps and masks are `[h, w]` torch tensors or numpy arrays; masks are boolean.
 """
 
@@ -278,3 +280,28 @@ def centre_prior(grid: tuple[int, int]) -> torch.Tensor:
     1 at the centre. Any explanation worth reading should beat it."""
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
     return torch.exp(-(xs ** 2 + ys ** 2) / 0.5)
+
+
+# --- ranking -------------------------------------------------------------------------------------
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve of `scores` [n] (or [n, m]: m scorers at once) against boolean `labels`
+    [n]: the chance that a positive outscores a negative, ties counting half (the Mann-Whitney U over
+    n_pos x n_neg). Tied scores share their average rank. A scalar, or [m]; float64."""
+    scores, labels = torch.as_tensor(scores), torch.as_tensor(labels).bool()
+    if labels.ndim != 1 or scores.shape[:1] != labels.shape:
+        raise ValueError(f"labels [n] should match scores [n] or [n, m], got {tuple(labels.shape)} and "
+                         f"{tuple(scores.shape)}")
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUROC needs positives and negatives, got {n_pos} and {n_neg}")
+    columns = scores.double().reshape(len(labels), -1).T.contiguous()  # [m, n]
+    ordered = columns.sort(dim=1).values
+    # a value's average rank (1-based) among its ties: between the count below it and the count up to it
+    below = torch.searchsorted(ordered, columns, right=False)
+    up_to = torch.searchsorted(ordered, columns, right=True)
+    ranks = (below + up_to + 1).double() / 2
+    u = ranks[:, labels].sum(1) - n_pos * (n_pos + 1) / 2
+    result = u / (n_pos * n_neg)
+    return result[0] if scores.ndim == 1 else result
