@@ -13,15 +13,17 @@ from .sae import SAEConfig, SparseAutoencoder
 from .sae_attach import attach_sae, splice_effect
 from .sae_training import train_sae
 from .loading import load
+from .explain_run import explain_dataset
+from .runs import RunResult
 from .sweep import HeadTable, patching_effect, sweep_heads
 from .model import CLIP, CLIPOutput, TowerOutput
 
 __version__ = "0.1.0"
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
-           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HookPoint", "SAEConfig", "SparseAutoencoder",
+           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HookPoint", "RunResult", "SAEConfig", "SparseAutoencoder",
            "TextConfig", "TowerOutput", "VisionConfig", "ablate", "ablate_heads", "attach_sae", "decompose",
-           "decompose_text", "describe_heads", "explain", "load", "logit_lens", "methods", "metrics", "patch",
+           "decompose_text", "describe_heads", "explain", "explain_dataset", "load", "logit_lens", "methods", "metrics", "patch",
            "patching_effect", "splice_effect", "sweep_heads", "train_sae", "views"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
