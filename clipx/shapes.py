@@ -42,6 +42,7 @@ WORDS = ({"a", "an", "picture", "with", "there", "is", "and", ",", "left", "righ
 # how many objects a training scene has, and how often; a share of scenes lets objects overlap
 OBJECT_COUNTS, OBJECT_COUNT_P = (1, 2, 3), (0.4, 0.45, 0.15)
 OVERLAP_P = 0.2
+MAX_OBJECTS = 5
 SPLITS = {"train": 1, "test": 2}  # non-zero seed tags: numpy seeds [s] and [s, 0] are the same stream
 
 
@@ -73,16 +74,35 @@ def name(color: str, shape: str) -> str:
 
 
 def scene(seed: int | tuple[int, ...], n_objects: int = 2, size: int | None = None,
-          overlap: bool = False) -> Scene:
-    """A deterministic scene: the same seed gives the same pixels, masks and caption."""
-    if not 1 <= n_objects <= 3:
-        raise ValueError(f"n_objects must be 1, 2 or 3, got {n_objects}")
+          overlap: bool = False, touching: bool = False, distractor: str | None = None,
+          min_size: float | None = None, max_size: float | None = None) -> Scene:
+    """A deterministic scene: the same seed gives the same pixels, masks and caption.
+
+    Harder scenes, for the evaluation's harder splits: up to 5 objects; `touching`: every object's mask
+    touches another's (4-neighbours, no overlap); `distractor="colour"` / `"shape"`: the last object repeats
+    the first one's colour with another shape, or its shape in another colour, so only the pair tells the
+    first apart; `min_size` / `max_size`: the range of an object's extent (its centre-to-tip radius) in
+    units of the image size, e.g. `max_size=0.08` for small objects."""
+    if not 1 <= n_objects <= MAX_OBJECTS:
+        raise ValueError(f"n_objects must be 1 to {MAX_OBJECTS}, got {n_objects}")
+    if distractor not in (None, "colour", "shape"):
+        raise ValueError(f"distractor must be None, 'colour' or 'shape', got {distractor!r}")
+    if distractor is not None and n_objects < 2:
+        raise ValueError("a distractor needs n_objects >= 2: the first object and the one that repeats it")
+    if touching and (overlap or n_objects < 2):
+        raise ValueError("touching needs n_objects >= 2 and overlap=False")
     size = size or IMAGE_SIZE
     rng = np.random.default_rng(seed)
     background, pixels = _background(rng, size)
-    shapes = rng.choice(SHAPES, n_objects)  # shapes may repeat, colours may not
+    shapes = rng.choice(SHAPES, n_objects)  # shapes may repeat, colours may not (but for a colour distractor)
     colors = rng.choice(list(COLORS), n_objects, replace=False)
-    layout, masks = _place(rng, shapes, size, overlap)
+    if distractor == "colour":
+        colors[-1] = colors[0]
+        shapes[-1] = rng.choice([s for s in SHAPES if s != shapes[0]])
+    elif distractor == "shape":
+        shapes[-1] = shapes[0]
+    sizes = _size_range(n_objects, size, min_size, max_size)
+    layout, masks = _touching(rng, shapes, sizes, size) if touching else _place(rng, shapes, sizes, size, overlap)
     for color, mask in zip(colors, masks):
         pixels[mask] = COLORS[color]
     objects = [SceneObject(str(s), str(c), m, _box(m), (x, y))
@@ -185,16 +205,25 @@ def _background(rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
     return kind, pixels.astype(np.uint8)
 
 
-def _place(rng: np.random.Generator, shapes: list[str], size: int,
+def _size_range(n: int, size: int, min_size: float | None, max_size: float | None) -> tuple[float, float]:
+    """The range of an object's extent in units of the image size: by default smaller the more objects share
+    the image."""
+    smallest = max(0.1, 4 / size) if min_size is None else min_size
+    largest = {1: 0.3, 2: 0.22, 3: 0.18, 4: 0.15, 5: 0.13}[n] if max_size is None else max_size
+    if (min_size is not None or max_size is not None) and not 4 / size <= smallest <= largest <= 0.45:
+        raise ValueError(f"need {4 / size:.3f} <= min_size <= max_size <= 0.45 (units of the image size, "
+                         f"at least ~8 px across), got min_size={min_size}, max_size={max_size}")
+    return smallest, max(largest, smallest)
+
+
+def _place(rng: np.random.Generator, shapes: list[str], sizes: tuple[float, float], size: int,
            overlap: bool) -> tuple[list[tuple[float, float, float]], list[np.ndarray]]:
     """(x, y, radius) per object in units of the image size, and its visible mask. Objects keep
     their bounding squares 3% of the image apart, or with `overlap` may overlap, later ones on top,
     as long as each keeps 60% of its pixels visible."""
     n = len(shapes)
-    largest = {1: 0.3, 2: 0.22, 3: 0.18}[n]
-    smallest = max(0.1, 4 / size)  # at least ~8 px across, or shapes turn into blobs
     for _ in range(1000):
-        radii = rng.uniform(smallest, max(largest, smallest), n)
+        radii = rng.uniform(*sizes, n)
         centers = [rng.uniform(r + 0.02, 1 - r - 0.02, 2) for r in radii]
         if not overlap and any(np.abs(centers[i] - centers[j]).max() <= radii[i] + radii[j] + 0.03
                                for i in range(n) for j in range(i)):
@@ -203,7 +232,59 @@ def _place(rng: np.random.Generator, shapes: list[str], size: int,
         visible = [m & ~np.any(drawn[i + 1:], axis=0) if i + 1 < n else m for i, m in enumerate(drawn)]
         if all(v.sum() >= 0.6 * m.sum() for v, m in zip(visible, drawn)):
             return [(float(c[0]), float(c[1]), float(r)) for c, r in zip(centers, radii)], visible
-    raise RuntimeError("no layout found")  # unreachable for 1-3 objects at these sizes
+    raise RuntimeError(f"no layout found for {n} objects of these sizes: try smaller ones (max_size)")
+
+
+def _touching(rng: np.random.Generator, shapes: list[str], sizes: tuple[float, float],
+              size: int) -> tuple[list[tuple[float, float, float]], list[np.ndarray]]:
+    """Objects that each touch an earlier one: the first anywhere, each next one brought towards an object
+    already placed, from a random side, pixel by pixel until one step more would overlap."""
+    for _ in range(100):
+        radii = rng.uniform(*sizes, len(shapes))
+        first = rng.uniform(radii[0] + 0.02, 1 - radii[0] - 0.02, 2)
+        centers, masks = [first], [_mask(shapes[0], first[0] * size, first[1] * size, radii[0] * size, size)]
+        for shape, r in zip(shapes[1:], radii[1:]):
+            for _ in range(30):  # sides to try
+                placed = _approach(rng, shape, r, centers, radii, masks, size)
+                if placed is not None:
+                    centers.append(placed[0])
+                    masks.append(placed[1])
+                    break
+            else:
+                break
+        else:
+            return [(float(c[0]), float(c[1]), float(r)) for c, r in zip(centers, radii)], masks
+    raise RuntimeError(f"no touching layout found for {len(shapes)} objects of these sizes: try smaller ones")
+
+
+def _approach(rng: np.random.Generator, shape: str, r: float, centers: list[np.ndarray], radii: np.ndarray,
+              masks: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A shape moved towards a random placed object from a random side until touching what it meets first,
+    or None where it never fits inside the image."""
+    anchor = int(rng.integers(len(centers)))
+    angle = rng.uniform(0, 2 * np.pi)
+    direction = np.array([np.cos(angle), np.sin(angle)])
+    taken = np.any(masks, axis=0)
+    placed = None
+    for distance in np.arange(radii[anchor] + r, 0, -1 / size):  # from bounding circles apart, inwards
+        center = centers[anchor] + direction * distance
+        if not ((r <= center) & (center <= 1 - r)).all():
+            continue
+        mask = _mask(shape, center[0] * size, center[1] * size, r * size, size)
+        if (taken & mask).any():
+            break
+        placed = center, mask
+    return placed if placed is not None and _touches(placed[1], taken) else None
+
+
+def _touches(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether mask `a` has a pixel 4-adjacent to one of mask `b`."""
+    grown = b.copy()
+    grown[1:] |= b[:-1]
+    grown[:-1] |= b[1:]
+    grown[:, 1:] |= b[:, :-1]
+    grown[:, :-1] |= b[:, 1:]
+    return bool((grown & a).any())
 
 
 def _mask(shape: str, x: float, y: float, r: float, size: int) -> np.ndarray:

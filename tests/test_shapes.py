@@ -121,3 +121,68 @@ def test_dataset_splits_are_disjoint_and_mix_object_counts():
     assert not seen & {np.array(test.scene(i).image).tobytes() for i in range(40)}
     assert {len(train.scene(i).objects) for i in range(40)} == {1, 2, 3}
     assert {len(shapes.ShapesDataset(5, seed=0, n_objects=2).scene(i).objects) for i in range(5)} == {2}
+
+
+def test_the_default_scenes_are_the_ones_the_demo_models_trained_and_were_scored_on():
+    """Harder options must not move the random stream of the default scenes (the layouts, colours and
+    captions the demo models' training and README figures used), recorded before those options existed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for seed in range(12):
+        for n in (1, 2, 3):
+            sc = shapes.scene(seed, n, overlap=seed % 2 == 1)
+            digest.update(repr([(o.shape, o.color, tuple(round(c, 6) for c in o.center)) for o in sc.objects]).encode())
+            digest.update(f"{sc.caption}|{sc.background}".encode())
+    assert digest.hexdigest() == "42a5772d090e52a27eb13524e1d0bbc48f9002990e8c51e1881119cba9e76015"
+
+
+def touches(a, b):
+    grown = np.zeros_like(b)
+    grown[1:] |= b[:-1]
+    grown[:-1] |= b[1:]
+    grown[:, 1:] |= b[:, :-1]
+    grown[:, :-1] |= b[:, 1:]
+    return bool((grown & a).any())
+
+
+@pytest.mark.parametrize("kwargs", [dict(n_objects=5), dict(n_objects=4, overlap=True), dict(n_objects=5, touching=True),
+                                    dict(n_objects=3, touching=True, distractor="colour"),
+                                    dict(n_objects=4, distractor="colour", overlap=True),
+                                    dict(n_objects=3, distractor="shape"), dict(n_objects=4, min_size=0.0625, max_size=0.08)])
+def test_harder_scenes_keep_exact_masks(kwargs):
+    for seed in range(15):
+        sc = shapes.scene(seed, **kwargs)
+        pixels = np.array(sc.image)
+        assert len(sc.objects) == kwargs["n_objects"]
+        masks = np.stack([o.mask for o in sc.objects])
+        assert masks.sum(0).max() == 1 and all(m.any() for m in masks)
+        for obj in sc.objects:  # a colour's pixels are exactly the masks of the objects of that colour
+            same_colour = np.any([o.mask for o in sc.objects if o.color == obj.color], axis=0)
+            assert np.array_equal((pixels == shapes.COLORS[obj.color]).all(-1), same_colour)
+        first, last = sc.objects[0], sc.objects[-1]
+        if kwargs.get("distractor") == "colour":
+            assert last.color == first.color and last.shape != first.shape
+            assert len({o.color for o in sc.objects}) == len(sc.objects) - 1
+        elif kwargs.get("distractor") == "shape":
+            assert last.shape == first.shape and last.color != first.color
+        else:
+            assert len({o.color for o in sc.objects}) == len(sc.objects)
+        if kwargs.get("touching"):
+            for i, obj in enumerate(sc.objects):
+                assert any(touches(obj.mask, other.mask) for j, other in enumerate(sc.objects) if j != i), (seed, i)
+        if "max_size" in kwargs:
+            assert all(max(o.box[2] - o.box[0], o.box[3] - o.box[1]) <= 2 * 0.08 * shapes.IMAGE_SIZE + 2 for o in sc.objects)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_objects=6), "n_objects must be 1 to 5"),
+    (dict(n_objects=1, distractor="colour"), "a distractor needs n_objects >= 2"),
+    (dict(n_objects=2, distractor="size"), "distractor must be None, 'colour' or 'shape'"),
+    (dict(n_objects=3, touching=True, overlap=True), "touching needs n_objects >= 2 and overlap=False"),
+    (dict(n_objects=2, min_size=0.01), "min_size <= max_size <= 0.45"),
+    (dict(n_objects=2, min_size=0.2, max_size=0.1), "min_size <= max_size"),
+])
+def test_bad_scene_options_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        shapes.scene(0, **kwargs)
