@@ -17,6 +17,7 @@ from PIL import Image
 
 from .explain import explain
 from .model import CLIP
+from .processing import open_image
 from .runs import RunResult, run
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -97,8 +98,7 @@ def _explain_batch(model: CLIP, paths: list[str], captions: list[str], method: s
     loaded: dict[int, Image.Image | BaseException] = {}
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
-                loaded[i] = image.convert("RGB")
+            loaded[i] = open_image(path)  # upright by its EXIF orientation, as everywhere in clipx
         except Exception as e:
             loaded[i] = e
     good = [i for i, image in loaded.items() if not isinstance(image, BaseException)]
