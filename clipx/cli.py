@@ -42,6 +42,8 @@ def explain(args: argparse.Namespace) -> None:
     method_options(args.method)
     out = Path(args.out)
     _check_writable(out)
+    if Path(args.image).is_dir():
+        return explain_folder(args)
     original = open_image(args.image)  # upright and RGB, exactly what the processor sees
     model = load(args.model)
     exp = run_explain(model, [original], args.captions, method=args.method)
@@ -53,6 +55,22 @@ def explain(args: argparse.Namespace) -> None:
         # one full-size map at a time: a big photo's maps for every caption would not fit in memory
         overlay(original, exp.pixel_maps(original=True, text=j)[0][0]).save(path)
         print(f"{caption:<{width}}  {exp.scores[0, j]:8.3f}  {path}")
+
+
+def explain_folder(args: argparse.Namespace) -> None:
+    """Every image of a folder, as a resumable run of shards in --out (the same command resumes it; under
+    torchrun each process takes its share)."""
+    from .explain_run import explain_dataset, image_files
+    from .loading import load
+
+    image_files(args.image)  # a folder without images fails before the model loads
+    result = explain_dataset(load(args.model), args.image, args.out, args.captions, method=args.method,
+                             shard_size=args.shard_size, batch_size=args.batch_size)
+    errors = result.errors
+    print(f"{len(result) - len(errors)} of {len(result)} images explained into {args.out} "
+          f"({result.manifest.n_shards} shards; read them with clipx.RunResult({str(args.out)!r}))")
+    for path, error in errors:
+        print(f"failed: {path}: {error}")
 
 
 def _check_writable(out: Path) -> None:
@@ -99,12 +117,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="a hub id (openai/clip-vit-base-patch32), a folder or a state-dict file")
     s.add_argument("--attention", default="sdpa", choices=["eager", "sdpa", "flash"])
     s.set_defaults(run=score)
-    e = sub.add_parser("explain", help="write one relevance overlay per caption and print the scores")
-    e.add_argument("image", help="an image file")
+    e = sub.add_parser("explain", help="write one relevance overlay per caption and print the scores; for a "
+                       "folder, a resumable run of map shards (under torchrun, split across processes)")
+    e.add_argument("image", help="an image file, or a folder of images")
     e.add_argument("captions", nargs="+", help="one or more captions")
     e.add_argument("--model", default="demo", help="demo (shipped), a hub id, a folder or a state-dict file")
     e.add_argument("--method", default="relevance", help="an explanation method (clipx methods lists them)")
-    e.add_argument("--out", default="clipx-out", help="folder for the overlay PNGs")
+    e.add_argument("--out", default="clipx-out", help="folder for the overlay PNGs, or for a folder's run")
+    e.add_argument("--shard-size", type=int, default=256, help="a folder's run: images per shard")
+    e.add_argument("--batch-size", type=int, default=8, help="a folder's run: images per explain call")
     e.set_defaults(run=explain)
     sub.add_parser("methods", help="list the explanation methods and their options").set_defaults(run=list_methods)
     sub.add_parser("lab", help="start JupyterLab in the tutorial notebooks").set_defaults(run=lab)

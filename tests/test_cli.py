@@ -267,3 +267,29 @@ def test_explain_asks_for_one_captions_full_size_map_at_a_time(tiny_checkpoint, 
     captions = [f"caption {k}" for k in range(4)]
     assert main(["explain", str(image), *captions, "--model", str(tiny_checkpoint[0]), "--out", str(tmp_path / "o")]) == 0
     assert len(made) == len(captions)
+
+
+def test_explain_of_a_folder_is_a_resumable_run_of_shards(tiny_checkpoint, tmp_path, capsys):
+    import clipx
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(3):
+        Image.new("RGB", (40, 30), (60 * k, 20, 20)).save(folder / f"{k}.png")
+    (folder / "broken.jpg").write_bytes(b"no jpeg")
+    out = tmp_path / "run"
+    command = ["explain", str(folder), "a red square", "a blue circle", "--model", str(tiny_checkpoint[0]),
+               "--out", str(out), "--shard-size", "2", "--method", "rollout"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert f"3 of 4 images explained into {out} (2 shards" in printed and "failed: " in printed and "broken.jpg" in printed
+    run = clipx.RunResult(out)
+    assert run.stack("image").shape[:2] == (3, 2) and run.config["method"] == "rollout"
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(command) == 0  # finished: nothing to redo
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert main([*command[:-2], "--method", "attention"]) == 2
+    assert "holds another run" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["explain", str(tmp_path / "empty"), "a cat", "--model", str(tiny_checkpoint[0]), "--out", str(tmp_path / "o")]) == 2
+    assert "holds no image files" in capsys.readouterr().err
