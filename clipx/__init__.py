@@ -12,13 +12,18 @@ from .textspan import HeadDescription, describe_heads
 from .loading import load
 from .sweep import HeadTable, patching_effect, sweep_heads
 from .model import CLIP, CLIPOutput, TowerOutput
+from . import templates
+# as with decompose: the function `clipx.zeroshot` rebinds the name over its module
+from .zeroshot import ZeroShot, zeroshot, zeroshot_classifier
+from .index import Hit, Hits, Index
 
 __version__ = "0.1.0"
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
-           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HookPoint", "TextConfig", "TowerOutput",
-           "VisionConfig", "ablate", "ablate_heads", "decompose", "decompose_text", "describe_heads", "explain", "load",
-           "logit_lens", "methods", "metrics", "patch", "patching_effect", "sweep_heads", "views"]
+           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "Hit", "Hits", "HookPoint", "Index",
+           "TextConfig", "TowerOutput", "VisionConfig", "ZeroShot", "ablate", "ablate_heads", "decompose",
+           "decompose_text", "describe_heads", "explain", "load", "logit_lens", "methods", "metrics", "patch",
+           "patching_effect", "sweep_heads", "templates", "views", "zeroshot", "zeroshot_classifier"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
 # a script that scores captions uses neither them nor the metrics.
