@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from .explain import Explanation, explain
-from .files import save_safetensors
+from .files import read_json, save_safetensors
 from .model import CLIP, _caller_level
 from .processing import open_image
 from .text_embeddings import embed_images, embed_texts, explain_embedding, scores
@@ -292,15 +292,10 @@ def top_k(embeddings: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    from .files import read_json
-
     def invalid(what: str) -> ValueError:
         return ValueError(f"{path} is not a valid clipx index manifest: {what}")
 
-    try:
-        m = read_json(path)
-    except ValueError as e:  # CheckpointError: unreadable or not JSON
-        raise ValueError(str(e)) from None
+    m = read_json(path)  # a ValueError naming the file where it cannot be read or is not a JSON object
     missing = sorted({"format", "model", "dim", "source", "files", "skipped"} - set(m))
     if missing:
         raise invalid(f"it lacks {', '.join(missing)}")
