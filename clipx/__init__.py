@@ -17,14 +17,19 @@ from .explain_run import explain_dataset
 from .runs import RunResult
 from .sweep import HeadTable, patching_effect, sweep_heads
 from .model import CLIP, CLIPOutput, TowerOutput
+from . import templates
+# as with decompose: the function `clipx.zeroshot` rebinds the name over its module
+from .zeroshot import ZeroShot, zeroshot, zeroshot_classifier
+from .index import Hit, Hits, Index
 
 __version__ = "0.1.0"
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
-           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HookPoint", "RunResult", "SAEConfig", "SparseAutoencoder",
-           "TextConfig", "TowerOutput", "VisionConfig", "ablate", "ablate_heads", "attach_sae", "decompose",
-           "decompose_text", "describe_heads", "explain", "explain_dataset", "load", "logit_lens", "methods", "metrics", "patch",
-           "patching_effect", "splice_effect", "sweep_heads", "train_sae", "views"]
+           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "Hit", "Hits", "HookPoint", "Index",
+           "RunResult", "SAEConfig", "SparseAutoencoder", "TextConfig", "TowerOutput", "VisionConfig", "ZeroShot",
+           "ablate", "ablate_heads", "attach_sae", "decompose", "decompose_text", "describe_heads", "explain",
+           "explain_dataset", "load", "logit_lens", "methods", "metrics", "patch", "patching_effect", "splice_effect",
+           "sweep_heads", "templates", "train_sae", "views", "zeroshot", "zeroshot_classifier"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
 # a script that scores captions uses neither them nor the metrics.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,6 @@ def explain(args: argparse.Namespace) -> None:
     from .explain import method_options
     from .loading import load
     from .processing import open_image
-    from .views.render import overlay
 
     # everything the user gave is checked before the model loads and runs
     method_options(args.method)
@@ -52,8 +52,7 @@ def explain(args: argparse.Namespace) -> None:
     print(f"{'caption':<{width}}  {'logit':>8}  overlay")
     for j, caption in enumerate(args.captions):
         path = out / f"{j:02d}-{_slug(caption)}.png"
-        # one full-size map at a time: a big photo's maps for every caption would not fit in memory
-        overlay(original, exp.pixel_maps(original=True, text=j)[0][0]).save(path)
+        _write_overlay(original, exp, 0, j, path)
         print(f"{caption:<{width}}  {exp.scores[0, j]:8.3f}  {path}")
 
 
@@ -73,6 +72,14 @@ def explain_folder(args: argparse.Namespace) -> None:
         print(f"failed: {path}: {error}")
 
 
+def _write_overlay(original, exp, i: int, j: int, path: Path) -> None:
+    """Image i's map for caption j over the original image, as a PNG."""
+    from .views.render import overlay
+
+    # one caption's full-size maps at a time: a big photo's maps for every caption would not fit in memory
+    overlay(original, exp.pixel_maps(original=True, text=j)[i][0]).save(path)
+
+
 def _check_writable(out: Path) -> None:
     """Fails unless the overlays can be written into folder `out` (made later), writing nothing."""
     import tempfile
@@ -86,6 +93,80 @@ def _check_writable(out: Path) -> None:
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write in {existing} ({e.strerror or e}); "
                          "choose a folder you can write to") from None
+
+
+def classify(args: argparse.Namespace) -> None:
+    from .loading import load
+    from .processing import open_image
+    from .zeroshot import prompts, zeroshot
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    templates = _templates(args.templates)
+    prompts(classes, templates)  # bad classes or templates fail before the model loads
+    images = [open_image(path) for path in args.images]
+    result = zeroshot(load(args.model), images, classes, templates)
+    # probs: a softmax over the classes, or each class's own sigmoid for a sigmoid-scoring model (SigLIP)
+    image_width, class_width = max(len(p) for p in args.images), max(len(c) for c in classes)
+    print(f"{'image':<{image_width}}  {'class':<{class_width}}  {'logit':>8}  {'prob':>6}")
+    for i, path in enumerate(args.images):
+        for name, logit, prob in result.top(i, args.top):
+            print(f"{path:<{image_width}}  {name:<{class_width}}  {logit:8.3f}  {prob:6.3f}")
+
+
+def _templates(spec: str | None) -> list[str] | None:
+    """--templates: a name of clipx.templates, or a file with one template per line."""
+    from .templates import NAMED
+
+    if spec is None:
+        return None
+    if spec in NAMED:
+        return list(NAMED[spec])
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"--templates {spec}: neither {', '.join(NAMED)} nor a file of templates (one per line)")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def index(args: argparse.Namespace) -> None:
+    from .index import MANIFEST, Index
+    from .loading import load
+
+    out = Path(args.out)
+    if (out / MANIFEST).exists():  # resume: only new and changed files are embedded
+        idx = Index.load(out, model=load(args.model), model_name=args.model, check=False)
+        if idx.source != os.path.abspath(args.folder):
+            raise ValueError(f"--out {out} holds an index of {idx.source}, not of {args.folder}; choose another --out")
+        change = idx.update(batch_size=args.batch_size)
+        done = f"updated: {len(change['added'])} added, {len(change['changed'])} changed, {len(change['removed'])} removed"
+    else:
+        _check_writable(out)
+        idx = Index.build(load(args.model), args.folder, model_name=args.model, batch_size=args.batch_size)
+        done = "built"
+    idx.save(out)
+    print(f"{out}: {len(idx)} images, {len(idx.skipped)} skipped ({done})")
+
+
+def search(args: argparse.Namespace) -> None:
+    from .index import Index
+    from .loading import load
+    from .processing import open_image
+
+    from .explain import method_options
+
+    if args.explain is not None:  # checked before the model loads
+        method_options(args.method)
+        _check_writable(Path(args.explain))
+    idx = Index.load(args.index, model=None if args.model is None else load(args.model), model_name=args.model)
+    hits = idx.search(args.caption, k=args.k)
+    exp = hits.explain(method=args.method) if args.explain is not None and len(hits) else None
+    print(f"{'rank':>4}  {'logit':>8}  {'path'}" + ("  overlay" if exp else ""))
+    for i, hit in enumerate(hits):
+        overlay_path = ""
+        if exp is not None:
+            overlay_path = Path(args.explain) / f"{hit.rank:02d}-{_slug(Path(hit.path).stem)}.png"
+            overlay_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_overlay(open_image(hit.path), exp, i, 0, overlay_path)
+        print(f"{hit.rank:>4}  {hit.score:8.3f}  {hit.path}" + (f"  {overlay_path}" if exp else ""))
 
 
 def list_methods(args: argparse.Namespace) -> None:
@@ -127,6 +208,28 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-size", type=int, default=256, help="a folder's run: images per shard")
     e.add_argument("--batch-size", type=int, default=8, help="a folder's run: images per explain call")
     e.set_defaults(run=explain)
+    c = sub.add_parser("classify", help="zero-shot: each image's best classes among --classes")
+    c.add_argument("images", nargs="+", help="one or more image files")
+    c.add_argument("--classes", required=True, help="class names, comma-separated: cat,dog,a red circle")
+    c.add_argument("--templates", help="openai (80), default (7), shapes (the demo's), or a file of templates with "
+                                       "{} (one a line); without it, the class names as they are")
+    c.add_argument("--model", default="demo", help="demo (shipped), a hub id, a folder or a state-dict file")
+    c.add_argument("--top", type=int, default=5, help="classes shown per image")
+    c.set_defaults(run=classify)
+    x = sub.add_parser("index", help="embed every image of a folder for search (again: only new and changed files)")
+    x.add_argument("folder", help="a folder of images (searched recursively)")
+    x.add_argument("--out", required=True, help="folder for the index (embeddings.safetensors, index.json)")
+    x.add_argument("--model", default="demo", help="demo (shipped), a hub id, a folder or a state-dict file")
+    x.add_argument("--batch-size", type=int, default=64)
+    x.set_defaults(run=index)
+    q = sub.add_parser("search", help="the images of an index that best match a caption")
+    q.add_argument("index", help="a folder written by clipx index")
+    q.add_argument("caption")
+    q.add_argument("--k", type=int, default=10, help="how many hits")
+    q.add_argument("--model", help="the model the index was built with (default: the one it names)")
+    q.add_argument("--explain", metavar="DIR", help="write one overlay PNG per hit into DIR")
+    q.add_argument("--method", default="relevance", help="the explanation method for --explain")
+    q.set_defaults(run=search)
     sub.add_parser("methods", help="list the explanation methods and their options").set_defaults(run=list_methods)
     sub.add_parser("lab", help="start JupyterLab in the tutorial notebooks").set_defaults(run=lab)
     return p

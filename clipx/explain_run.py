@@ -7,7 +7,6 @@ caption function that raises, fails that item alone: it is listed in the run's e
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,17 +38,6 @@ def image_files(images: str | Path | Sequence[str | Path]) -> list[str]:
     return found
 
 
-def model_fingerprint(model: CLIP) -> dict[str, str]:
-    """What tells checkpoints apart: the config's model type and a hash of the embeddings and projections
-    (reading every weight of a large model would cost seconds for no better answer)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if "embed" in name or name.endswith("proj.weight") and ".blocks." not in name:
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return {"model_type": type(model.config).__name__, "weights_sha256": digest.hexdigest()[:16]}
-
-
 def explain_dataset(model: CLIP, images: str | Path | Sequence[str | Path], folder: str | Path,
                     captions: Captions, method: str = "relevance", shard_size: int = 256, batch_size: int = 8,
                     progress: bool = True, **options: Any) -> RunResult:
@@ -66,7 +54,7 @@ def explain_dataset(model: CLIP, images: str | Path | Sequence[str | Path], fold
         if not fixed or not all(isinstance(c, str) for c in fixed):
             raise ValueError("captions must be a non-empty list of strings, or a function of an image's path")
         described, caption_for = fixed, None
-    config = {"task": "explain", "model": model_fingerprint(model), "method": method,
+    config = {"task": "explain", "model": model.fingerprint(), "method": method,
               "options": json.loads(json.dumps(options, default=repr)), "captions": described}
 
     def process(batch: list[str]) -> list[dict[str, Any] | BaseException]:

@@ -492,6 +492,21 @@ class CLIP(HookedModule):
             logits_per_text = logits_per_image.T
         return CLIPOutput(logits_per_image, logits_per_text, image_embeds, text_embeds, vision, text)
 
+    def fingerprint(self) -> str:
+        """sha256 of the config and the readout weights (projections, final norms, logit scale and bias): what
+        an index or a dataset run records to refuse another model later. Hashing these few tensors takes
+        milliseconds; a fine-tune that left all of them bit for bit as they were would pass unnoticed."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
+        state = self.state_dict()
+        for name in ("vision.proj.weight", "text.proj.weight", "vision.ln_post.weight", "text.ln_final.weight",
+                     "logit_scale", "logit_bias"):
+            if name in state:
+                digest.update(name.encode() + state[name].detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def probabilities(self, logits_per_image: torch.Tensor) -> torch.Tensor:
         """Logits as the model was trained to score them: a softmax over the captions (CLIP's contrastive
         loss), or a sigmoid per image-caption pair (SigLIP's), where the captions do not compete."""

@@ -293,3 +293,74 @@ def test_explain_of_a_folder_is_a_resumable_run_of_shards(tiny_checkpoint, tmp_p
     (tmp_path / "empty").mkdir()
     assert main(["explain", str(tmp_path / "empty"), "a cat", "--model", str(tiny_checkpoint[0]), "--out", str(tmp_path / "o")]) == 2
     assert "holds no image files" in capsys.readouterr().err
+
+
+# --- zero-shot classification and image search ------------------------------------------------------------
+
+def _scenes(folder, n=12):
+    from clipx import shapes
+
+    folder.mkdir()
+    for k in range(n):
+        shapes.scene(80_000 + k, n_objects=1).image.save(folder / f"{k:02d}.png")
+    return folder
+
+
+def test_classify_prints_each_images_top_classes(tmp_path, capsys):
+    from clipx import shapes
+
+    images = _scenes(tmp_path / "imgs", n=2)
+    paths = sorted(str(p) for p in images.glob("*.png"))
+    truth = [shapes.describe(shapes.scene(80_000 + k, n_objects=1).objects[0]) for k in range(2)]
+    classes = ",".join(shapes.class_names())
+    assert main(["classify", *paths, "--classes", classes, "--templates", "shapes", "--top", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["image", "class", "logit", "prob"] and len(lines) == 1 + 2 * 3
+    best = [lines[1], lines[4]]
+    assert [line.split()[0] for line in best] == paths
+    assert [" ".join(line.split()[1:-2]) for line in best] == truth  # the demo gets these two right
+
+
+def test_classify_bad_input_exits_2(tmp_path, capsys):
+    image = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["classify", str(image), "--classes", "cat,dog,cat"]) == 2
+    assert "repeated: 'cat'" in capsys.readouterr().err
+    assert main(["classify", str(image), "--classes", "cat", "--templates", "nowhere"]) == 2
+    assert "neither openai, default, shapes nor a file" in capsys.readouterr().err
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\nno braces here\n")
+    assert main(["classify", str(image), "--classes", "cat", "--templates", str(templates)]) == 2
+    assert "'no braces here' has no '{}'" in capsys.readouterr().err
+
+
+def test_index_then_search_with_overlays(tmp_path, capsys):
+    images = _scenes(tmp_path / "imgs")
+    idx, overlays = tmp_path / "idx", tmp_path / "overlays"
+    assert main(["index", str(images), "--out", str(idx)]) == 0
+    assert "12 images, 0 skipped (built)" in capsys.readouterr().out
+    assert main(["index", str(images), "--out", str(idx)]) == 0  # again: nothing to embed
+    assert "updated: 0 added, 0 changed, 0 removed" in capsys.readouterr().out
+    assert main(["search", str(idx), "a red circle", "--k", "3", "--explain", str(overlays)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["rank", "logit", "path", "overlay"] and len(lines) == 4
+    written = sorted(overlays.glob("*.png"))
+    assert [line.split()[-1] for line in lines[1:]] == [str(p) for p in written]
+    assert all(Image.open(p).size == (64, 64) for p in written)  # over the original scene
+
+
+def test_index_and_search_bad_input_exit_2(tmp_path, capsys):
+    images = _scenes(tmp_path / "imgs", n=2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["index", str(empty), "--out", str(tmp_path / "idx")]) == 2
+    assert "holds no image files" in capsys.readouterr().err
+    assert main(["index", str(images), "--out", str(tmp_path / "idx")]) == 0
+    assert main(["index", str(empty), "--out", str(tmp_path / "idx")]) == 2
+    assert "holds an index of" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "idx"), "a red circle", "--model", "demo-siglip"]) == 2
+    assert "built with model demo" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "nothing"), "a red circle"]) == 2
+    assert main(["search", str(tmp_path / "idx"), "a red circle", "--explain", str(tmp_path / "o"),
+                 "--method", "magic"]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
