@@ -9,12 +9,7 @@ from captum.attr import LayerGradCam, LayerIntegratedGradients, NoiseTunnel, Sal
 import clipx
 from clipx import Explanation
 from floats import assert_float32_close
-
-CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
-
-
-def images(n=2, size=32, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+from test_explain import CAPTIONS, images
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +26,7 @@ def forward(model, captions):
 
 
 def test_saliency_equals_captum_summed_over_channels_and_patches(model):
-    px = images()
+    px = images(2)
     exp = clipx.explain(model, px, CAPTIONS, method=Saliency)
     saliency = Saliency(forward(model, CAPTIONS))
     assert exp.method == "captum.Saliency" and exp.text is None and exp.image.shape == (2, 3, 4, 4)
@@ -44,7 +39,7 @@ def test_saliency_equals_captum_summed_over_channels_and_patches(model):
 
 
 def test_layer_gradcam_on_the_patch_embedding_equals_captum(model):
-    px = images()
+    px = images(2)
     exp = clipx.explain(model, px, CAPTIONS, method=LayerGradCam, relu_attributions=True)
     gradcam = LayerGradCam(forward(model, CAPTIONS), model.vision.patch_embedding)
     for j in range(3):
@@ -54,7 +49,7 @@ def test_layer_gradcam_on_the_patch_embedding_equals_captum(model):
 
 def test_layer_integrated_gradients_with_a_baseline_per_image(model):
     """A baselines tensor of one image per image goes with that image for every caption."""
-    px, baselines = images(), images(seed=2) * 0.1
+    px, baselines = images(2), images(2, seed=2) * 0.1
     exp = clipx.explain(model, px, CAPTIONS[:2], method=LayerIntegratedGradients, baselines=baselines, n_steps=8)
     ig = LayerIntegratedGradients(forward(model, CAPTIONS[:2]), model.vision.patch_embedding)
     for j in range(2):

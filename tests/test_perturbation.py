@@ -8,13 +8,9 @@ import torch.nn.functional as F
 import clipx
 from conftest import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
+from test_explain import CAPTIONS, images
 
-CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
 FAST_RISE = {"n_masks": 40, "batch_size": 16}
-
-
-def images(n=3, size=32, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")

@@ -58,10 +58,9 @@ def baseline_images(pixel_values: torch.Tensor, baseline: str) -> torch.Tensor:
     return torch.cat([metrics.baseline_image(image[None], baseline) for image in pixel_values])
 
 
-def check_baseline(baseline: str) -> str:
+def check_baseline(baseline: str) -> None:
     if not isinstance(baseline, str) or baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(map(repr, BASELINES))}, got {baseline!r}")
-    return baseline
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -89,6 +88,6 @@ def perturbed_embeddings(x: Inputs, n: int, perturb: Callable[[torch.Tensor, tor
             row = [image_embeddings(x, image[None])]
             for start in range(0, n, batch_size):
                 row.append(image_embeddings(x, perturb(image, background, slice(start, min(start + batch_size, n)))))
+                bar.update(len(row[-1]) + (start == 0))
             rows.append(torch.cat(row))
-            bar.update(n + 1)
     return torch.stack(rows)

@@ -54,11 +54,11 @@ def rise(x: Inputs, n_masks: int = 1000, cell_size: int = 2, p: float = 0.5, see
         up = F.interpolate(cells[k], size=(rows * cell, cols * cell), mode="bilinear", align_corners=False)
         return torch.stack([m[:, dy:dy + height, dx:dx + width] for m, (dy, dx) in zip(up, shifts[k])])
 
-    def show(image: torch.Tensor, background: torch.Tensor, k: slice) -> torch.Tensor:
+    def masked(image: torch.Tensor, background: torch.Tensor, k: slice) -> torch.Tensor:
         m = masks(k)
         return m * image + (1 - m) * background
 
-    scores = Captions.encode(x).logits(perturbed_embeddings(x, n_masks, show, baseline, batch_size, progress, "rise"))
+    scores = Captions.encode(x).logits(perturbed_embeddings(x, n_masks, masked, baseline, batch_size, progress, "rise"))
     visible = torch.cat([F.avg_pool2d(masks(slice(s, s + batch_size))[..., :gh * patch, :gw * patch], patch)
                          .flatten(1) for s in range(0, n_masks, batch_size)])  # [n_masks, n_patches]
     image = torch.einsum("bmt,mp->btp", scores[:, 1:], visible) / (n_masks * p)
