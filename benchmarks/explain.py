@@ -3,7 +3,9 @@
     python benchmarks/explain.py [--images 8 --texts 8 --repeats 3]
 
 Prints seconds per call, per pair and the peak memory each call adds; then batched `relevance`
-against one call per pair, and against one plain forward + backward of the same batch.
+against one call per pair, and against one plain forward + backward of the same batch; then
+`occlusion` (every caption scored from one forward of each occluded image) against Captum's
+`Occlusion` called once per caption with the same windows and forward.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import clipx
 from common import VIT_B_32, captions, cpu_name, random_checkpoint, time_alternately
@@ -44,6 +47,40 @@ def peak_memory(fn) -> int:
     return peak[0]
 
 
+CHEAP = {"integrated_gradients": {"n_steps": 8}, "rise": {"n_masks": 64}}
+
+
+def occlusion_against_captum(model, px: torch.Tensor, texts: list[str], repeats: int) -> None:
+    """Occlusion of every 1-patch window, zero baseline: clipx for all captions at once, Captum's
+    Occlusion once per caption (its forward also scores the captions encoded once, and evaluates
+    as many occluded images per forward as clipx's default batch)."""
+    from captum.attr import Occlusion
+
+    tok = model.tokenize(texts)
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tok.input_ids, tok.attention_mask), dim=-1)
+    patch = model.vision.config.patch_size
+    occlusion = Occlusion(lambda x: F.normalize(model.encode_image(x), dim=-1) @ text.T * model.logit_scale.exp())
+    maps = {}
+
+    def clipx_all():
+        maps["clipx"] = clipx.explain(model, px, texts, method="occlusion").image
+
+    def captum_per_caption():
+        with torch.no_grad():
+            maps["captum"] = torch.stack([occlusion.attribute(
+                px, sliding_window_shapes=(3, patch, patch), strides=(3, patch, patch), baselines=0, target=j,
+                perturbations_per_eval=max(1, 64 // len(px)))[:, 0, ::patch, ::patch] for j in range(len(texts))], 1)
+
+    t = time_alternately({"clipx": clipx_all, "captum": captum_per_caption}, repeats)
+    n = len(px)
+    print(f"\nocclusion, {n} images x {len(texts)} captions, 1-patch windows: clipx {t['clipx']:.2f} s "
+          f"({n / t['clipx']:.2f} images/s), Captum's Occlusion per caption {t['captum']:.2f} s "
+          f"({n / t['captum']:.2f} images/s): {t['captum'] / t['clipx']:.1f}x faster; "
+          f"max |difference| {(maps['clipx'] - maps['captum']).abs().max():.2g} "
+          f"(largest map value {maps['captum'].abs().max():.3g})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=8)
@@ -62,11 +99,11 @@ def main() -> None:
     print("| method | s / call | ms / pair | peak memory added (MB) |")
     print("|---|---:|---:|---:|")
     for method in clipx.methods():
-        options = {"n_steps": 8} if method == "integrated_gradients" else {}
+        options = CHEAP.get(method, {})
         run = lambda: clipx.explain(model, px, texts, method=method, **options)  # noqa: E731
         seconds = time_alternately({method: run}, args.repeats)[method]
         memory = peak_memory(run) / 2 ** 20
-        label = method + (" (n_steps=8)" if options else "")
+        label = method + "".join(f" ({k}={v})" for k, v in options.items())
         print(f"| {label} | {seconds:.3f} | {1000 * seconds / pairs:.1f} | {memory:.0f} |", flush=True)
 
     tok = model.tokenize(texts)
@@ -88,6 +125,8 @@ def main() -> None:
         print(f"\nrelevance start_layer={start}: batched {t['batched']:.3f} s, {pairs} single-pair calls "
               f"{t['per pair']:.3f} s ({t['per pair'] / t['batched']:.1f}x faster batched); one plain forward + "
               f"backward {t['forward+backward']:.3f} s (batched relevance = {t['batched'] / t['forward+backward']:.2f}x it)")
+
+    occlusion_against_captum(model, px, texts, args.repeats)
 
 
 if __name__ == "__main__":

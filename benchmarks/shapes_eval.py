@@ -24,7 +24,8 @@ from clipx import metrics, shapes
 
 ROWS = [("relevance", {}), ("relevance (all layers)", {"start_layer": 0}), ("rollout", {}),
         ("attention", {}), ("gradcam", {}), ("legrad", {}), ("similarity", {}),
-        ("similarity (maskclip)", {"variant": "maskclip"}), ("integrated_gradients", {"n_steps": 16})]
+        ("similarity (maskclip)", {"variant": "maskclip"}), ("integrated_gradients", {"n_steps": 16}),
+        ("occlusion", {}), ("rise", {})]
 BASELINES = ("random map", "centre prior")
 
 

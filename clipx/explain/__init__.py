@@ -1,6 +1,6 @@
 """Explanation methods for CLIP, one file per family, all behind `explain(model, images, texts, method=...)`."""
 
-from . import attention, gradcam, integrated_gradients, legrad, relevance, rollout, similarity  # noqa: F401  (each registers its methods)
+from . import attention, gradcam, integrated_gradients, legrad, occlusion, relevance, rise, rollout, similarity  # noqa: F401  (each registers its methods)
 from .explanation import Explanation
 from .registry import Maps, explain, method_options, methods, register
 

@@ -46,30 +46,36 @@ def methods() -> list[str]:
 
 def method_options(name: str) -> dict[str, Any]:
     """A method's options and their defaults."""
-    return {p.name: p.default for p in list(inspect.signature(_method(name)).parameters.values())[1:]}
+    return _resolve(name)[2]
 
 
-def _method(name: str) -> Method:
-    if not isinstance(name, str):
-        raise TypeError(f"method must be a method's name (a str), got {type(name).__name__}; "
-                        f"clipx.methods() has: {', '.join(methods())}")
+def _resolve(method: Any) -> tuple[str, Method, dict[str, Any]]:
+    """(name, function, options and defaults) of a registered method's name or a Captum attribution class."""
+    if inspect.isclass(method):
+        from .captum_adapter import captum_method  # imported here: Captum costs `import clipx` half a second
+
+        return captum_method(method)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a method's name (a str) or a Captum attribution class, got "
+                        f"{type(method).__name__}; clipx.methods() has: {', '.join(methods())}")
     try:
-        return METHODS[name]
+        fn = METHODS[method]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; clipx.methods() has: {', '.join(methods())}") from None
+        raise ValueError(f"unknown method {method!r}; clipx.methods() has: {', '.join(methods())}") from None
+    return method, fn, {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
 
 
-def explain(model: CLIP, images: Any, texts: str | list[str], method: str = "relevance",
+def explain(model: CLIP, images: Any, texts: str | list[str], method: str | type = "relevance",
             **options: Any) -> Explanation:
-    """Explain every image against every caption with one method.
+    """Explain every image against every caption with one method: a registered method's name, or a
+    Captum attribution class (`captum.attr.Saliency`; its `attribute` options, see `captum_adapter`).
 
     images: PIL images, paths, arrays, or preprocessed pixel_values [B, 3, H, W] (another size
     than the model's runs with interpolated positions, for finer grids). texts: captions.
     Works whatever attention backend the model uses (the layers a method reads run eagerly for
     this call), inside `torch.no_grad()`, and leaves no hooks or gradients behind.
     """
-    fn = _method(method)
-    allowed = method_options(method)
+    method, fn, allowed = _resolve(method)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; "
