@@ -1,26 +1,37 @@
-"""Every explanation method scored against ground truth on fresh two-object shapes scenes, for each
-model side by side (by default both demo models: CLIP's architecture and SigLIP's).
+"""Every explanation method scored against ground truth on fresh shapes scenes, for each model side by
+side (by default both demo models: CLIP's architecture and SigLIP's), as a resumable run (`clipx.runs`).
 
     python benchmarks/shapes_eval.py [--scenes 200 --seed 10000 --models demo demo-siglip]
+        [--splits two three touching small same-colour same-shape] [--out DIR]
+    torchrun --standalone --nproc_per_node=2 benchmarks/shapes_eval.py --scenes 10000 --out DIR
 
-For each scene the caption names one of its two objects ("a red circle"); each method explains
-that pair. Localisation: pointing game (hit within 5% of the image size of the named object's
-mask), energy pointing game, discrimination (energy on the named object vs the other).
-Faithfulness: deletion and insertion AUC of the caption's logit (blur baseline; lower deletion
-and higher insertion are better). Two maps that know nothing give the floor: a random map and a
-centre prior.
+For each scene the caption names one of its objects ("a red circle"); each method explains that pair.
+Localisation: pointing game (hit within 5% of the image size of the named object's mask), energy
+pointing game, discrimination (energy on the named object vs another). Faithfulness: deletion and
+insertion AUC of the caption's logit (blur baseline; lower deletion and higher insertion are better).
+Two maps that know nothing give the floor: a random map and a centre prior.
+
+Splits: `two` (two objects apart, the full table), and harder ones scored by the pointing game: `three`
+(three objects), `touching` (three objects, each touching another), `small` (two objects of 8-10 px),
+`same-colour` / `same-shape` (three objects, the last repeating the named one's colour with another shape,
+or its shape in another colour: only the pair names the target). Every (split, scene) is an item of one
+run in `--out` (a temp folder if not given): killed, the same command resumes it; under torchrun each
+process scores its share and rank 0 prints the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import clipx
 from clipx import metrics, shapes
+from clipx.runs import run
 
 ROWS = [("relevance", {}), ("relevance (all layers)", {"start_layer": 0}), ("rollout", {}),
         ("attention", {}), ("gradcam", {}), ("legrad", {}), ("similarity", {}),
@@ -32,57 +43,98 @@ BASELINES = ("random map", "centre prior")
 COLUMNS = ["pointing", "energy", "discrimination", "deletion AUC", "insertion AUC"]
 
 
-def score(model, args) -> dict[str, dict[str, list[float]]]:
-    """Every method's and baseline's scores on the scenes, per column."""
-    generator = torch.Generator().manual_seed(args.seed)
-    results: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for k in tqdm(range(args.scenes), desc="scenes"):
-        scene = shapes.scene(seed=args.seed + k, n_objects=2)
-        target, other = scene.objects[k % 2], scene.objects[1 - k % 2]
-        caption = shapes.describe(target)
-        pixel_values = model.preprocess([scene.image])
-        logit = metrics.caption_logit(model, caption)
+SPLITS = {"two": dict(n_objects=2), "three": dict(n_objects=3), "touching": dict(n_objects=3, touching=True),
+          "small": dict(n_objects=2, min_size=0.0625, max_size=0.08),
+          "same-colour": dict(n_objects=3, distractor="colour"), "same-shape": dict(n_objects=3, distractor="shape")}
 
-        maps = {}
-        for name, options in ROWS:
-            method = name.split(" (")[0]
-            maps[name] = clipx.explain(model, [scene.image], [caption], method=method, **options).image[0, 0]
-        grid = maps["relevance"].shape
-        maps["random map"] = torch.rand(grid, generator=generator)
-        maps["centre prior"] = metrics.centre_prior(grid)
-        for name, saliency in maps.items():
-            row = results[name]
-            row["pointing"].append(float(metrics.pointing_game(saliency, target.mask)))
-            row["energy"].append(metrics.energy_pointing_game(saliency, target.mask))
-            row["discrimination"].append(metrics.discrimination(saliency, target.mask, other.mask))
+
+def scene_of(split: str, seed: int, k: int):
+    """The k-th scene of a split, its named object and another one (for a distractor split, the first
+    object and the one repeating its colour or shape)."""
+    options = SPLITS[split]
+    scene = shapes.scene(seed=seed + k, **options)
+    n = len(scene.objects)
+    if "distractor" in options:
+        return scene, scene.objects[0], scene.objects[-1]
+    return scene, scene.objects[k % n], scene.objects[(k + 1) % n]
+
+
+def score_scene(model, split: str, seed: int, k: int, curve_steps: int, full: bool) -> dict[str, torch.Tensor]:
+    """Every method's and baseline's scores on one scene, as {"method/column": value}; the curves only for
+    the full table (`full`)."""
+    scene, target, other = scene_of(split, seed, k)
+    caption = shapes.describe(target)
+    pixel_values = model.preprocess([scene.image])
+    logit = metrics.caption_logit(model, caption)
+    maps = {}
+    for name, options in ROWS:
+        method = name.split(" (")[0]
+        maps[name] = clipx.explain(model, [scene.image], [caption], method=method, **options).image[0, 0]
+    grid = maps["relevance"].shape
+    maps["random map"] = torch.rand(grid, generator=torch.Generator().manual_seed(seed + k))
+    maps["centre prior"] = metrics.centre_prior(grid)
+    scores = {}
+    for name, saliency in maps.items():
+        scores[f"{name}/pointing"] = float(metrics.pointing_game(saliency, target.mask))
+        if full:
+            scores[f"{name}/energy"] = metrics.energy_pointing_game(saliency, target.mask)
+            scores[f"{name}/discrimination"] = metrics.discrimination(saliency, target.mask, other.mask)
             with torch.no_grad():
-                row["deletion AUC"].append(metrics.deletion_curve(logit, pixel_values, saliency,
-                                                                  steps=args.curve_steps).auc)
-                row["insertion AUC"].append(metrics.insertion_curve(logit, pixel_values, saliency,
-                                                                    steps=args.curve_steps).auc)
-    return results
+                scores[f"{name}/deletion AUC"] = metrics.deletion_curve(logit, pixel_values, saliency,
+                                                                        steps=curve_steps).auc
+                scores[f"{name}/insertion AUC"] = metrics.insertion_curve(logit, pixel_values, saliency,
+                                                                          steps=curve_steps).auc
+    return {key: torch.tensor(float(value)) for key, value in scores.items()}
+
+
+def score(model, name: str, args, folder: Path) -> dict[str, dict[str, float]]:
+    """{split: {"method/column": mean over its scenes}}, the scenes run as one resumable run in `folder`."""
+    items = [[split, k] for split in args.splits for k in range(args.scenes)]
+    config = {"task": "shapes_eval", "model": name, "fingerprint": model.fingerprint(), "seed": args.seed,
+              "rows": [[n, o] for n, o in ROWS], "curve_steps": args.curve_steps}
+
+    def process(batch):
+        return [score_scene(model, split, args.seed, k, args.curve_steps, full=split == "two") for split, k in batch]
+
+    result = run(folder, items, process, config, shard_size=50, batch_size=1)
+    if result.errors:
+        raise RuntimeError(f"{len(result.errors)} scenes failed, the first: {result.errors[0]}")
+    sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (split, _), scores, _ in result.results():
+        for key, value in scores.items():
+            sums[split][key].append(float(value))
+    return {split: {key: sum(v) / len(v) for key, v in columns.items()} for split, columns in sums.items()}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--scenes", type=int, default=200)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", type=int, default=200, help="scenes per split")
     ap.add_argument("--seed", type=int, default=10_000, help="first scene seed (training never sees these)")
     ap.add_argument("--models", nargs="+", default=["demo", "demo-siglip"])
+    ap.add_argument("--splits", nargs="+", default=["two"], choices=list(SPLITS))
     ap.add_argument("--curve-steps", type=int, default=16)
+    ap.add_argument("--out", type=Path, help="run folder (one per model inside); rerun to resume")
     args = ap.parse_args()
 
-    results = {}
-    for name in args.models:
-        model = clipx.load(name)
-        results[name] = score(model, args)
-
-    print(f"\n{args.scenes} two-object scenes (seeds {args.seed}..{args.seed + args.scenes - 1}); "
-          f"each cell: {' / '.join(args.models)}\n")
-    print("| method | " + " | ".join(COLUMNS) + " |")
-    print("|---|" + "---:|" * len(COLUMNS))
-    for method in [n for n, _ in ROWS] + list(BASELINES):
-        cells = [" / ".join(f"{sum(results[m][method][c]) / len(results[m][method][c]):.3f}" for m in args.models)
-                 for c in COLUMNS]
+    with tempfile.TemporaryDirectory() as temp:
+        out = args.out or Path(temp)
+        results = {name: score(clipx.load(name), name, args, out / name.replace("/", "--")) for name in args.models}
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    rows = [n for n, _ in ROWS] + list(BASELINES)
+    models = " / ".join(args.models)
+    if "two" in args.splits:
+        print(f"\n{args.scenes} two-object scenes (seeds {args.seed}..{args.seed + args.scenes - 1}); each cell: {models}\n")
+        print("| method | " + " | ".join(COLUMNS) + " |")
+        print("|---|" + "---:|" * len(COLUMNS))
+        for method in rows:
+            cells = [" / ".join(f"{results[m]['two'][f'{method}/{c}']:.3f}" for m in args.models) for c in COLUMNS]
+            print(f"| {method} | " + " | ".join(cells) + " |")
+    print(f"\npointing game per split, {args.scenes} scenes each; each cell: {models}\n")
+    print("| method | " + " | ".join(args.splits) + " |")
+    print("|---|" + "---:|" * len(args.splits))
+    for method in rows:
+        cells = [" / ".join(f"{results[m][split][f'{method}/pointing']:.3f}" for m in args.models) for split in args.splits]
         print(f"| {method} | " + " | ".join(cells) + " |")
 
 
