@@ -65,13 +65,15 @@ def _resolve(method: Any) -> tuple[str, Method, dict[str, Any]]:
     return method, fn, {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
 
 
-def explain(model: CLIP, images: Any, texts: str | list[str], method: str | type = "relevance",
+def explain(model: CLIP, images: Any, texts: Any, method: str | type = "relevance",
             **options: Any) -> Explanation:
     """Explain every image against every caption with one method: a registered method's name, or a
     Captum attribution class (`captum.attr.Saliency`; its `attribute` options, see `captum_adapter`).
 
     images: PIL images, paths, arrays, or preprocessed pixel_values [B, 3, H, W] (another size
-    than the model's runs with interpolated positions, for finer grids). texts: captions.
+    than the model's runs with interpolated positions, for finer grids). texts: captions, or token ids
+    the caller made (an `Encoding`, or `{"input_ids": [T, L], "attention_mask": [T, L]}`; the text maps
+    then keep those positions, and a model without a tokenizer explains them too).
     Works whatever attention backend the model uses (the layers a method reads run eagerly for
     this call), inside `torch.no_grad()`, and leaves no hooks or gradients behind.
     """
@@ -80,32 +82,72 @@ def explain(model: CLIP, images: Any, texts: str | list[str], method: str | type
     if unknown:
         raise TypeError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; "
                         f"its options are: {', '.join(f'{k}={v!r}' for k, v in allowed.items()) or 'none'}")
+    token_inputs = _token_inputs(model, texts)
     with torch.inference_mode(False):  # inputs made here are normal tensors autograd can save
-        inputs = _prepare(model, images, texts)
+        inputs = _prepare(model, images, texts, token_inputs)
         maps = fn(inputs, **options)
     tok, content = model.tokenizer, inputs.content_mask
     tokens = (tok.tokens(inputs.input_ids, content) if tok is not None
               else [[str(i) for i in row[m.bool()].tolist()] for row, m in zip(inputs.input_ids, content)])
+    text = maps.text
+    if text is not None and token_inputs is None:  # token ids the caller made keep the caller's positions
+        text = _caption_first(text, content)
     return Explanation(
-        image=maps.image, text=None if maps.text is None else _caption_first(maps.text, content), scores=maps.scores.detach(), tokens=tokens, texts=inputs.texts,
+        image=maps.image, text=text, scores=maps.scores.detach(), tokens=tokens, texts=inputs.texts,
         method=method, options={**allowed, **options}, images=_display(model, inputs.pixel_values),
         token_maps=maps.token_maps, crop_boxes=inputs.crop_boxes, image_sizes=inputs.image_sizes)
 
 
-def _prepare(model: CLIP, images: Any, texts: str | list[str]) -> Inputs:
+def _token_inputs(model: CLIP, texts: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(input_ids, attention_mask, content mask) where `texts` holds token ids the caller made (an
+    `Encoding`, or a mapping with input_ids and optionally attention_mask), checked against the model; None
+    for captions."""
+    if isinstance(texts, str) or not hasattr(texts, "keys") or "input_ids" not in texts.keys():
+        return None
+    model._tower("text")
+    ids = texts["input_ids"]
+    mask = texts["attention_mask"] if "attention_mask" in texts.keys() else None
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor [n_texts, length], got {ids!r:.80}")
+    ids = ids[None] if ids.ndim == 1 else ids
+    vocab, length = model.text.token_embedding.num_embeddings, model.text.config.max_position_embeddings
+    if ids.ndim != 2 or 0 in ids.shape:
+        raise ValueError(f"input_ids must be [n_texts, length], got shape {tuple(ids.shape)}")
+    if ids.shape[1] > length or int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise ValueError(f"input_ids must be ids in [0, {vocab}) at most {length} long (this text tower's "
+                         f"vocabulary and positions), got shape {tuple(ids.shape)}, ids {int(ids.min())}..{int(ids.max())}")
+    mask = torch.ones_like(ids) if mask is None else (mask[None] if mask.ndim == 1 else mask)
+    if mask.shape != ids.shape or not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"attention_mask must be 0s and 1s shaped like input_ids {tuple(ids.shape)}, "
+                         f"got shape {tuple(mask.shape)}")
+    content = getattr(texts, "content_mask", None)
+    device = model.text.token_embedding.weight.device
+    ids, mask = ids.long().to(device), mask.long().to(device)
+    return ids, mask, mask if content is None else content.to(device)
+
+
+def _prepare(model: CLIP, images: Any, texts: Any,
+             token_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> Inputs:
     model._tower("vision"), model._tower("text")  # both towers, or a clear error naming the missing one
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ValueError("no texts to explain: got an empty list")
+    if token_inputs is None:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("no texts to explain: got an empty list")
+        tok = model.tokenize(texts)
+        input_ids, attention_mask = tok.input_ids, tok.attention_mask
+        content = tok.attention_mask if tok.content_mask is None else tok.content_mask
+    else:
+        input_ids, attention_mask, content = token_inputs
+        tokenizer = model.tokenizer
+        texts = [tokenizer.decode(row[m.bool()]) if tokenizer is not None else f"input_ids[{j}]"
+                 for j, (row, m) in enumerate(zip(input_ids, content))]
     pixel_values, sizes = prepare_images(model, images)
     processor = model.processor
     crop_boxes = None
     if sizes is not None and all(s is not None for s in sizes) and processor is not None:
         crop_boxes = [processor.crop_box(*s) for s in sizes]
-    tok = model.tokenize(texts)
     size = model.vision.config.image_size
-    content = tok.attention_mask if tok.content_mask is None else tok.content_mask
-    return Inputs(model, pixel_values, tok.input_ids, tok.attention_mask, texts, content,
+    return Inputs(model, pixel_values, input_ids, attention_mask, texts, content,
                   crop_boxes, sizes if crop_boxes else None,
                   interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (size, size))
 
