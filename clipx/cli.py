@@ -59,8 +59,9 @@ def explain(args: argparse.Namespace) -> None:
 def explain_folder(args: argparse.Namespace) -> None:
     """Every image of a folder, as a resumable run of shards in --out (the same command resumes it; under
     torchrun each process takes its share)."""
-    from .explain_run import explain_dataset, image_files
+    from .explain_run import explain_dataset
     from .loading import load
+    from .processing import image_files
 
     image_files(args.image)  # a folder without images fails before the model loads
     result = explain_dataset(load(args.model), args.image, args.out, args.captions, method=args.method,

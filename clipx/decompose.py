@@ -24,6 +24,7 @@ import torch
 
 from .explain.registry import prepare_images
 from .model import CLIP, Tower, _describe, _normalize
+from .text_embeddings import embed_texts, scores
 
 _BLOCK = re.compile(r"^(\w+\.blocks\.\d+)\.")
 
@@ -100,6 +101,21 @@ class Decomposition(Parts):
         same model, e.g. of a dataset; by default these items), every other part as it was, so later layers
         still saw the clean values. Summed, the embedding as if the parts wrote nothing (or their mean)
         straight to the readout; `.logits` scores it as the model scores an embedding."""
+        index, replacement = self._replacement(parts, mode, reference)
+        values = self.values.clone()
+        values[:, index] = replacement
+        return Decomposition(values, list(self.labels))
+
+    def ablated_total(self, parts: str | list[str], mode: str = "mean",
+                      reference: Decomposition | None = None) -> torch.Tensor:
+        """`ablated(parts, mode, reference).total()`, [n_items, dim], without copying every part (a sweep
+        takes one per head)."""
+        index, replacement = self._replacement(parts, mode, reference)
+        return self.total() - self.values[:, index].sum(1) + replacement.sum(0)
+
+    def _replacement(self, parts: str | list[str], mode: str,
+                     reference: Decomposition | None) -> tuple[list[int], torch.Tensor]:
+        """The parts' indices and what replaces them, [n_parts, dim] (the same for every item)."""
         parts = [parts] if isinstance(parts, str) else list(parts)
         unknown = [p for p in parts if p not in self.labels]
         if unknown or not parts:
@@ -111,16 +127,15 @@ class Decomposition(Parts):
         if reference.labels != self.labels:
             raise ValueError("the reference decomposition has other parts: decompose the reference with the same model")
         index = [self.labels.index(p) for p in parts]
-        values = self.values.clone()
-        values[:, index] = 0 if mode == "zero" else reference.values[:, index].mean(0)
-        return Decomposition(values, list(self.labels))
+        mean = reference.values[:, index].mean(0)
+        return index, torch.zeros_like(mean) if mode == "zero" else mean
 
     def logits(self, model: CLIP, texts: str | list[str] | torch.Tensor) -> DirectLogits:
         """Each part's direct contribution to the logits against `texts` (captions, or text embeddings
         [n_texts, dim]): exp(scale) * <part, t / |t|> / |e|, with the image embedding's norm |e| fixed at the
         full embedding's (as the LayerNorm scale is); a model with a logit bias gets it as a part `logit_bias`.
         Summed over parts: `model(...).logits_per_image`."""
-        text = _normalize(text_embeds(model, texts)).to(self.values.dtype)
+        text = text_embeds(model, texts).to(self.values.dtype)
         if text.shape[-1] != self.values.shape[-1]:
             raise ValueError(f"text embeddings are {text.shape[-1]}-dimensional but these parts are "
                              f"{self.values.shape[-1]}-dimensional: pass the same model's captions or embeddings")
@@ -164,15 +179,14 @@ def logit_lens(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor) 
     texts: captions, or text embeddings [n_texts, dim]."""
     tower = model._tower("vision")
     pixel_values, _ = prepare_images(model, images)
-    text = _normalize(text_embeds(model, texts))
+    text = text_embeds(model, texts)
     names = ["vision.blocks.0.hook_resid_pre"]
     names += [f"vision.blocks.{i}.hook_resid_post" for i in range(len(tower.blocks))]
     with torch.no_grad():
         with model.recording(names) as cache:
             encode_images(model, pixel_values)
         embeds = torch.stack([tower.project(tower.pool(cache[name])[1]) for name in names])
-        logits = _normalize(embeds) @ text.T * model.logit_scale.exp()
-        return logits if model.logit_bias is None else logits + model.logit_bias
+        return scores(model, _normalize(embeds), text)
 
 
 def encode_images(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -182,15 +196,14 @@ def encode_images(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def text_embeds(model: CLIP, texts: str | list[str] | torch.Tensor) -> torch.Tensor:
-    """Captions -> their embeddings [n_texts, dim]; embeddings (a float tensor [n_texts, dim]) as they are."""
+    """Unit text embeddings [n_texts, dim]: of captions (encoded in batches), or of embeddings given as a
+    float tensor [n_texts, dim]."""
     if isinstance(texts, torch.Tensor):
         if not texts.is_floating_point() or texts.ndim != 2 or 0 in texts.shape:
             raise ValueError(f"text embeddings must be a float tensor [n_texts, dim], got {_describe(texts)}; "
                              "or pass the captions")
-        return texts.detach().float()
-    enc = model.tokenize(_texts(texts))
-    with torch.no_grad():
-        return model.encode_text(enc.input_ids, enc.attention_mask).float()
+        return _normalize(texts.detach().float())
+    return embed_texts(model, _texts(texts))
 
 
 def _texts(texts: str | list[str]) -> list[str]:

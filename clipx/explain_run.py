@@ -16,22 +16,16 @@ from PIL import Image
 
 from .explain import explain
 from .model import CLIP
-from .processing import open_image
+from .processing import image_files, open_image
 from .runs import RunResult, run
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 Captions = Sequence[str] | Callable[[str], "str | Sequence[str]"]
 
 
-def image_files(images: str | Path | Sequence[str | Path]) -> list[str]:
-    """A folder -> its image files (by suffix, recursively, sorted); a list of paths as given."""
-    if isinstance(images, (str, Path)) and Path(images).is_dir():
-        found = sorted(str(p) for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            raise ValueError(f"{images} holds no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        return found
+def _paths(images: str | Path | Sequence[str | Path]) -> list[str]:
+    """A folder -> its image files (`processing.image_files`); a list of paths as given."""
     if isinstance(images, (str, Path)):
-        raise ValueError(f"{images} is not a folder: pass a folder or a list of image paths")
+        return [str(p) for p in image_files(images)]
     found = [str(p) for p in images]
     if not found:
         raise ValueError("no images given: got an empty list")
@@ -45,7 +39,7 @@ def explain_dataset(model: CLIP, images: str | Path | Sequence[str | Path], fold
     `clipx.runs.run`: resumable, and split across ranks under torchrun). Each item's result: `image`
     [n_captions, grid_h, grid_w], `scores` [n_captions], `text` [n_captions, L] where the method gives one,
     and `captions`. Read back with `RunResult(folder)`."""
-    paths = image_files(images)
+    paths = _paths(images)
     if callable(captions):
         described = f"function {getattr(captions, '__module__', '?')}.{getattr(captions, '__qualname__', repr(captions))}"
         caption_for = captions

@@ -59,6 +59,19 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def write_json(data: Any, path: str | Path, indent: int | None = None) -> None:
+    """`data` as JSON at `path`, appearing under its name only once complete (temp file + os.replace), so a
+    crash mid-write never leaves a truncated file that a reader would take for the whole."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        temp.write_text(json.dumps(data, indent=indent), encoding="utf-8")
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
                      metadata: dict[str, str] | None = None) -> None:
     """`safetensors.torch.save_file`, then the mode a plain `open(path, "w")` gives: a new file's

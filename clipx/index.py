@@ -8,7 +8,6 @@ which files changed or vanished since and `update()` re-embeds only those (and n
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -17,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from .explain import Explanation, explain
-from .files import read_json, save_safetensors
+from .files import read_json, save_safetensors, write_json
 from .model import CLIP, _caller_level
-from .processing import open_image
+from .processing import image_files, open_image
 from .text_embeddings import embed_images, embed_texts, explain_embedding, scores
 
 FORMAT = 1
@@ -128,14 +126,7 @@ class Index:
     def _listed(self) -> list[Path]:
         if isinstance(self.source, list):
             return [Path(p) for p in self.source]
-        folder = Path(self.source)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no such folder: {folder}")
-        extensions = Image.registered_extensions()
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file())
-        if not found:
-            raise ValueError(f"{folder} holds no image files (none with an extension PIL reads, such as .png or .jpg)")
-        return found
+        return image_files(self.source)
 
     def update(self, batch_size: int = 64, progress: bool = True) -> dict[str, list[str]]:
         """Bring the index up to date with its source: embed new and changed files (size or mtime differ),
@@ -228,9 +219,7 @@ class Index:
                     "dim": self.embeddings.shape[1], "source": self.source,
                     "files": [[f.path, f.size, f.mtime_ns] for f in self.files],
                     "skipped": [list(s) for s in self.skipped]}
-        temp = folder / f".{MANIFEST}.tmp"
-        temp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        os.replace(temp, folder / MANIFEST)
+        write_json(manifest, folder / MANIFEST, indent=1)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model: CLIP | None = None, model_name: str | None = None,

@@ -254,6 +254,19 @@ def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
         return ImageOps.exif_transpose(f).convert("RGB")
 
 
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of `folder` and its subfolders whose extension PIL reads, sorted; an error for a folder
+    that does not exist or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    extensions = Image.registered_extensions()
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+    if not found:
+        raise ValueError(f"{folder} holds no image files (none with an extension PIL reads, such as .png or .jpg)")
+    return found
+
+
 def image_size(path: str | os.PathLike, name: str | None = None) -> tuple[int, int]:
     """(width, height) of `open_image(path)`, read from the header and EXIF where the format allows."""
     with _reading(path, name) as f:

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError
-from .files import read_json, save_safetensors
+from .files import read_json, save_safetensors, write_json
 
 VERSION = 1
 Result = dict[str, Any]  # tensors, and JSON values
@@ -162,12 +162,10 @@ def _start(folder: Path, manifest: Manifest) -> None:
     if (folder / "manifest.json").is_file():
         _check_same(folder, manifest)
         return
-    if folder.is_dir() and any(folder.iterdir()):
+    if folder.is_dir() and any(not p.name.endswith(".tmp") for p in folder.iterdir()):  # a killed start's temp
         raise ValueError(f"{folder} is not empty and holds no run manifest: pick an empty or new folder")
     folder.mkdir(parents=True, exist_ok=True)
-    temp = folder / f".manifest.json.{os.getpid()}.tmp"
-    temp.write_text(json.dumps(manifest.to_json()), encoding="utf-8")
-    os.replace(temp, folder / "manifest.json")
+    write_json(manifest.to_json(), folder / "manifest.json")
 
 
 def _check_same(folder: Path, manifest: Manifest) -> None:

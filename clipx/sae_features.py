@@ -78,7 +78,7 @@ def readout_directions(model: CLIP, sae: SparseAutoencoder) -> torch.Tensor:
 
 def caption_similarity(model: CLIP, sae: SparseAutoencoder, captions: str | list[str]) -> torch.Tensor:
     """Cosine of each feature's readout direction with each caption's embedding: [d_sae, n_captions]."""
-    return _normalize(readout_directions(model, sae)) @ _normalize(text_embeds(model, captions)).T
+    return _normalize(readout_directions(model, sae)) @ text_embeds(model, captions).T
 
 
 def nearest_captions(model: CLIP, sae: SparseAutoencoder, feature: int, captions: list[str],

@@ -21,6 +21,7 @@ from .ablation import ablate, patch, run_inputs
 from .decompose import decompose, encode_images, text_embeds
 from .explain.registry import prepare_images
 from .model import CLIP, _normalize
+from .text_embeddings import scores
 
 EFFECTS = ("total", "direct")
 
@@ -83,15 +84,15 @@ def sweep_heads(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor,
         raise ValueError("the direct effect takes mode 'zero' or 'mean'; resample-ablation is a total effect")
     pixel_values, _ = prepare_images(model, images)
     reference_pixels = pixel_values if reference is None else run_inputs(model, reference)["pixel_values"]
-    text = _normalize(text_embeds(model, texts))
+    text = text_embeds(model, texts)
     blocks = model._tower("vision").blocks
     labels = [f"vision.blocks.{layer}.attn.head.{h}" for layer in range(len(blocks)) for h in range(blocks[0].attn.num_heads)]
 
     if effect == "direct":
         parts = decompose(model, pixel_values)
         reference_parts = parts if reference is None else decompose(model, reference_pixels)
-        clean = parts.logits(model, text).total()
-        ablated = (parts.ablated(label, mode, reference_parts).logits(model, text).total()
+        clean = scores(model, _normalize(parts.total()), text)
+        ablated = (scores(model, _normalize(parts.ablated_total(label, mode, reference_parts)), text)
                    for label in tqdm(labels, desc="heads", disable=not progress))
     else:
         clean = image_logits(model, pixel_values, text)
@@ -117,17 +118,16 @@ def patching_effect(model: CLIP, parts: str | list[str], source: Any, target: An
     what they wrote for the source image (one source, or one per target; see `clipx.patch`). texts:
     captions or text embeddings. Positive: the source's parts push the caption up in the target's run."""
     pixel_values, _ = prepare_images(model, target)
-    text = _normalize(text_embeds(model, texts))
+    text = text_embeds(model, texts)
     with patch(model, parts, source):
         patched = image_logits(model, pixel_values, text)
     return patched - image_logits(model, pixel_values, text)
 
 
 def image_logits(model: CLIP, pixel_values: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """logits_per_image against normalised text embeddings, as the model scores them."""
+    """logits_per_image against unit text embeddings, as the model scores them."""
     with torch.no_grad():
-        logits = _normalize(encode_images(model, pixel_values).float()) @ text.T * model.logit_scale.exp().float()
-    return logits if model.logit_bias is None else logits + model.logit_bias.float()
+        return scores(model, _normalize(encode_images(model, pixel_values).float()), text)
 
 
 def _targets(targets: Any, clean: torch.Tensor) -> torch.Tensor:
