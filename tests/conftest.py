@@ -75,13 +75,13 @@ def tiny_model(tiny_checkpoint):
 BATCHING_RTOL = {"gradcam": 1e-4}
 
 
-def check_batched_equals_single(model, pixel_values, captions, method: str):
+def check_batched_equals_single(model, pixel_values, captions, method: str, **options):
     """Explain all pairs in one call, then three pairs one at a time: the same maps and scores (text maps
     up to the single caption's own padding, past which the batch gives nothing). Returns the batch's."""
     import clipx
     from floats import FLOAT32_RTOL, assert_float32_close
 
-    exp = clipx.explain(model, pixel_values, captions, method=method)
+    exp = clipx.explain(model, pixel_values, captions, method=method, **options)
     n_images, n_texts = pixel_values.shape[0], len(captions)
     assert exp.scores.shape == (n_images, n_texts) and exp.image.shape[:2] == (n_images, n_texts)
     assert torch.isfinite(exp.image).all()
@@ -90,7 +90,7 @@ def check_batched_equals_single(model, pixel_values, captions, method: str):
         assert exp.text.shape == (n_images, n_texts, length) and torch.isfinite(exp.text).all()
     rtol = BATCHING_RTOL.get(method, FLOAT32_RTOL)
     for i, j in [(0, 0), (1, 2), (2, 1)]:
-        single = clipx.explain(model, pixel_values[i:i + 1], [captions[j]], method=method)
+        single = clipx.explain(model, pixel_values[i:i + 1], [captions[j]], method=method, **options)
         assert_float32_close(single.image[0, 0], exp.image[i, j], rtol)
         assert_float32_close(single.scores[0, 0], exp.scores[i, j])
         if exp.text is not None:
@@ -100,17 +100,17 @@ def check_batched_equals_single(model, pixel_values, captions, method: str):
     return exp
 
 
-def map_change_after_rerandomising(model, pixel_values, captions, method: str) -> float:
+def map_change_after_rerandomising(model, pixel_values, captions, method: str, **options) -> float:
     """The sanity check of Adebayo et al. (2018): the largest change in `method`'s image maps when the
     last vision block's weights are re-randomised (in place: pass a model of the test's own)."""
     import clipx
 
-    before = clipx.explain(model, pixel_values, captions, method=method).image
+    before = clipx.explain(model, pixel_values, captions, method=method, **options).image
     torch.manual_seed(7)
     with torch.no_grad():
         for p in model.vision.blocks[-1].parameters():
             p.copy_(torch.randn_like(p) * p.std().clamp(min=0.05))
-    after = clipx.explain(model, pixel_values, captions, method=method).image
+    after = clipx.explain(model, pixel_values, captions, method=method, **options).image
     return float((before - after).abs().max())
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..high_norm import check_ratio, keep_keys, resid_names
 from ..hooks import Cache
 from ..model import CLIP, CLIPOutput
 
@@ -66,6 +67,18 @@ class Inputs:
                              f"(use 0..{n - 1}, or -1..-{n} from the end)")
         return range(start, n)
 
+    def keep_keys(self, cache: Cache, exclude_high_norm: float | None) -> torch.Tensor | None:
+        """[B, n] 1 for the vision tokens kept as attention keys, 0 for high-norm patches (`clipx.high_norm`);
+        None where `exclude_high_norm` is None. `cache` holds `high_norm_names(exclude_high_norm)`."""
+        return keep_keys(self.model, cache, exclude_high_norm)
+
+    def high_norm_names(self, exclude_high_norm: float | None) -> list[str]:
+        """The hook points the high-norm detector reads, where the option asks for it (checked before a run)."""
+        if exclude_high_norm is None:
+            return []
+        check_ratio(exclude_high_norm, "exclude_high_norm")
+        return resid_names(self.model)
+
     def run(self, names: Sequence[str] = (), requires_grad: bool = False) -> tuple[CLIPOutput, Cache]:
         """One forward of all images and all captions, recording `names`."""
         with torch.set_grad_enabled(requires_grad), self.model.recording(list(names), requires_grad) as cache:
@@ -110,6 +123,13 @@ def per_image(logits: torch.Tensor, tensors: list[torch.Tensor],
                         for i in range(logits.shape[0])], dim=0)
 
 
+def drop_keys(pattern: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """[B, ..., n] attention (or relevance) over keys, with the keys `keep` [B, n] marks 0 set to 0."""
+    if keep is None:
+        return pattern
+    return pattern * keep.view(keep.shape[0], *([1] * (pattern.dim() - 2)), keep.shape[1])
+
+
 def pattern_names(tower: str, layers: range) -> list[str]:
     return [f"{tower}.blocks.{i}.attn.hook_pattern" for i in layers]
 
@@ -129,18 +149,22 @@ def image_rows(x: Inputs, matrix: torch.Tensor, readout: torch.Tensor | None = N
     return rows[:, x.prefix:]
 
 
-def probe_weights(x: Inputs, cache: Cache) -> torch.Tensor | None:
-    """The pooling head's attention over the tokens, mean over its heads, [B, n]; None for a class token."""
+def probe_weights(x: Inputs, cache: Cache, keep: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The pooling head's attention over the tokens (the keys `keep` marks 0 dropped), mean over its heads,
+    [B, n]; None for a class token."""
     if not x.readout_names:
         return None
-    return cache[x.readout_names[0]].mean(1)[:, 0]
+    return drop_keys(cache[x.readout_names[0]].mean(1)[:, 0], keep)
 
 
-def pooled_rows(x: Inputs, vision: torch.Tensor, text: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_rows(x: Inputs, vision: torch.Tensor, text: torch.Tensor, cache: Cache,
+                keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps read off [B, n, n] vision and [T, L, L] text matrices without gradients, so the same for
     every caption (image map: the readout's row over the patches) and every image (text map: the
-    pooled position's row) -> [B, T, grid_h, grid_w] and [B, T, L]. `cache` holds `x.readout_names`."""
+    pooled position's row) -> [B, T, grid_h, grid_w] and [B, T, L]. `cache` holds `x.readout_names`;
+    `keep` [B, n]: the vision keys kept (see `drop_keys`)."""
     n_images, n_texts = vision.shape[0], text.shape[0]
-    image = x.patch_grid(image_rows(x, vision, probe_weights(x, cache)))[:, None].expand(-1, n_texts, -1, -1)
+    readout = probe_weights(x, cache, keep)
+    image = x.patch_grid(image_rows(x, vision, readout))[:, None].expand(-1, n_texts, -1, -1)
     text_map = text_rows(text, x.pooled_positions)[None].expand(n_images, -1, -1)
     return image.contiguous(), text_map.contiguous()

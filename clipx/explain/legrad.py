@@ -4,7 +4,8 @@ Feature Formation Sensitivity", 2024), as in WalBouss/LeGrad's CLIP wrapper.
 For each layer l from `start_layer` on: layer l's output tokens read out as an image embedding
 (`layer_embedding`), its cosine with the caption embedding s_l; the ReLU of ds_l / dA_l (A_l that
 layer's attention pattern), averaged over heads and query rows, prefix keys (a class token)
-dropped. The maps of the layers are summed, then min-max normalised per pair. Image only.
+dropped. The maps of the layers are summed, then min-max normalised per pair. Image only. `exclude_high_norm=ratio` drops the high-norm patches
+(`clipx.high_norm`) as keys: they get 0 before the normalisation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import VisionTower
-from .core import Inputs, per_caption
+from .core import Inputs, drop_keys, per_caption
 from .registry import Maps, register
 
 
@@ -26,10 +27,11 @@ def layer_embedding(vision: VisionTower, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @register("legrad")
-def legrad(x: Inputs, start_layer: int = -2) -> Maps:
+def legrad(x: Inputs, start_layer: int = -2, exclude_high_norm: float | None = None) -> Maps:
     layers = x.layers("vision", start_layer)
     names = [f"vision.blocks.{i}.{h}" for i in layers for h in ("attn.hook_pattern", "hook_resid_post")]
-    out, cache = x.run(names, requires_grad=True)
+    out, cache = x.run(list(dict.fromkeys(names + x.high_norm_names(exclude_high_norm))), requires_grad=True)
+    keep = x.keep_keys(cache, exclude_high_norm)
     vision = x.model.vision
     total = 0
     for i in layers:
@@ -38,7 +40,7 @@ def legrad(x: Inputs, start_layer: int = -2) -> Maps:
         feature = F.normalize(layer_embedding(vision, tokens), dim=-1)
         similarity = feature @ out.text_embeds.T  # [n_images, n_texts]
         total = total + per_caption(similarity, [pattern],
-                                    lambda g: g[0].clamp(min=0).mean(1).mean(1)[:, x.prefix:])
+                                    lambda g: drop_keys(g[0].clamp(min=0).mean(1).mean(1), keep)[:, x.prefix:])
     low = total.amin(-1, keepdim=True)
     span = (total.amax(-1, keepdim=True) - low).clamp(min=1e-12)
     return Maps(out.logits_per_image.detach(), x.patch_grid((total - low) / span))

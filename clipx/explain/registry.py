@@ -16,6 +16,7 @@ from ..model import CLIP
 from ..processing import check_pixel_values, image_size
 from .core import Inputs
 from .explanation import Explanation
+from .neutral import subtract_neutral, with_neutral
 
 
 @dataclass
@@ -30,11 +31,15 @@ class Maps:
 
 Method = Callable[..., Maps]
 METHODS: dict[str, Method] = {}
+# methods whose image map is the same for every caption (no gradient, no caption in it)
+CAPTION_BLIND: set[str] = set()
 
 
-def register(name: str) -> Callable[[Method], Method]:
+def register(name: str, caption_blind: bool = False) -> Callable[[Method], Method]:
     def add(fn: Method) -> Method:
         METHODS[name] = fn
+        if caption_blind:
+            CAPTION_BLIND.add(name)
         return fn
     return add
 
@@ -66,7 +71,7 @@ def _resolve(method: Any) -> tuple[str, Method, dict[str, Any]]:
 
 
 def explain(model: CLIP, images: Any, texts: Any, method: str | type = "relevance",
-            **options: Any) -> Explanation:
+            neutral: str | None = None, **options: Any) -> Explanation:
     """Explain every image against every caption with one method: a registered method's name, or a
     Captum attribution class (`captum.attr.Saliency`; its `attribute` options, see `captum_adapter`).
 
@@ -74,6 +79,9 @@ def explain(model: CLIP, images: Any, texts: Any, method: str | type = "relevanc
     than the model's runs with interpolated positions, for finer grids). texts: captions, or token ids
     the caller made (an `Encoding`, or `{"input_ids": [T, L], "attention_mask": [T, L]}`; the text maps
     then keep those positions, and a model without a tokenizer explains them too).
+    neutral: a caption whose image map is subtracted from every caption's (`neutral.py`: what the
+    maps of all captions share, high-norm background patches among it, cancels), for the methods
+    whose map depends on the caption.
     Works whatever attention backend the model uses (the layers a method reads run eagerly for
     this call), inside `torch.no_grad()`, and leaves no hooks or gradients behind.
     """
@@ -83,18 +91,25 @@ def explain(model: CLIP, images: Any, texts: Any, method: str | type = "relevanc
         raise TypeError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; "
                         f"its options are: {', '.join(f'{k}={v!r}' for k, v in allowed.items()) or 'none'}")
     token_inputs = _token_inputs(model, texts)
+    if neutral is not None:
+        texts = with_neutral(method, texts, neutral, token_inputs is not None, CAPTION_BLIND)
     with torch.inference_mode(False):  # inputs made here are normal tensors autograd can save
         inputs = _prepare(model, images, texts, token_inputs)
         maps = fn(inputs, **options)
+    if neutral is not None:
+        inputs, maps = subtract_neutral(inputs, maps)
     tok, content = model.tokenizer, inputs.content_mask
     tokens = (tok.tokens(inputs.input_ids, content) if tok is not None
               else [[str(i) for i in row[m.bool()].tolist()] for row, m in zip(inputs.input_ids, content)])
     text = maps.text
     if text is not None and token_inputs is None:  # token ids the caller made keep the caller's positions
         text = _caption_first(text, content)
+        if neutral is not None:  # a longer neutral caption padded the captions further: not theirs
+            text = text[..., :model.tokenize(inputs.texts).input_ids.shape[1]]
     return Explanation(
         image=maps.image, text=text, scores=maps.scores.detach(), tokens=tokens, texts=inputs.texts,
-        method=method, options={**allowed, **options}, images=_display(model, inputs.pixel_values),
+        method=method, options={**allowed, **options, **({"neutral": neutral} if neutral is not None else {})},
+        images=_display(model, inputs.pixel_values),
         token_maps=maps.token_maps, crop_boxes=inputs.crop_boxes, image_sizes=inputs.image_sizes)
 
 

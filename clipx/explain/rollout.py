@@ -5,14 +5,15 @@ renormalised to sum to one; the product of these matrices from `start_layer` to 
 says how much each input token flows into each output token. Image map: the class token's row
 over the patches (for an attention-pooling head, the probe's weights over the tokens times the
 matrix); text map: the pooled token's row over the tokens. No gradients: the same map for every
-caption (image) and every image (text).
+caption (image) and every image (text). `exclude_high_norm=ratio` drops the high-norm patches
+(`clipx.high_norm`) as keys in every layer before the rows are renormalised: no flow reaches them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .core import Inputs, pattern_names, pooled_rows
+from .core import Inputs, drop_keys, pattern_names, pooled_rows
 from .registry import Maps, register
 
 
@@ -26,12 +27,13 @@ def rollout_matrix(patterns: list[torch.Tensor]) -> torch.Tensor:
     return result
 
 
-@register("rollout")
-def rollout(x: Inputs, start_layer: int = 0) -> Maps:
+@register("rollout", caption_blind=True)
+def rollout(x: Inputs, start_layer: int = 0, exclude_high_norm: float | None = None) -> Maps:
     v_names = pattern_names("vision", x.layers("vision", start_layer))
     t_names = pattern_names("text", x.layers("text", start_layer))
     with torch.no_grad():
-        out, cache = x.run(v_names + t_names + x.readout_names)
-    image, text = pooled_rows(x, rollout_matrix([cache[n] for n in v_names]),
-                              rollout_matrix([cache[n] for n in t_names]), cache)
+        out, cache = x.run(v_names + t_names + x.readout_names + x.high_norm_names(exclude_high_norm))
+    keep = x.keep_keys(cache, exclude_high_norm)
+    image, text = pooled_rows(x, rollout_matrix([drop_keys(cache[n], keep) for n in v_names]),
+                              rollout_matrix([cache[n] for n in t_names]), cache, keep)
     return Maps(out.logits_per_image, image, text)
