@@ -28,12 +28,12 @@ __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "Chec
            "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "Hit", "Hits", "HookPoint", "Index",
            "RunResult", "SAEConfig", "SparseAutoencoder", "TextConfig", "TowerOutput", "VisionConfig", "ZeroShot",
            "ablate", "ablate_heads", "attach_sae", "decompose", "decompose_text", "describe_heads", "explain",
-           "explain_dataset", "load", "logit_lens", "methods", "metrics", "patch", "patching_effect", "splice_effect",
-           "sweep_heads", "templates", "train_sae", "views", "zeroshot", "zeroshot_classifier"]
+           "explain_dataset", "load", "logit_lens", "methods", "metrics", "patch", "patching_effect", "segmentation",
+           "splice_effect", "sweep_heads", "templates", "train_sae", "views", "zeroshot", "zeroshot_classifier"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
-# a script that scores captions uses neither them nor the metrics.
-_LAZY_SUBMODULES = ("metrics", "views")
+# a script that scores captions uses neither them nor the metrics (nor the segmentation benchmarks' readers).
+_LAZY_SUBMODULES = ("metrics", "segmentation", "views")
 
 
 def __getattr__(name: str):
