@@ -22,13 +22,14 @@ def method_of(row: str) -> str:
     return row.split(" (")[0]
 
 
-def rows_named(names: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """The rows with these names, in the order given; a ValueError names one that is not a row."""
+def rows_named(names: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(row, method, options) of the rows with these names, in the order given; a ValueError names one
+    that is not a row."""
     known = dict(ROWS)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; the rows are: {', '.join(known)}")
-    return [(n, known[n]) for n in names]
+    return [(n, method_of(n), known[n]) for n in names]
 
 
 def baseline_maps(grid: tuple[int, int], seed: int) -> dict[str, torch.Tensor]:

@@ -39,7 +39,8 @@ COLUMNS = ["pointing", "energy", "discrimination", "deletion AUC", "insertion AU
 
 SPLITS = {"two": {"n_objects": 2}, "three": {"n_objects": 3}, "touching": {"n_objects": 3, "touching": True},
           "small": {"n_objects": 2, "min_size": 0.0625, "max_size": 0.08},
-          "same-colour": {"n_objects": 3, "distractor": "colour"}, "same-shape": {"n_objects": 3, "distractor": "shape"}}
+          "same-colour": {"n_objects": 3, "distractor": "colour"},
+          "same-shape": {"n_objects": 3, "distractor": "shape"}}
 
 
 def scene_of(split: str, seed: int, k: int):

@@ -4,6 +4,7 @@ by name, the papers' scores on hand-computed cases, and benchmarks/segmentation_
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import clipx
 from clipx import segmentation, shapes
 from clipx.segmentation import SegmentationScores, aggregate, segmentation_scores
 
+ROOT = Path(__file__).resolve().parent.parent
 MATLAB_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
 
 
@@ -288,3 +290,48 @@ def test_aggregate_totals_over_the_dataset():
     assert SegmentationScores.from_json(partial.to_json()) == partial
     with pytest.raises(ValueError, match="no scores"):
         aggregate([])
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench(request):
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling import (scoring.py), as `python benchmarks/...` has
+    request.addfinalizer(lambda: sys.path.remove(str(ROOT / "benchmarks")))
+    spec = importlib.util.spec_from_file_location("segmentation_eval", ROOT / "benchmarks" / "segmentation_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+METHODS = ["relevance (all layers)", "legrad"]
+
+
+def test_benchmark_on_the_synthetic_imagenet_file(bench, imagenet_seg, tmp_path, capsys):
+    args = ["imagenet", "--mat", str(imagenet_seg[0]), "--model", "demo", "--methods", *METHODS,
+            "--classes", "shapes", "--templates", "shapes", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    results = bench.main(args)
+    table = capsys.readouterr().out
+    print(table)  # the figures README quotes
+    assert "imagenet: 4 images" in table and "| relevance (all layers) |" in table and "| centre prior |" in table
+    assert set(results) == {*METHODS, "random map", "centre prior"}
+    for row in results.values():
+        assert set(row) == {"pixel accuracy", "mIoU", "mAP"} and all(0 <= v <= 1 for v in row.values())
+    for method in METHODS:  # one object on a plain background: the demo's maps beat the floor
+        assert results[method]["mIoU"] > results["random map"]["mIoU"]
+        assert results[method]["mAP"] > results["random map"]["mAP"]
+    assert bench.main(args) == results  # resumed from the run folder: the same figures
+
+
+def test_benchmark_on_the_synthetic_voc_folder(bench, tmp_path, capsys):
+    _, _, names = write_voc(tmp_path / "VOC2012")
+    (tmp_path / "names.txt").write_text("\n".join(names))
+    results = bench.main(["voc", "--root", str(tmp_path / "VOC2012"), "--model", "demo", "--methods", *METHODS,
+                          "--classes", str(tmp_path / "names.txt"), "--templates", "{}", "--device", "cpu"])
+    table = capsys.readouterr().out
+    print(table)
+    assert "voc: 6 (image, class present) pairs" in table
+    assert results["relevance (all layers)"]["mAP"] > results["random map"]["mAP"]
+    (tmp_path / "short.txt").write_text("cat\ndog\n")
+    with pytest.raises(ValueError, match="VOC needs 20 names"):
+        bench.class_names(str(tmp_path / "short.txt"), "voc")
