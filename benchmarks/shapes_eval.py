@@ -28,24 +28,19 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from scoring import BASELINES, ROWS, baseline_maps, markdown_table, method_of
 
 import clipx
 from clipx import metrics, shapes
 from clipx.runs import run
 
-ROWS = [("relevance", {}), ("relevance (all layers)", {"start_layer": 0}), ("rollout", {}),
-        ("attention", {}), ("gradcam", {}), ("legrad", {}), ("similarity", {}),
-        ("similarity (maskclip)", {"variant": "maskclip"}), ("integrated_gradients", {"n_steps": 16}),
-        ("occlusion", {}), ("rise", {})]
-BASELINES = ("random map", "centre prior")
-
-
 COLUMNS = ["pointing", "energy", "discrimination", "deletion AUC", "insertion AUC"]
 
 
-SPLITS = {"two": dict(n_objects=2), "three": dict(n_objects=3), "touching": dict(n_objects=3, touching=True),
-          "small": dict(n_objects=2, min_size=0.0625, max_size=0.08),
-          "same-colour": dict(n_objects=3, distractor="colour"), "same-shape": dict(n_objects=3, distractor="shape")}
+SPLITS = {"two": {"n_objects": 2}, "three": {"n_objects": 3}, "touching": {"n_objects": 3, "touching": True},
+          "small": {"n_objects": 2, "min_size": 0.0625, "max_size": 0.08},
+          "same-colour": {"n_objects": 3, "distractor": "colour"},
+          "same-shape": {"n_objects": 3, "distractor": "shape"}}
 
 
 def scene_of(split: str, seed: int, k: int):
@@ -68,11 +63,8 @@ def score_scene(model, split: str, seed: int, k: int, curve_steps: int, full: bo
     logit = metrics.caption_logit(model, caption)
     maps = {}
     for name, options in ROWS:
-        method = name.split(" (")[0]
-        maps[name] = clipx.explain(model, [scene.image], [caption], method=method, **options).image[0, 0]
-    grid = maps["relevance"].shape
-    maps["random map"] = torch.rand(grid, generator=torch.Generator().manual_seed(seed + k))
-    maps["centre prior"] = metrics.centre_prior(grid)
+        maps[name] = clipx.explain(model, [scene.image], [caption], method=method_of(name), **options).image[0, 0]
+    maps.update(baseline_maps(tuple(maps["relevance"].shape), seed + k))
     scores = {}
     for name, saliency in maps.items():
         scores[f"{name}/pointing"] = float(metrics.pointing_game(saliency, target.mask))
@@ -125,17 +117,14 @@ def main() -> None:
     models = " / ".join(args.models)
     if "two" in args.splits:
         print(f"\n{args.scenes} two-object scenes (seeds {args.seed}..{args.seed + args.scenes - 1}); each cell: {models}\n")
-        print("| method | " + " | ".join(COLUMNS) + " |")
-        print("|---|" + "---:|" * len(COLUMNS))
-        for method in rows:
-            cells = [" / ".join(f"{results[m]['two'][f'{method}/{c}']:.3f}" for m in args.models) for c in COLUMNS]
-            print(f"| {method} | " + " | ".join(cells) + " |")
+        print(markdown_table(["method", *COLUMNS], [
+            [method] + [" / ".join(f"{results[m]['two'][f'{method}/{c}']:.3f}" for m in args.models) for c in COLUMNS]
+            for method in rows]))
     print(f"\npointing game per split, {args.scenes} scenes each; each cell: {models}\n")
-    print("| method | " + " | ".join(args.splits) + " |")
-    print("|---|" + "---:|" * len(args.splits))
-    for method in rows:
-        cells = [" / ".join(f"{results[m][split][f'{method}/pointing']:.3f}" for m in args.models) for split in args.splits]
-        print(f"| {method} | " + " | ".join(cells) + " |")
+    print(markdown_table(["method", *args.splits], [
+        [method] + [" / ".join(f"{results[m][split][f'{method}/pointing']:.3f}" for m in args.models)
+                    for split in args.splits]
+        for method in rows]))
 
 
 if __name__ == "__main__":

@@ -26,15 +26,17 @@ from .high_norm import HighNormTokens, high_norm_tokens
 __version__ = "0.1.0"
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
-           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HighNormTokens", "Hit", "Hits", "HookPoint", "Index",
+           "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HighNormTokens", "Hit", "Hits", "HookPoint",
+           "Index",
            "RunResult", "SAEConfig", "SparseAutoencoder", "TextConfig", "TowerOutput", "VisionConfig", "ZeroShot",
            "ablate", "ablate_heads", "attach_sae", "decompose", "decompose_text", "describe_heads", "explain",
-           "explain_dataset", "high_norm_tokens", "load", "logit_lens", "methods", "metrics", "patch", "patching_effect", "splice_effect",
-           "sweep_heads", "templates", "train_sae", "views", "zeroshot", "zeroshot_classifier"]
+           "explain_dataset", "high_norm_tokens", "load", "logit_lens", "methods", "metrics", "patch",
+           "patching_effect", "segmentation", "splice_effect", "sweep_heads", "templates", "train_sae", "views",
+           "zeroshot", "zeroshot_classifier"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
-# a script that scores captions uses neither them nor the metrics.
-_LAZY_SUBMODULES = ("metrics", "views")
+# a script that scores captions uses neither them nor the metrics (nor the segmentation benchmarks' readers).
+_LAZY_SUBMODULES = ("metrics", "segmentation", "views")
 
 
 def __getattr__(name: str):

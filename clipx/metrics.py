@@ -14,7 +14,7 @@ logit of one caption):
 
 Baselines that know nothing about the model: a random map (`torch.rand`) and `centre_prior`.
 
-Ranking: `auroc` (with ties), for scoring a feature or a map against labels.
+Ranking: `auroc` and `average_precision` (both with ties), for scoring a feature or a map against labels.
 
 Maps and masks are `[h, w]` torch tensors or numpy arrays; masks are boolean.
 """
@@ -22,8 +22,9 @@ Maps and masks are `[h, w]` torch tensors or numpy arrays; masks are boolean.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def _map(saliency: ArrayLike) -> torch.Tensor:
     return s
 
 
-def _mask(mask: ArrayLike, name: str = "mask") -> torch.Tensor:
+def _mask(mask: ArrayLike, name: str = "mask", allow_empty: bool = False) -> torch.Tensor:
     m = torch.as_tensor(mask).detach().cpu()
     if m.ndim != 2:
         raise ValueError(f"{name} must be a 2-d boolean array [H, W], got shape {tuple(m.shape)}")
@@ -57,7 +58,7 @@ def _mask(mask: ArrayLike, name: str = "mask") -> torch.Tensor:
         if not ((m == 0) | (m == 1)).all():
             raise ValueError(f"{name} must be boolean (or 0/1), got dtype {m.dtype} with other values")
         m = m != 0
-    if not m.any():
+    if not allow_empty and not m.any():
         raise ValueError(f"{name} is empty: no pixel to point at")
     return m
 
@@ -305,3 +306,27 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     u = ranks[:, labels].sum(1) - n_pos * (n_pos + 1) / 2
     result = u / (n_pos * n_neg)
     return result[0] if scores.ndim == 1 else result
+
+
+def average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Average precision of `scores` [n] against boolean `labels` [n], as scikit-learn's
+    `average_precision_score` computes it: sum over thresholds of (recall gained) x (precision there),
+    no interpolation. Tied scores cross the threshold together, so the positives of a tie share the
+    precision of everything scored at least as high. Higher scores mean "positive"."""
+    s = torch.as_tensor(scores).detach().cpu().double().reshape(-1)
+    y = torch.as_tensor(labels).detach().cpu().bool().reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels must have as many values, got {s.numel()} and {y.numel()}")
+    if not torch.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("average precision needs at least one positive label")
+    order = torch.argsort(s, descending=True)
+    s, y = s[order], y[order]
+    # the last position of each run of tied scores: where the threshold can stop
+    ends = torch.cat([torch.nonzero(s[1:] != s[:-1]).flatten(), torch.tensor([len(s) - 1])])
+    true_pos = torch.cumsum(y, 0, dtype=torch.float64)[ends]
+    precision = true_pos / (ends + 1).double()
+    gained = torch.diff(true_pos, prepend=torch.zeros(1, dtype=torch.float64)) / n_pos
+    return float((gained * precision).sum())

@@ -72,7 +72,7 @@ class ImageProcessor:
 
     # --- configuration files -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict) -> "ImageProcessor":
+    def from_dict(cls, d: dict) -> ImageProcessor:
         """Settings from a preprocessor_config.json dict; keys that do not concern CLIP are ignored.
         A SiglipImageProcessor's missing keys take SigLIP's defaults, and it never crops."""
         names = {f.name for f in fields(cls)}
@@ -82,7 +82,7 @@ class ImageProcessor:
         return cls(**settings)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> "ImageProcessor":
+    def from_pretrained(cls, folder: str | os.PathLike) -> ImageProcessor:
         """Reads `folder/preprocessor_config.json`; a folder without one gets CLIP's defaults."""
         folder = Path(folder)
         if not folder.is_dir():
@@ -242,16 +242,20 @@ def _to_pil(image: Any, i: int) -> Image.Image:
     return image
 
 
-def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
+def open_image(path: str | os.PathLike, name: str | None = None, upright: bool = True,
+               mode: str | None = "RGB") -> Image.Image:
     """An image file as the processor sees it: turned upright by its EXIF orientation, RGB.
 
     Everything that shows maps on an original opens it here, so the maps (computed on the upright
     image) land on the pixels they were computed from. `name` (e.g. "images[0]") prefixes errors.
+    For annotations: upright=False keeps the pixels as stored, without the EXIF rotation (masks are
+    drawn on those), and mode=None the file's own mode (a palette PNG's indices, not their colours).
     """
     with _reading(path, name) as f:
         # transformers' load_image: apply the EXIF rotation, then a plain convert("RGB"); a file's
         # alpha is dropped here, not composited onto white as for a PIL image passed in
-        return ImageOps.exif_transpose(f).convert("RGB")
+        image = ImageOps.exif_transpose(f) if upright else f
+        return image.convert(mode) if mode is not None else image.copy()
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipx.metrics import (Curve, auc, baseline_image, caption_logit, centre_prior, deletion_curve, discrimination,
-                           energy_pointing_game, insertion_curve, localisation, pointing_game)
+from clipx.metrics import (Curve, auc, average_precision, baseline_image, caption_logit, centre_prior, deletion_curve,
+                           discrimination, energy_pointing_game, insertion_curve, localisation, pointing_game)
 from floats import assert_float32_close
 
 
@@ -226,3 +226,42 @@ def test_caption_logit_scores_each_image_of_a_batch(tiny_model):
                               attention_mask=tok.attention_mask).logits_per_image[:, 1]
         got = caption_logit(tiny_model, "a blue sky")(pixel_values)
     assert_float32_close(got, expected)  # one caption against two: other padding, other kernels
+
+
+# --- ranking -------------------------------------------------------------------------------------
+
+def brute_force_ap(scores: list[float], labels: list[bool]) -> float:
+    """The definition, one positive at a time: the precision among everything scored at least as high."""
+    precisions = [sum(lab for t, lab in zip(scores, labels) if t >= s) / sum(t >= s for t in scores)
+                  for s, label in zip(scores, labels) if label]
+    return sum(precisions) / len(precisions)
+
+
+def test_average_precision_against_hand_computed_values():
+    # positives at ranks 1, 3, 5: precisions 1, 2/3, 3/5
+    assert average_precision([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 1, 0, 1]) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    # the two 0.5s cross the threshold together: the tied positive gets precision 2/3, not 1
+    assert average_precision([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 1]) == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+    assert average_precision([0.5, 0.5, 0.5, 0.5], [1, 0, 0, 0]) == 0.25  # all tied: the positives' share
+    assert average_precision([3.0, 2.0, 1.0], [1, 1, 0]) == 1.0 and average_precision([1.0, 2.0], [1, 0]) == 0.5
+
+
+def test_average_precision_matches_the_definition_on_random_rankings_with_ties():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n = int(torch.randint(2, 40, (1,), generator=g))
+        scores = torch.randint(0, 6, (n,), generator=g).double()  # few values: many ties
+        labels = torch.rand(n, generator=g) < 0.4
+        labels[0] = True
+        expected = brute_force_ap(scores.tolist(), labels.tolist())
+        assert average_precision(scores, labels) == pytest.approx(expected, abs=1e-12)
+        assert average_precision(scores.numpy().reshape(1, -1), labels.numpy()) == pytest.approx(expected, abs=1e-12)
+
+
+def test_bad_average_precision_inputs():
+    with pytest.raises(ValueError, match="at least one positive"):
+        average_precision([0.1, 0.2], [0, 0])
+    with pytest.raises(ValueError, match="as many values"):
+        average_precision([0.1, 0.2], [1])
+    with pytest.raises(ValueError, match="NaN"):
+        average_precision([0.1, float("nan")], [1, 0])
