@@ -295,6 +295,57 @@ def test_explain_of_a_folder_is_a_resumable_run_of_shards(tiny_checkpoint, tmp_p
     assert "holds no image files" in capsys.readouterr().err
 
 
+def test_explain_runs_over_webdataset_shards_and_a_saved_hf_dataset(tiny_checkpoint, tmp_path, capsys):
+    import io
+
+    import datasets
+    import webdataset
+
+    import clipx
+
+    model = ["--model", str(tiny_checkpoint[0])]
+    images = [Image.new("RGB", (40, 30), (60 * k, 20, 20)) for k in range(3)]
+    captions = ["a red square", "a blue circle", "a dark room"]
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, "png")
+        encoded.append(buffer.getvalue())
+    for k in range(2):
+        with webdataset.TarWriter(str(tmp_path / f"shards-{k}.tar")) as writer:
+            for n in range(k, 3, 2):
+                writer.write({"__key__": f"s{n}", "png": encoded[n], "txt": captions[n]})
+    assert main(["explain", str(tmp_path / "shards-{0..1}.tar"), *model, "--out", str(tmp_path / "wds")]) == 0
+    assert "3 of 3 images explained" in capsys.readouterr().out
+    run = clipx.RunResult(tmp_path / "wds")
+    assert [r["captions"] for _, r, _ in run.results()] == [[captions[0]], [captions[2]], [captions[1]]]
+
+    features = datasets.Features({"picture": datasets.Image(), "text": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict({"picture": images, "text": captions}, features=features)
+    datasets.DatasetDict(train=dataset, test=dataset.select([0])).save_to_disk(tmp_path / "saved")
+    command = ["explain", "--hf-dataset", str(tmp_path / "saved"), *model, "--image-column", "picture",
+               "--out", str(tmp_path / "hf")]
+    assert main([*command, "--caption-column", "text"]) == 2
+    assert "saved holds the splits train, test: pick one with --split" in capsys.readouterr().err
+    assert main([*command, "--caption-column", "text", "--split", "train"]) == 0
+    assert "3 of 3 images explained" in capsys.readouterr().out
+    run = clipx.RunResult(tmp_path / "hf")
+    assert [r["captions"] for _, r, _ in run.results()] == [[c] for c in captions]
+    assert run.config["source"]["fingerprint"] == datasets.load_from_disk(tmp_path / "saved")["train"]._fingerprint
+    assert main(["explain", "--hf-dataset", str(tmp_path / "saved"), "a red square", *model, "--split", "test",
+                 "--image-column", "picture", "--out", str(tmp_path / "hf-fixed")]) == 0
+    assert clipx.RunResult(tmp_path / "hf-fixed").stack("image").shape[:2] == (1, 1)
+
+    image = tmp_path / "img.png"
+    images[0].save(image)
+    for bad, says in [(["explain", str(image), *model], "give one or more captions"),
+                      (["explain", str(image), "a cat", "--split", "train", *model], "--split picks a split"),
+                      (["explain", str(image), "a cat", "--caption-column", "txt", *model], "not one image"),
+                      (["explain", str(tmp_path), *model, "--out", str(tmp_path / "o")], "no captions given")]:
+        assert main(bad) == 2
+        assert says in capsys.readouterr().err
+
+
 # --- zero-shot classification and image search ------------------------------------------------------------
 
 def _scenes(folder, n=12):
