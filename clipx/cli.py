@@ -187,7 +187,7 @@ def search(args: argparse.Namespace) -> None:
         method_options(args.method)
         _check_writable(Path(args.explain))
     idx = Index.load(args.index, model=None if args.model is None else load(args.model), model_name=args.model)
-    hits = idx.search(args.caption, k=args.k)
+    hits = idx.search(args.caption, k=args.k, backend=args.backend)
     exp = hits.explain(method=args.method) if args.explain is not None and len(hits) else None
     print(f"{'rank':>4}  {'logit':>8}  {'path'}" + ("  overlay" if exp else ""))
     for i, hit in enumerate(hits):
@@ -267,6 +267,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="the model the index was built with (default: the one it names)")
     q.add_argument("--explain", metavar="DIR", help="write one overlay PNG per hit into DIR")
     q.add_argument("--method", default="relevance", help="the explanation method for --explain")
+    q.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"],
+                   help="exact search with torch, or with FAISS (pip install clipx[faiss]); auto: torch")
     q.set_defaults(run=search)
     sub.add_parser("methods", help="list the explanation methods and their options").set_defaults(run=list_methods)
     sub.add_parser("lab", help="start JupyterLab in the tutorial notebooks").set_defaults(run=lab)

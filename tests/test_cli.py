@@ -400,6 +400,19 @@ def test_index_then_search_with_overlays(tmp_path, capsys):
     assert all(Image.open(p).size == (64, 64) for p in written)  # over the original scene
 
 
+def test_search_with_faiss_prints_the_torch_hits(tmp_path, capsys):
+    images = _scenes(tmp_path / "imgs", n=6)
+    assert main(["index", str(images), "--out", str(tmp_path / "idx")]) == 0
+    capsys.readouterr()
+    printed = {}
+    for backend in ("torch", "faiss"):
+        assert main(["search", str(tmp_path / "idx"), "a red circle", "--k", "4", "--backend", backend]) == 0
+        printed[backend] = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert [row[2] for row in printed["faiss"]] == [row[2] for row in printed["torch"]]
+    assert [float(r[1]) for r in printed["faiss"][1:]] == pytest.approx([float(r[1]) for r in printed["torch"][1:]],
+                                                                         abs=2e-3)
+
+
 def test_index_and_search_bad_input_exit_2(tmp_path, capsys):
     images = _scenes(tmp_path / "imgs", n=2)
     empty = tmp_path / "empty"
