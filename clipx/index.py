@@ -31,7 +31,7 @@ EMBEDDINGS, MANIFEST = "embeddings.safetensors", "index.json"
 SEARCH_CHUNK = 1 << 18  # rows scored at a time: bounds the scores' memory at 1 MB per query
 BACKENDS = ("auto", "torch", "faiss")
 # what "auto" searches with: torch, measured faster than FAISS's exact IndexFlatIP for one query over
-# 1,000,000 x 512 (benchmarks/retrieval.py: 186 vs 297 ms, AMD EPYC, 2 threads); FAISS is opt-in
+# 1,000,000 x 512 (benchmarks/retrieval.py: 203 vs 297 ms, AMD EPYC, 2 threads); FAISS is opt-in
 AUTO_BACKEND = "torch"
 
 
