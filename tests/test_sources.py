@@ -16,7 +16,7 @@ import webdataset
 from PIL import Image
 
 import clipx
-from clipx import shapes
+from clipx import shapes, sources
 from clipx.explain_run import explain_dataset
 from clipx.runs import RunResult
 from clipx.sources import HuggingFaceDataset, WebDatasetShards, as_source
@@ -123,6 +123,17 @@ def test_a_caption_function_is_given_the_row(demo, tmp_path):
                                  for k, (image, caption) in enumerate(map(scene, SEEDS[:2]))})
 
 
+def test_an_image_column_of_paths_is_read_as_files(demo, tmp_path):
+    paths = []
+    for seed in SEEDS[:2]:
+        paths.append(str(tmp_path / f"{seed}.png"))
+        scene(seed)[0].save(paths[-1])
+    dataset = datasets.Dataset.from_dict({"image": [*paths, str(tmp_path / "gone.png")]})
+    result = explain_dataset(demo, dataset, tmp_path / "run", CAPTIONS, progress=False)
+    assert [(item, error.split(":")[0]) for item, error in result.errors] == [(2, "FileNotFoundError")]
+    assert_direct(demo, result, {k: (Image.open(path), CAPTIONS) for k, path in enumerate(paths)})
+
+
 def test_bad_datasets_are_refused_naming_the_problem(tmp_path):
     dataset = hf_dataset(SEEDS[:1], broken=False)
     with pytest.raises(TypeError, match=r"a DatasetDict of the splits \['train', 'test'\]: pass one of them"):
@@ -190,6 +201,21 @@ def test_shards_are_grouped_as_webdataset_groups_them(tmp_path):
             assert loaded.captions == (None if "txt" not in sample else [sample["txt"].decode().strip()])
     assert ours.describe()["shards"] == {p: {"size": os.stat(p).st_size, "mtime_ns": os.stat(p).st_mtime_ns}
                                          for p in paths}
+
+
+def test_a_sample_is_read_by_member_offset_not_by_streaming_its_shard(tmp_path, monkeypatch):
+    paths = write_shards(tmp_path / "shards")
+    ours, read = WebDatasetShards(paths), []
+
+    class Counting(io.FileIO):
+        def read(self, size=-1):
+            data = super().read(size)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(sources, "open", lambda path, mode: Counting(path, mode), raising=False)
+    sample = ours.load([paths[0], "s2"]).data  # the shard's last sample
+    assert sum(read) == sum(len(v) for k, v in sample.items() if not k.startswith("__")) < os.path.getsize(paths[0]) / 4
 
 
 def test_a_shard_run_explains_each_sample_against_its_txt_and_fails_bad_samples_alone(demo, tmp_path):
