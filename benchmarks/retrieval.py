@@ -8,7 +8,8 @@
     queries with at least 5 matching scenes.
 (b) Zero-shot: held-out single-object scenes (`clipx.training.single_object_set`) among the 36 classes,
     with the shapes templates' ensemble and with each template alone.
-(c) Search latency: exact top-10 over random unit 512-dim float32 embeddings, median of --runs.
+(c) Search latency: exact top-10 over random unit 512-dim float32 embeddings, median of --runs, torch's
+    chunked matrix-vector product against FAISS's exact IndexFlatIP (pip install clipx[faiss]), alternated.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 
 import clipx
 from clipx import shapes, templates
-from clipx.index import Index, top_k
+from clipx.index import Index, faiss_index, faiss_top_k, top_k
 from clipx.training import single_object_set
-from common import cpu_name
+from common import cpu_name, time_alternately
 
 SCENE_SEED = 50_000
 
@@ -68,18 +69,24 @@ def zero_shot(model: clipx.CLIP, n: int) -> None:
 
 def latency(runs: int) -> None:
     print(f"\n(c) exact top-10 search, random unit 512-dim float32 embeddings, median of {runs} runs, "
-          f"{torch.get_num_threads()} threads, {cpu_name()}")
+          f"{torch.get_num_threads()} threads, {cpu_name()}: torch (clipx.index.top_k) vs FAISS IndexFlatIP "
+          "(Index.search backend='faiss')")
     for n in (100_000, 1_000_000):
-        embeddings = F.normalize(torch.randn(n, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
-        times = []
-        for run in range(runs + 1):
-            query = F.normalize(torch.randn(512), dim=0)
-            start = time.perf_counter()
-            top_k(embeddings, query, 10)
-            times.append(time.perf_counter() - start)
-        print(f"{n:>9,} embeddings: {statistics.median(times[1:]) * 1000:.0f} ms (first run, cold: "
-              f"{times[0] * 1000:.0f} ms)")
-        del embeddings
+        backends(n, runs)
+
+
+def backends(n: int, runs: int) -> None:
+    """Both backends over the same n embeddings and query, alternated; they must agree on the rows."""
+    embeddings = F.normalize(torch.randn(n, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
+    query = F.normalize(torch.randn(512, generator=torch.Generator().manual_seed(1)), dim=0)
+    start = time.perf_counter()
+    flat = faiss_index(embeddings)
+    built = time.perf_counter() - start
+    assert torch.equal(faiss_top_k(flat, query, 10)[1], top_k(embeddings, query, 10)[1])
+    times = time_alternately({"torch": lambda: top_k(embeddings, query, 10),
+                              "faiss": lambda: faiss_top_k(flat, query, 10)}, runs)
+    print(f"{n:>9,} embeddings: torch {times['torch'] * 1000:.0f} ms, faiss {times['faiss'] * 1000:.0f} ms "
+          f"(faiss / torch {times['faiss'] / times['torch']:.2f}x; its index built in {built:.1f} s)")
 
 
 def main() -> None:

@@ -37,13 +37,20 @@ def explain(args: argparse.Namespace) -> None:
     from .explain import method_options
     from .loading import load
     from .processing import open_image
+    from .sources import SHARD_SUFFIXES
 
     # everything the user gave is checked before the model loads and runs
     method_options(args.method)
     out = Path(args.out)
     _check_writable(out)
-    if Path(args.image).is_dir():
-        return explain_folder(args)
+    if args.split is not None and not args.hf_dataset:
+        raise ValueError("--split picks a split of an --hf-dataset")
+    if args.hf_dataset or Path(args.image).is_dir() or args.image.endswith(SHARD_SUFFIXES):
+        return explain_run(args)
+    if args.image_column is not None or args.caption_column is not None:
+        raise ValueError("--image-column and --caption-column are for a run over a dataset or shards, not one image")
+    if not args.captions:
+        raise ValueError("give one or more captions to explain the image against")
     original = open_image(args.image)  # upright and RGB, exactly what the processor sees
     model = load(args.model)
     exp = run_explain(model, [original], args.captions, method=args.method)
@@ -56,21 +63,43 @@ def explain(args: argparse.Namespace) -> None:
         print(f"{caption:<{width}}  {exp.scores[0, j]:8.3f}  {path}")
 
 
-def explain_folder(args: argparse.Namespace) -> None:
-    """Every image of a folder, as a resumable run of shards in --out (the same command resumes it; under
-    torchrun each process takes its share)."""
+def explain_run(args: argparse.Namespace) -> None:
+    """A folder's images, WebDataset shards or a saved Hugging Face dataset, as a resumable run of shards in
+    --out (the same command resumes it; under torchrun each process takes its share)."""
     from .explain_run import explain_dataset
     from .loading import load
-    from .processing import image_files
+    from .sources import as_source
 
-    image_files(args.image)  # a folder without images fails before the model loads
-    result = explain_dataset(load(args.model), args.image, args.out, args.captions, method=args.method,
+    images = _saved_dataset(args.image, args.split) if args.hf_dataset else args.image
+    # read before the model loads: a folder without images, a shard that is no tar, a column not there
+    source = as_source(images, args.image_column, args.caption_column)
+    result = explain_dataset(load(args.model), source, args.out, args.captions or None, method=args.method,
                              shard_size=args.shard_size, batch_size=args.batch_size)
     errors = result.errors
     print(f"{len(result) - len(errors)} of {len(result)} images explained into {args.out} "
           f"({result.manifest.n_shards} shards; read them with clipx.RunResult({str(args.out)!r}))")
-    for path, error in errors:
-        print(f"failed: {path}: {error}")
+    for item, error in errors:
+        print(f"failed: {item}: {error}")
+
+
+def _saved_dataset(path: str, split: str | None):
+    """The dataset `save_to_disk` wrote into `path`: a Dataset, or a DatasetDict's `split`."""
+    from .extras import require
+
+    datasets = require("datasets", "--hf-dataset", "datasets")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"--hf-dataset: no such folder: {path}")
+    dataset = datasets.load_from_disk(path)
+    if isinstance(dataset, datasets.DatasetDict):
+        if split is None and len(dataset) == 1:
+            split = next(iter(dataset))
+        if split not in dataset:
+            raise ValueError(f"{path} holds the splits {', '.join(dataset)}: pick one with --split"
+                             + ("" if split is None else f" ({split} is not one of them)"))
+        return dataset[split]
+    if split is not None and split != str(dataset.split):
+        raise ValueError(f"--split {split}: {path} holds one dataset (split {dataset.split}), not a DatasetDict")
+    return dataset
 
 
 def _write_overlay(original, exp, i: int, j: int, path: Path) -> None:
@@ -158,7 +187,7 @@ def search(args: argparse.Namespace) -> None:
         method_options(args.method)
         _check_writable(Path(args.explain))
     idx = Index.load(args.index, model=None if args.model is None else load(args.model), model_name=args.model)
-    hits = idx.search(args.caption, k=args.k)
+    hits = idx.search(args.caption, k=args.k, backend=args.backend)
     exp = hits.explain(method=args.method) if args.explain is not None and len(hits) else None
     print(f"{'rank':>4}  {'logit':>8}  {'path'}" + ("  overlay" if exp else ""))
     for i, hit in enumerate(hits):
@@ -201,13 +230,21 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=score)
     e = sub.add_parser("explain", help="write one relevance overlay per caption and print the scores; for a "
                        "folder, a resumable run of map shards (under torchrun, split across processes)")
-    e.add_argument("image", help="an image file, or a folder of images")
-    e.add_argument("captions", nargs="+", help="one or more captions")
+    e.add_argument("image", help="an image file; or for a run: a folder of images, WebDataset shards "
+                   "(shards-{000..009}.tar) or, with --hf-dataset, a folder written by datasets' save_to_disk")
+    e.add_argument("captions", nargs="*", help="one or more captions (a run over shards or a dataset may omit "
+                   "them: each image's own, from its txt member or --caption-column)")
     e.add_argument("--model", default="demo", help="demo (shipped), a hub id, a folder or a state-dict file")
     e.add_argument("--method", default="relevance", help="an explanation method (clipx methods lists them)")
-    e.add_argument("--out", default="clipx-out", help="folder for the overlay PNGs, or for a folder's run")
-    e.add_argument("--shard-size", type=int, default=256, help="a folder's run: images per shard")
-    e.add_argument("--batch-size", type=int, default=8, help="a folder's run: images per explain call")
+    e.add_argument("--out", default="clipx-out", help="folder for the overlay PNGs, or for a run")
+    e.add_argument("--shard-size", type=int, default=256, help="a run: images per shard")
+    e.add_argument("--batch-size", type=int, default=8, help="a run: images per explain call")
+    e.add_argument("--hf-dataset", action="store_true", help="IMAGE is a Hugging Face dataset saved with save_to_disk")
+    e.add_argument("--split", help="--hf-dataset: the split of a saved DatasetDict")
+    e.add_argument("--image-column", help="--hf-dataset: the image column (default image); shards: the image "
+                   "member's extension (default the first of jpg, jpeg, png, webp, ...)")
+    e.add_argument("--caption-column", help="--hf-dataset: the caption column; shards: the caption member's "
+                   "extension (default txt)")
     e.set_defaults(run=explain)
     c = sub.add_parser("classify", help="zero-shot: each image's best classes among --classes")
     c.add_argument("images", nargs="+", help="one or more image files")
@@ -230,6 +267,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="the model the index was built with (default: the one it names)")
     q.add_argument("--explain", metavar="DIR", help="write one overlay PNG per hit into DIR")
     q.add_argument("--method", default="relevance", help="the explanation method for --explain")
+    q.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"],
+                   help="exact search with torch, or with FAISS (pip install clipx[faiss]); auto: torch")
     q.set_defaults(run=search)
     sub.add_parser("methods", help="list the explanation methods and their options").set_defaults(run=list_methods)
     sub.add_parser("lab", help="start JupyterLab in the tutorial notebooks").set_defaults(run=lab)

@@ -1,8 +1,11 @@
-"""`clipx.explain` over a folder or a list of image files, as a resumable, shardable run (`clipx.runs`).
+"""`clipx.explain` over a dataset as a resumable, shardable run (`clipx.runs`): image files (a folder or a
+list of paths), a Hugging Face `datasets.Dataset`, or WebDataset tar shards (`clipx.sources`).
 
 Each image is explained against fixed captions (every image against all of them, one batched call per
-batch of images) or against the captions a function gives for its path. An unreadable image, or a
-caption function that raises, fails that item alone: it is listed in the run's errors, the run goes on.
+batch of images), against the captions a function gives for its sample (a file's path, a dataset's row, a
+WebDataset sample), or against its own (a dataset's caption column, a shard's `txt` members). An
+unreadable image, or a caption function that raises, fails that item alone: it is listed in the run's
+errors, the run goes on.
 """
 
 from __future__ import annotations
@@ -16,81 +19,87 @@ from PIL import Image
 
 from .explain import explain
 from .model import CLIP
-from .processing import image_files, open_image
 from .runs import RunResult, run
+from .sources import as_source, caption_list
 
-Captions = Sequence[str] | Callable[[str], "str | Sequence[str]"]
-
-
-def _paths(images: str | Path | Sequence[str | Path]) -> list[str]:
-    """A folder -> its image files (`processing.image_files`); a list of paths as given."""
-    if isinstance(images, (str, Path)):
-        return [str(p) for p in image_files(images)]
-    found = [str(p) for p in images]
-    if not found:
-        raise ValueError("no images given: got an empty list")
-    return found
+Captions = Sequence[str] | Callable[[Any], "str | Sequence[str]"]
 
 
-def explain_dataset(model: CLIP, images: str | Path | Sequence[str | Path], folder: str | Path,
-                    captions: Captions, method: str = "relevance", shard_size: int = 256, batch_size: int = 8,
-                    progress: bool = True, **options: Any) -> RunResult:
+def explain_dataset(model: CLIP, images: Any, folder: str | Path, captions: Captions | None = None,
+                    method: str = "relevance", shard_size: int = 256, batch_size: int = 8, progress: bool = True,
+                    image_column: str | None = None, caption_column: str | None = None, **options: Any) -> RunResult:
     """Explain every image against its captions, streaming the maps to shards in `folder` (see
-    `clipx.runs.run`: resumable, and split across ranks under torchrun). Each item's result: `image`
-    [n_captions, grid_h, grid_w], `scores` [n_captions], `text` [n_captions, L] where the method gives one,
-    and `captions`. Read back with `RunResult(folder)`."""
-    paths = _paths(images)
-    if callable(captions):
+    `clipx.runs.run`: resumable, and split across ranks under torchrun).
+
+    `images`: a folder, a list of image paths, a `datasets.Dataset` (`image_column`, default "image";
+    `caption_column`), or WebDataset shards: .tar paths or a pattern, "shards-{000..009}.tar" (`image_column`
+    and `caption_column` name members by extension; default the first image one, and `txt`).
+    `captions`: a list every image is explained against; a function of the sample (a path, a dataset row,
+    a WebDataset sample dict) giving a caption or a list; or None for each sample's own captions.
+
+    Each item's result: `image` [n_captions, grid_h, grid_w], `scores` [n_captions], `text` [n_captions, L]
+    where the method gives one, and `captions`. Read back with `RunResult(folder)`."""
+    data = as_source(images, image_column, caption_column)
+    fixed, caption_for = None, None
+    if captions is None:
+        if not data.has_captions:
+            raise ValueError("no captions given, and the images have none of their own: pass captions (a list or "
+                             "a function), or a dataset's caption_column (WebDataset: samples with a txt member)")
+        described = f"each sample's own ({data.caption_column})"
+    elif callable(captions):
         described = f"function {getattr(captions, '__module__', '?')}.{getattr(captions, '__qualname__', repr(captions))}"
         caption_for = captions
     else:
         fixed = [captions] if isinstance(captions, str) else list(captions)
         if not fixed or not all(isinstance(c, str) for c in fixed):
-            raise ValueError("captions must be a non-empty list of strings, or a function of an image's path")
-        described, caption_for = fixed, None
+            raise ValueError("captions must be a non-empty list of strings, a function of a sample, or None for "
+                             "each sample's own")
+        described = fixed
     config = {"task": "explain", "model": model.fingerprint(), "method": method,
               "options": json.loads(json.dumps(options, default=repr)), "captions": described}
+    if data.describe() is not None:
+        config["source"] = data.describe()
 
-    def process(batch: list[str]) -> list[dict[str, Any] | BaseException]:
-        if caption_for is None:
-            return _explain_batch(model, batch, fixed, method, options)
-        return [_one(model, path, caption_for, method, options) for path in batch]
+    def process(batch: list[Any]) -> list[dict[str, Any] | BaseException]:
+        if fixed is not None:
+            return _explain_batch(model, [_image(data, item) for item in batch], fixed, method, options)
+        return [_one(model, data, item, caption_for, method, options) for item in batch]
 
-    return run(folder, paths, process, config, shard_size=shard_size, batch_size=batch_size, progress=progress)
+    return run(folder, data.items, process, config, shard_size=shard_size, batch_size=batch_size,
+               progress=progress)
 
 
-def _one(model, path, caption_for, method, options) -> dict[str, Any] | BaseException:
+def _image(data, item) -> Image.Image | BaseException:
     try:
-        return _explain_batch(model, [path], _captions(caption_for, path), method, options)[0]
+        return data.load(item).image
     except Exception as e:
         return e
 
 
-def _captions(caption_for: Callable, path: str) -> list[str]:
-    given = caption_for(path)
-    given = [given] if isinstance(given, str) else list(given)
-    if not given or not all(isinstance(c, str) for c in given):
-        raise ValueError(f"the caption function gave {given!r} for {path}: a string or a list of strings")
-    return given
+def _one(model, data, item, caption_for, method, options) -> dict[str, Any] | BaseException:
+    try:
+        sample = data.load(item)
+        if caption_for is not None:
+            captions = caption_list(caption_for(sample.data), f"the caption function's result for item {item}")
+        elif sample.captions is None:
+            raise ValueError(f"item {item} has no caption of its own ({data.caption_column})")
+        else:
+            captions = sample.captions
+        return _explain_batch(model, [sample.image], captions, method, options)[0]
+    except Exception as e:
+        return e
 
 
-def _explain_batch(model: CLIP, paths: list[str], captions: list[str], method: str,
+def _explain_batch(model: CLIP, images: list[Image.Image | BaseException], captions: list[str], method: str,
                    options: dict[str, Any]) -> list[dict[str, Any] | BaseException]:
-    """One explain call for the readable images among `paths`; an unreadable one is its own error."""
-    loaded: dict[int, Image.Image | BaseException] = {}
-    for i, path in enumerate(paths):
-        try:
-            loaded[i] = open_image(path)  # upright by its EXIF orientation, as everywhere in clipx
-        except Exception as e:
-            loaded[i] = e
-    good = [i for i, image in loaded.items() if not isinstance(image, BaseException)]
-    results: list[dict[str, Any] | BaseException] = [loaded[i] for i in range(len(paths))]
+    """One explain call for the loaded images; one that failed to load stays its own error."""
+    good = [i for i, image in enumerate(images) if not isinstance(image, BaseException)]
+    results: list[dict[str, Any] | BaseException] = list(images)
     if good:
-        exp = explain(model, [loaded[i] for i in good], captions, method=method, **options)
+        exp = explain(model, [images[i] for i in good], captions, method=method, **options)
         for row, i in enumerate(good):
             result = {"image": exp.image[row].float(), "scores": exp.scores[row].float(), "captions": captions}
             if exp.text is not None:
                 result["text"] = exp.text[row].float()
             results[i] = result
     return results
-

@@ -8,6 +8,7 @@ pixel values come out bit-identical, not merely close.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -243,15 +244,17 @@ def _to_pil(image: Any, i: int) -> Image.Image:
 
 
 def open_image(path: str | os.PathLike, name: str | None = None, upright: bool = True,
-               mode: str | None = "RGB") -> Image.Image:
+               mode: str | None = "RGB", data: bytes | None = None) -> Image.Image:
     """An image file as the processor sees it: turned upright by its EXIF orientation, RGB.
 
     Everything that shows maps on an original opens it here, so the maps (computed on the upright
     image) land on the pixels they were computed from. `name` (e.g. "images[0]") prefixes errors.
     For annotations: upright=False keeps the pixels as stored, without the EXIF rotation (masks are
     drawn on those), and mode=None the file's own mode (a palette PNG's indices, not their colours).
+    `data`: the file's bytes where they come from elsewhere (a tar member, a dataset's cell); `path`
+    then only names them in errors.
     """
-    with _reading(path, name) as f:
+    with _reading(path, name, data) as f:
         # transformers' load_image: apply the EXIF rotation, then a plain convert("RGB"); a file's
         # alpha is dropped here, not composited onto white as for a PIL image passed in
         image = ImageOps.exif_transpose(f) if upright else f
@@ -284,17 +287,20 @@ _TURNED = {5, 6, 7, 8}
 
 
 @contextmanager
-def _reading(path: str | os.PathLike, name: str | None) -> Iterator[Image.Image]:
-    """The file opened lazily by PIL; a missing, unreadable or oversized file is one clear error naming it."""
+def _reading(path: str | os.PathLike, name: str | None, data: bytes | None = None) -> Iterator[Image.Image]:
+    """The file (or `data`, named by `path`) opened lazily by PIL; a missing, unreadable or oversized file
+    is one clear error naming it."""
     path, prefix = Path(path), f"{name}: " if name else ""
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise FileNotFoundError(f"{prefix}no such image file: {path}")
+    opened = path if data is None else io.BytesIO(data)
     try:
-        f = Image.open(path)
+        f = Image.open(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # a warning where filters make it one
         raise _bomb(prefix, path, e) from None
     except (OSError, ValueError) as e:  # PIL signals a file it cannot read with OSError subclasses
-        raise ValueError(f"{prefix}cannot read an image from {path}: {e}") from e
+        # PIL names a buffer by its repr (a memory address): name it by path, so the message is the same each run
+        raise ValueError(f"{prefix}cannot read an image from {path}: {str(e).replace(repr(opened), str(path))}") from e
     # PIL only warns between 1x and 2x its pixel limit and decodes anyway: refuse both alike (checked
     # here rather than by turning the warning into an error: warning filters are global, not per thread)
     if Image.MAX_IMAGE_PIXELS and f.size[0] * f.size[1] > Image.MAX_IMAGE_PIXELS:

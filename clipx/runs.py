@@ -173,11 +173,24 @@ def _check_same(folder: Path, manifest: Manifest) -> None:
     for field, ours, theirs in (("config", manifest.config, there.config),
                                 ("shard_size", manifest.shard_size, there.shard_size)):
         if ours != theirs:
+            field, theirs, ours = _difference(field, theirs, ours)
             raise ValueError(f"{folder} holds another run: its {field} is {theirs!r}, this run's {ours!r}; "
                              "resume with the same settings or use another folder")
     if there.items != manifest.items:
         raise ValueError(f"{folder} holds a run over other items ({len(there.items)} items there, "
                          f"{len(manifest.items)} here): resume with the same items or use another folder")
+
+
+def _difference(where: str, there: Any, here: Any) -> tuple[str, Any, Any]:
+    """Where two unequal JSON values first differ, and their values there: a config names the dataset's
+    fingerprint or each shard file's state, and the one that changed is what the user needs to see."""
+    if isinstance(there, dict) and isinstance(here, dict) and there.keys() == here.keys():
+        key = next(k for k in there if there[k] != here[k])
+        return _difference(where + (f".{key}" if key.isidentifier() else f"[{key!r}]"), there[key], here[key])
+    if isinstance(there, list) and isinstance(here, list) and len(there) == len(here):
+        i = next(i for i, (a, b) in enumerate(zip(there, here)) if a != b)
+        return _difference(f"{where}[{i}]", there[i], here[i])
+    return where, there, here
 
 
 def _distributed() -> tuple[int, int]:

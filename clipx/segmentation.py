@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .extras import require
 from .metrics import ArrayLike, _map, _mask, _resize, average_precision
 from .processing import open_image
 
@@ -40,11 +41,7 @@ VOC_VOID = 255
 # --- ImageNet-segmentation ------------------------------------------------------------------------
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise ImportError("reading gtsegs_ijcv.mat needs h5py: pip install h5py (or clipx[segmentation])") from None
-    return h5py
+    return require("h5py", "reading gtsegs_ijcv.mat", "segmentation")
 
 
 class ImagenetSegmentation(Sequence):

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .extras import require
 from .files import check_readable, is_file, read_json
 from .tokenizer import SIGLIP_CONTEXT_LENGTH, batch_encoding, check_padding, check_texts, _context_length
 from .tokenizer import _read_special_tokens
@@ -28,12 +29,7 @@ _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def _sentencepiece():
-    try:
-        import sentencepiece
-    except ImportError:
-        raise ImportError("SigLIP's tokenizer reads spiece.model with the sentencepiece package: "
-                          "pip install clipx[siglip]") from None
-    return sentencepiece
+    return require("sentencepiece", "SigLIP's tokenizer (it reads spiece.model)", "siglip")
 
 
 class SiglipTokenizer:

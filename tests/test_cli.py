@@ -295,6 +295,57 @@ def test_explain_of_a_folder_is_a_resumable_run_of_shards(tiny_checkpoint, tmp_p
     assert "holds no image files" in capsys.readouterr().err
 
 
+def test_explain_runs_over_webdataset_shards_and_a_saved_hf_dataset(tiny_checkpoint, tmp_path, capsys):
+    import io
+
+    import datasets
+    import webdataset
+
+    import clipx
+
+    model = ["--model", str(tiny_checkpoint[0])]
+    images = [Image.new("RGB", (40, 30), (60 * k, 20, 20)) for k in range(3)]
+    captions = ["a red square", "a blue circle", "a dark room"]
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, "png")
+        encoded.append(buffer.getvalue())
+    for k in range(2):
+        with webdataset.TarWriter(str(tmp_path / f"shards-{k}.tar")) as writer:
+            for n in range(k, 3, 2):
+                writer.write({"__key__": f"s{n}", "png": encoded[n], "txt": captions[n]})
+    assert main(["explain", str(tmp_path / "shards-{0..1}.tar"), *model, "--out", str(tmp_path / "wds")]) == 0
+    assert "3 of 3 images explained" in capsys.readouterr().out
+    run = clipx.RunResult(tmp_path / "wds")
+    assert [r["captions"] for _, r, _ in run.results()] == [[captions[0]], [captions[2]], [captions[1]]]
+
+    features = datasets.Features({"picture": datasets.Image(), "text": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict({"picture": images, "text": captions}, features=features)
+    datasets.DatasetDict(train=dataset, test=dataset.select([0])).save_to_disk(tmp_path / "saved")
+    command = ["explain", "--hf-dataset", str(tmp_path / "saved"), *model, "--image-column", "picture",
+               "--out", str(tmp_path / "hf")]
+    assert main([*command, "--caption-column", "text"]) == 2
+    assert "saved holds the splits train, test: pick one with --split" in capsys.readouterr().err
+    assert main([*command, "--caption-column", "text", "--split", "train"]) == 0
+    assert "3 of 3 images explained" in capsys.readouterr().out
+    run = clipx.RunResult(tmp_path / "hf")
+    assert [r["captions"] for _, r, _ in run.results()] == [[c] for c in captions]
+    assert run.config["source"]["fingerprint"] == datasets.load_from_disk(tmp_path / "saved")["train"]._fingerprint
+    assert main(["explain", "--hf-dataset", str(tmp_path / "saved"), "a red square", *model, "--split", "test",
+                 "--image-column", "picture", "--out", str(tmp_path / "hf-fixed")]) == 0
+    assert clipx.RunResult(tmp_path / "hf-fixed").stack("image").shape[:2] == (1, 1)
+
+    image = tmp_path / "img.png"
+    images[0].save(image)
+    for bad, says in [(["explain", str(image), *model], "give one or more captions"),
+                      (["explain", str(image), "a cat", "--split", "train", *model], "--split picks a split"),
+                      (["explain", str(image), "a cat", "--caption-column", "txt", *model], "not one image"),
+                      (["explain", str(tmp_path), *model, "--out", str(tmp_path / "o")], "no captions given")]:
+        assert main(bad) == 2
+        assert says in capsys.readouterr().err
+
+
 # --- zero-shot classification and image search ------------------------------------------------------------
 
 def _scenes(folder, n=12):
@@ -347,6 +398,19 @@ def test_index_then_search_with_overlays(tmp_path, capsys):
     written = sorted(overlays.glob("*.png"))
     assert [line.split()[-1] for line in lines[1:]] == [str(p) for p in written]
     assert all(Image.open(p).size == (64, 64) for p in written)  # over the original scene
+
+
+def test_search_with_faiss_prints_the_torch_hits(tmp_path, capsys):
+    images = _scenes(tmp_path / "imgs", n=6)
+    assert main(["index", str(images), "--out", str(tmp_path / "idx")]) == 0
+    capsys.readouterr()
+    printed = {}
+    for backend in ("torch", "faiss"):
+        assert main(["search", str(tmp_path / "idx"), "a red circle", "--k", "4", "--backend", backend]) == 0
+        printed[backend] = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert [row[2] for row in printed["faiss"]] == [row[2] for row in printed["torch"]]
+    assert [float(r[1]) for r in printed["faiss"][1:]] == pytest.approx([float(r[1]) for r in printed["torch"][1:]],
+                                                                         abs=2e-3)
 
 
 def test_index_and_search_bad_input_exit_2(tmp_path, capsys):

@@ -192,6 +192,27 @@ def test_chunked_top_k_equals_a_full_sort(monkeypatch):
     assert torch.equal(rows, expected.indices) and torch.allclose(scores, expected.values)
 
 
+def test_faiss_search_equals_torch_search_and_follows_update(model, folder):
+    index, _ = build(model, folder)
+    dim = index.embeddings.shape[1]
+    generator = torch.Generator().manual_seed(2)
+    index.embeddings = F.normalize(torch.randn(5000, dim, generator=generator), dim=-1)
+    index.files = [FileState(f"img{k}.png", 1, 1) for k in range(5000)]
+    for _ in range(5):
+        query = torch.randn(dim, generator=generator)
+        by_torch, by_faiss = index.search(query, k=20, backend="torch"), index.search(query, k=20, backend="faiss")
+        assert [h.position for h in by_faiss] == [h.position for h in by_torch]
+        assert_float32_close(torch.tensor([h.score for h in by_faiss]), torch.tensor([h.score for h in by_torch]))
+    assert index.search(query, k=20).paths == by_torch.paths  # auto
+    assert index._faiss.ntotal == 5000
+    with pytest.warns(UserWarning, match="skipped 2"):
+        index.update(progress=False)  # back to the folder's 4 images: the FAISS index is rebuilt from them
+    assert index.search("a red circle", k=9, backend="faiss").paths == index.search("a red circle", k=9).paths
+    assert index._faiss.ntotal == len(index) == 4
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, faiss; got 'annoy'"):
+        index.search(query, backend="annoy")
+
+
 def test_hits_explain_equals_explain_on_the_same_pairs(model, folder):
     index, _ = build(model, folder)
     hits = index.search("a red circle", k=3)

@@ -1,0 +1,14 @@
+"""Optional packages, imported on first use so that clipx imports without them."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+def require(module: str, needed_for: str, extra: str) -> ModuleType:
+    """`module` imported, or an ImportError that says what needs it and which pip extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{needed_for} needs the {module} package: pip install 'clipx[{extra}]'") from None
