@@ -92,7 +92,12 @@ class HighNormTokens:
         for layer in range(mask.shape[0]):
             rows.append(f"| {layer} | {relative[layer].max():.2f} | {int(mask[layer].sum())} | "
                         f"{int(mask[layer].flatten(1).any(1).sum())} of {n_images} |")
-        return f"patches above {self.ratio:g} x the median patch norm, per layer\n" + "\n".join(rows)
+        return f"patches above {self.ratio:g} x the median patch norm, per layer\n\n" + "\n".join(rows)
+
+    def __repr__(self) -> str:
+        n_layers, n_images = self.norms.shape[:2]
+        return (f"HighNormTokens({n_layers} layers x {n_images} images of {self.grid[0]}x{self.grid[1]} patches, "
+                f"ratio {self.ratio:g}: {int(self.mask.sum())} high-norm)")
 
     def _repr_markdown_(self) -> str:
         return str(self)

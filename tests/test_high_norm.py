@@ -46,6 +46,7 @@ def test_detector_finds_a_planted_high_norm_patch_from_its_layer_on(model):
     for image in range(3):
         assert found.patches(layer=1, image=image) == [(1, 2)]
     assert found.any_layer.sum() == 3 and found.relative[1, :, 1, 2].min() > 3
+    assert repr(found) == "HighNormTokens(2 layers x 3 images of 4x4 patches, ratio 3: 3 high-norm)"
     report = str(found)
     assert "| 0 |" in report and "| 1 |" in report and "3 of 3" in report
     fig = found.plot(image=0)
