@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,24 +236,26 @@ class RunResult:
     def complete(self) -> bool:
         return not self.missing_shards()
 
-    def results(self) -> Iterator[tuple[Any, Result | None, str | None]]:
+    def results(self, tensors: Container[str] | None = None) -> Iterator[tuple[Any, Result | None, str | None]]:
+        """Every item's (item, result, error); `tensors` names the tensors to read (None: all of them)."""
         missing = self.missing_shards()
         if missing:
             raise ValueError(f"{self.folder}: the run is incomplete, shards {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''} of {self.manifest.n_shards} are missing; "
                              "run it again to finish")
         for index in range(self.manifest.n_shards):
-            yield from self._read_shard(index)
+            yield from self._read_shard(index, tensors)
 
     @property
     def errors(self) -> list[tuple[Any, str]]:
-        return [(item, error) for item, _, error in self.results() if error is not None]
+        # the errors are in the shards' metadata: no tensor is read
+        return [(item, error) for item, _, error in self.results(tensors=()) if error is not None]
 
     def stack(self, name: str) -> torch.Tensor:
         """Every successful item's `name` stacked, in item order (items that failed are left out: `errors`)."""
-        return torch.stack([result[name] for _, result, _ in self.results() if result is not None])
+        return torch.stack([result[name] for _, result, _ in self.results(tensors=(name,)) if result is not None])
 
-    def _read_shard(self, index: int) -> Iterator[tuple[Any, Result | None, str | None]]:
+    def _read_shard(self, index: int, tensors: Container[str] | None) -> Iterator[tuple[Any, Result | None, str | None]]:
         path, items = self.folder / _shard_name(index), self.manifest.shard_items(index)
         with safe_open(path, "pt") as f:
             meta = json.loads((f.metadata() or {}).get("clipx_run_shard", "null") or "null")
@@ -263,7 +265,8 @@ class RunResult:
             results: list[Result] = [{} for _ in items]
             for key in f.keys():
                 position, name = key.split("/", 1)
-                results[int(position)][name] = f.get_tensor(key)
+                if tensors is None or name in tensors:
+                    results[int(position)][name] = f.get_tensor(key)
         errors = {int(k): v for k, v in meta.get("errors", {}).items()}
         for position, named in meta.get("values", {}).items():
             results[int(position)].update(named)

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 import clipx
+from clipx import runs as runs_module
 from clipx import shapes
 from clipx.errors import CheckpointError
 from clipx.explain_run import explain_dataset
@@ -38,6 +40,38 @@ def test_a_run_writes_shards_in_item_order_and_keeps_errors_per_item(tmp_path):
     assert torch.equal(result.stack("x"), torch.stack([torch.arange(3.0) * i for i in range(11) if i % 5 != 3]))
     assert rows[4][1]["label"] == "#4" and rows[3][1] is None
     assert result.complete and len(result) == 11
+
+
+def test_errors_read_no_tensor_and_stack_reads_only_its_own(tmp_path, monkeypatch):
+    def two(batch):
+        return [{**r, "y": torch.zeros(5)} if isinstance(r, dict) else r for r in squares(batch)]
+    result = run(tmp_path, list(range(9)), two, {}, shard_size=4, progress=False)
+    read = []
+
+    class Counting:  # safe_open, noting every tensor read
+        def __init__(self, *args):
+            self.file = safe_open(*args)
+
+        def __enter__(self):
+            self.f = self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.f.get_tensor(key)
+
+    monkeypatch.setattr(runs_module, "safe_open", Counting)
+    assert result.errors == [(3, "ValueError: item 3 is odd"), (8, "ValueError: item 8 is odd")] and read == []
+    assert torch.equal(result.stack("x"), torch.stack([torch.arange(3.0) * i for i in range(9) if i % 5 != 3]))
+    assert sorted(read) == sorted(f"{i % 4}/x" for i in range(9) if i % 5 != 3)
+    read.clear()
+    assert all(sorted(r) == ["label", "x", "y"] for _, r, _ in result.results() if r is not None) and len(read) == 14
 
 
 def test_a_batch_that_raises_is_retried_item_by_item(tmp_path):
