@@ -58,8 +58,9 @@ class Hit:
 class Hits(Sequence):
     """The best images for one query, best first: `hits[0].path`, `.score`, `.rank`."""
 
-    def __init__(self, index: "Index", query: Any, hits: list[Hit]) -> None:
+    def __init__(self, index: "Index", query: Any, embedding: torch.Tensor, hits: list[Hit]) -> None:
         self.index, self.query, self._hits = index, query, hits
+        self.embedding = embedding  # [dim] the unit query embedding the hits were ranked by
 
     def __getitem__(self, k):
         return self._hits[k]
@@ -81,7 +82,7 @@ class Hits(Sequence):
         if isinstance(self.query, str):
             return explain(model, self.paths, [self.query], method=method, **options)
         label = " | ".join(self.query) if isinstance(self.query, (list, tuple)) else "query embedding"
-        return explain_embedding(model, self.paths, self.index.query_embedding(self.query), label, method, **options)
+        return explain_embedding(model, self.paths, self.embedding, label, method, **options)
 
     def __repr__(self) -> str:
         rows = "\n".join(f"{h.rank:>4}  {h.score:8.3f}  {h.path}" for h in self._hits)
@@ -223,7 +224,7 @@ class Index:
         logits = scores(self.model, best_scores[:, None], torch.ones(1, 1))[:, 0]  # cosine -> the model's logit
         hits = [Hit(r + 1, self.files[row].path, float(s), row)
                 for r, (s, row) in enumerate(zip(logits.tolist(), best_rows.tolist()))]
-        return Hits(self, query, hits)
+        return Hits(self, query, q, hits)
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:
