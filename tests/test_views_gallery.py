@@ -50,6 +50,16 @@ def test_overlays_are_the_hits_explanations_and_are_cached(gallery, calls):  # n
     assert calls["n"] == 0
 
 
+def test_hits_grid_shows_the_explanations_images_without_reading_the_files_again(model, gallery, monkeypatch):  # noqa: F811
+    hits = gallery.hits
+    explanation = hits.explain()
+    preprocessed = model.processor.to_pil(model.preprocess(hits.paths))
+    assert [np.array(p).tolist() for p in preprocessed] == explanation.images.tolist()  # the same pixels
+    plain = clipx.views.hits_grid(hits, size=32)
+    monkeypatch.setattr(model, "preprocess", None)  # the explanation holds them: nothing is preprocessed again
+    assert clipx.views.hits_grid(hits, explanation, size=32).size == plain.size
+
+
 def test_clicking_a_hit_opens_an_explorer_below(gallery):
     gallery.buttons.children[1].click()
     explorer = gallery.explorer

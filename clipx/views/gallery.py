@@ -22,8 +22,11 @@ def hits_grid(hits: Hits, explanation: Explanation | None = None, size: int = 96
               alpha: float = 0.5) -> Image.Image:
     """The hits as the model saw them (preprocessed), best first, PER_ROW to a row, each labelled with its
     rank and score; with `explanation` (`hits.explain()`), each hit's map over it."""
-    model = hits.index.model
-    pictures = model.processor.to_pil(model.preprocess(hits.paths))
+    if explanation is not None:  # the hits as it preprocessed them: no file is read again
+        pictures = [Image.fromarray(image.numpy()) for image in explanation.images]
+    else:
+        model = hits.index.model
+        pictures = model.processor.to_pil(model.preprocess(hits.paths))
     cells = []
     for i, (hit, picture) in enumerate(zip(hits, pictures)):
         picture = picture.resize((size, size), Image.BILINEAR)
