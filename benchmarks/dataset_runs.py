@@ -37,14 +37,6 @@ def worker(args) -> None:
         print(f"SECONDS {time.perf_counter() - start}")
 
 
-def cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=480)
@@ -90,8 +82,11 @@ def main() -> None:
                 ("explain_dataset, 1 process", launch("one", torchrun=False)),
                 ("explain_dataset, torchrun 2 processes", launch("two", torchrun=True))]
 
+    # benchmarks/common.py imports transformers: here, not at the top, which the timed workers import too
+    from common import cpu_name
+
     print(f"\n{args.images} two-object scenes x {len(CAPTIONS)} captions, method {args.method}, model {args.model}; "
-          f"{cpu()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread per process\n")
+          f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread per process\n")
     print("| how | images / s | vs the loop |")
     print("|---|---:|---:|")
     for name, seconds in rows:
