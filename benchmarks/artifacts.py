@@ -17,27 +17,28 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import VIT_B_32, cpu_name, random_checkpoint
+from scoring import markdown_table, rows_named
+from shapes_eval import SPLITS, scene_of
 from tqdm.auto import tqdm
 
 import clipx
 from clipx import metrics, shapes
-from common import VIT_B_32, cpu_name, random_checkpoint
-from shapes_eval import SPLITS, scene_of
+from clipx.explain import method_options
+from clipx.explain.registry import CAPTION_BLIND
 
-METHODS = {"relevance (all layers)": ("relevance", {"start_layer": 0}), "rollout": ("rollout", {}),
-           "attention": ("attention", {}), "legrad": ("legrad", {}), "gradcam": ("gradcam", {}),
-           "integrated_gradients": ("integrated_gradients", {"n_steps": 16})}
-ATTENTION_BASED = ("relevance (all layers)", "rollout", "attention", "legrad")
-CAPTION_DEPENDENT = ("relevance (all layers)", "legrad", "gradcam", "integrated_gradients")
+ROWS = rows_named(["relevance (all layers)", "rollout", "attention", "legrad", "gradcam", "integrated_gradients"])
 
 
 def variants(ratio: float, neutral: str):
-    """(label, method, options): every method as it is, and with each option that applies to it."""
-    for label, (method, options) in METHODS.items():
+    """(label, method, options): every row as it is, and with each option that applies to its method:
+    exclude_high_norm where the method takes it (the attention-based ones), neutral= where its image map
+    depends on the caption."""
+    for label, method, options in ROWS:
         yield label, method, options
-        if label in ATTENTION_BASED:
+        if "exclude_high_norm" in method_options(method):
             yield f"{label}, high-norm excluded", method, {**options, "exclude_high_norm": ratio}
-        if label in CAPTION_DEPENDENT:
+        if method not in CAPTION_BLIND:
             yield f"{label}, neutral subtracted", method, {**options, "neutral": neutral}
 
 
@@ -90,9 +91,8 @@ def main() -> None:
               + f"; flagged in {', '.join(f'{v:.2f}' for v in flagged.tolist())}")
     labels = [label for label, _, _ in variants(args.ratio, args.neutral)]
     print("\npointing game; each cell: " + " / ".join(results) + "\n")
-    print("| map | pointing |\n|---|---:|")
-    for label in labels:
-        print(f"| {label} | " + " / ".join(f"{results[m][0][label]:.3f}" for m in results) + " |")
+    print(markdown_table(["map", "pointing"], [[label, " / ".join(f"{results[m][0][label]:.3f}" for m in results)]
+                                               for label in labels]))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import clipx
+from clipx.text_embeddings import embed_texts
 from common import VIT_B_32, captions, cpu_name, random_checkpoint, time_alternately
 
 
@@ -56,9 +57,7 @@ def occlusion_against_captum(model, px: torch.Tensor, texts: list[str], repeats:
     as many occluded images per forward as clipx's default batch)."""
     from captum.attr import Occlusion
 
-    tok = model.tokenize(texts)
-    with torch.no_grad():
-        text = F.normalize(model.encode_text(tok.input_ids, tok.attention_mask), dim=-1)
+    text = embed_texts(model, texts)
     patch = model.vision.config.patch_size
     occlusion = Occlusion(lambda x: F.normalize(model.encode_image(x), dim=-1) @ text.T * model.logit_scale.exp())
     maps = {}

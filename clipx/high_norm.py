@@ -48,10 +48,11 @@ def flagged(norms: torch.Tensor, ratio: float) -> torch.Tensor:
 
 def keep_keys(model: CLIP, cache: Cache, ratio: float | None) -> torch.Tensor | None:
     """[n_images, n_tokens] 1 for tokens kept as attention keys, 0 for patches high-norm in any layer (a
-    prefix token is always kept); None where `ratio` is None. `cache` holds `resid_names(model)`."""
+    prefix token is always kept); None where `ratio` is None. `cache` holds `resid_names(model)`, recorded
+    by a run that `Inputs.high_norm_names` checked `ratio` for."""
     if ratio is None:
         return None
-    high = flagged(patch_norms(model, cache), check_ratio(ratio, "exclude_high_norm")).any(0)
+    high = flagged(patch_norms(model, cache), ratio).any(0)
     prefix = torch.zeros(high.shape[0], model.vision.prefix_tokens, dtype=torch.bool, device=high.device)
     dtype = cache[resid_names(model)[0]].dtype
     return (~torch.cat([prefix, high], dim=1)).to(dtype)
@@ -127,12 +128,12 @@ class HighNormTokens:
 def high_norm_tokens(model: CLIP, images: Any, ratio: float = DEFAULT_RATIO) -> HighNormTokens:
     """Every image's patch norms after each vision block, and which are high-norm (above `ratio` times the
     median patch of that image and layer). images: as `clipx.explain` takes them."""
+    from .decompose import encode_images
     from .explain.registry import prepare_images
 
     ratio = check_ratio(ratio)
     model._tower("vision")
     pixel_values, _ = prepare_images(model, images)
-    size = model.vision.config.image_size
     with torch.no_grad(), model.recording(resid_names(model)) as cache:
-        model.encode_image(pixel_values, tuple(pixel_values.shape[-2:]) != (size, size))
+        encode_images(model, pixel_values)
     return HighNormTokens(patch_norms(model, cache).cpu(), ratio, model.vision.patch_grid(pixel_values))

@@ -131,7 +131,18 @@ def test_neutral_subtracts_the_neutral_captions_map_and_keeps_the_rest(model, me
     if plain.text is not None:
         assert exp.text.shape == plain.text.shape
         assert_float32_close(exp.text, plain.text)
+    if plain.token_maps is not None:  # the captions' own positions, not the neutral caption's padding
+        assert exp.token_maps.shape == plain.token_maps.shape
+        assert_float32_close(exp.token_maps, plain.token_maps)
     assert exp.options["neutral"] == neutral
+
+
+def test_neutral_tokenizes_the_captions_once(model):
+    long = " ".join(["cat"] * 2 * model.tokenizer.context_length)
+    with pytest.warns(UserWarning, match="longer than context_length") as caught:
+        exp = clipx.explain(model, images(1), [long, "two birds"], method="gradcam", neutral="a photo")
+    assert len([w for w in caught if "longer than context_length" in str(w.message)]) == 1
+    assert exp.text.shape[-1] == model.tokenizer.context_length
 
 
 def test_neutral_passes_the_sanity_check(tiny_checkpoint):

@@ -34,15 +34,21 @@ def with_neutral(method: str, texts: Any, neutral: Any, token_inputs: bool, capt
 
 
 def subtract_neutral(inputs: Inputs, maps: Any) -> tuple[Inputs, Any]:
-    """Inputs and maps of captions + [neutral] -> those of the captions, each image map minus the neutral's."""
+    """Inputs and maps of captions + [neutral] -> those of the captions, each image map minus the neutral's.
+
+    A neutral caption longer than every caption padded them further: the positions that are padding in
+    every caption (attention_mask 0; a tokenizer that pads to its context length makes the padding input,
+    so none) are dropped from the inputs and the text-side maps, which then have the captions' own
+    positions, as the captions tokenized alone."""
     if maps.image is None:
         raise ValueError("this method gives no image map to subtract a neutral caption's from")
     captions = slice(0, -1)
-    inputs = dataclasses.replace(inputs, input_ids=inputs.input_ids[captions],
-                                 attention_mask=inputs.attention_mask[captions],
-                                 content_mask=inputs.content_mask[captions], texts=inputs.texts[captions])
+    own = inputs.attention_mask[captions].bool().any(0)  # [L]
+    inputs = dataclasses.replace(inputs, input_ids=inputs.input_ids[captions][:, own],
+                                 attention_mask=inputs.attention_mask[captions][:, own],
+                                 content_mask=inputs.content_mask[captions][:, own], texts=inputs.texts[captions])
     maps = dataclasses.replace(
         maps, scores=maps.scores[:, captions], image=maps.image[:, captions] - maps.image[:, -1:],
-        text=None if maps.text is None else maps.text[:, captions],
-        token_maps=None if maps.token_maps is None else maps.token_maps[:, captions])
+        text=None if maps.text is None else maps.text[:, captions][..., own],
+        token_maps=None if maps.token_maps is None else maps.token_maps[:, captions][:, :, own])
     return inputs, maps

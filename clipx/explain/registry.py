@@ -104,8 +104,6 @@ def explain(model: CLIP, images: Any, texts: Any, method: str | type = "relevanc
     text = maps.text
     if text is not None and token_inputs is None:  # token ids the caller made keep the caller's positions
         text = _caption_first(text, content)
-        if neutral is not None:  # a longer neutral caption padded the captions further: not theirs
-            text = text[..., :model.tokenize(inputs.texts).input_ids.shape[1]]
     return Explanation(
         image=maps.image, text=text, scores=maps.scores.detach(), tokens=tokens, texts=inputs.texts,
         method=method, options={**allowed, **options, **({"neutral": neutral} if neutral is not None else {})},
