@@ -15,16 +15,16 @@ Random draws: the same k, `--seeds` draws, mean and standard deviation.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 
 import torch
 
 import clipx
 from clipx import shapes
-from clipx.decompose import text_embeds
+from clipx.decompose import encode_images, text_embeds
 from clipx.sweep import image_logits
 from clipx.training import single_object_set
+from common import cpu_name
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -34,14 +34,6 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ranks = [x.flatten().argsort().argsort().float() for x in (a, b)]
     return float(torch.corrcoef(torch.stack(ranks))[0, 1])
-
-
-def cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -57,9 +49,9 @@ def main() -> None:
     model = clipx.load(args.model)
     selection, selection_labels = single_object_set(args.selection, 40_000, model)
     pixels, labels = single_object_set(args.scenes, 41_000, model)
-    text = text_embeds(model, shapes.class_names())
-    normalised = text / text.norm(dim=-1, keepdim=True)
-    reference = {"pixel_values": selection}
+    text = text_embeds(model, shapes.class_names())  # unit-length already
+    with torch.no_grad(), model.recording("vision.blocks.*.attn.hook_z") as reference:
+        encode_images(model, selection)  # one recording of the selection serves every total-effect ablation
 
     tables = {effect: clipx.sweep_heads(model, selection, text, selection_labels, effect=effect, mode="mean",
                                         progress=False) for effect in ("direct", "total")}
@@ -87,8 +79,8 @@ def main() -> None:
         return accuracy(parts.ablated(heads, "mean", reference_parts).logits(model, text).total(), labels)
 
     def total(heads: list[str]) -> float:
-        with torch.no_grad(), clipx.ablate(model, heads, "mean", reference):
-            return accuracy(image_logits(model, pixels, normalised), labels)
+        with clipx.ablate(model, heads, "mean", reference):
+            return accuracy(image_logits(model, pixels, text), labels)
 
     clean = accuracy(parts.logits(model, text).total(), labels)
     rng = random.Random(0)
@@ -104,7 +96,7 @@ def main() -> None:
                   f"{random_scores.mean():.3f} ± {random_scores.std():.3f} |")
     print(f"\ntop-5 by direct effect: {', '.join(ranked['direct'][:5])}")
     print(f"top-5 by total effect:  {', '.join(ranked['total'][:5])}")
-    print(f"CPU: {cpu()}")
+    print(f"CPU: {cpu_name()}")
 
 
 if __name__ == "__main__":

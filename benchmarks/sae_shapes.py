@@ -83,7 +83,8 @@ def score_features(features: torch.Tensor, coverage: torch.Tensor, chosen: list[
 
 
 def zero_shot(model, sae: SparseAutoencoder, dataset: shapes.ShapesDataset, positions: str):
-    """(clean accuracy, spliced accuracy, mean |logit change|): a hit when the top caption names an object."""
+    """(clean accuracy, spliced accuracy, mean |logit change|, max |logit change|): a hit when the top caption
+    names an object."""
     items = [dataset[i] for i in range(len(dataset))]
     pixel_values = torch.stack([p for p, _, _ in items])
     contents = torch.stack([c for _, _, c in items])

@@ -99,8 +99,10 @@ def ablate(model: CLIP, parts: Iterable[str] | str, mode: str = "zero", referenc
         raise ValueError(f"mode={mode!r} needs reference inputs, e.g. reference={{'pixel_values': px}}")
     recorded = _record(model, chosen, reference)
     if mode == "mean":
+        means = {site: values.mean(0) for site, values in recorded.items()}  # once, not on every forward
+
         def value(site: Site, x: torch.Tensor) -> torch.Tensor:
-            return _fit(recorded[site].mean(0), x.shape[1])
+            return _fit(means[site], x.shape[1])
     else:
         generator = torch.Generator().manual_seed(seed)
 

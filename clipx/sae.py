@@ -24,8 +24,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .assets import DEMO_SAES
+from .model import CLIP
 
 ACTIVATIONS = ("topk", "relu")
+POSITIONS = ("patches", "all")
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "sae.safetensors"
 
 
@@ -57,10 +59,22 @@ class SAEConfig:
             raise ValueError(f"activation='topk' needs an int k in 1..d_sae={self.d_sae}, got k={self.k!r}")
         if self.activation == "relu" and not (isinstance(self.l1, (int, float)) and self.l1 >= 0):
             raise ValueError(f"activation='relu' needs an L1 coefficient l1 >= 0, got l1={self.l1!r}")
-        if self.positions not in ("patches", "all"):
-            raise ValueError(f"positions must be 'patches' or 'all', got {self.positions!r}")
+        check_positions(self.positions)
         if not self.input_scale > 0:
             raise ValueError(f"input_scale must be > 0, got {self.input_scale!r}")
+
+
+def check_positions(positions: str) -> str:
+    """The token positions an SAE reads, "patches" or "all", or a ValueError."""
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be 'patches' or 'all', got {positions!r}")
+    return positions
+
+
+def skipped_tokens(model: CLIP, positions: str) -> int:
+    """How many leading tokens of a vision hook's activations `positions` leaves out: the prefix (CLIP's
+    class token) for "patches", none for "all"."""
+    return model.vision.prefix_tokens if check_positions(positions) == "patches" else 0
 
 
 class SparseAutoencoder(nn.Module):

@@ -13,7 +13,7 @@ import torch
 from .explain.registry import prepare_images
 from .hooks import HookPoint
 from .model import CLIP
-from .sae import SparseAutoencoder
+from .sae import SparseAutoencoder, skipped_tokens
 
 
 class AttachedSAE:
@@ -37,9 +37,7 @@ def attach_sae(model: CLIP, sae: SparseAutoencoder, splice: bool = False,
     name = sae.config.hook_name
     model.hook_point(name)  # a KeyError naming an unknown hook
     positions = positions or sae.config.positions
-    if positions not in ("patches", "all"):
-        raise ValueError(f"positions must be 'patches' or 'all', got {positions!r}")
-    skip = model.vision.prefix_tokens if positions == "patches" else 0
+    skip = skipped_tokens(model, positions)
     attached = AttachedSAE(sae, splice, positions)
 
     def hook(x: torch.Tensor, point: HookPoint) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .model import CLIP
-from .sae import SAEConfig, SparseAutoencoder
+from .sae import SAEConfig, SparseAutoencoder, skipped_tokens
 
 
 @dataclass
@@ -63,10 +63,8 @@ def hook_activations(model: CLIP, hook_name: str, images: Any, positions: str = 
                      batch_size: int = 64) -> Iterator[torch.Tensor]:
     """Per batch of images, the activations [B, n_positions, width] at a vision hook, all positions or
     the patches only (after the class token). One forward per batch, no gradients."""
-    if positions not in ("patches", "all"):
-        raise ValueError(f"positions must be 'patches' or 'all', got {positions!r}")
     model.hook_point(hook_name)  # a KeyError naming an unknown hook, before any forward
-    skip = model.vision.prefix_tokens if positions == "patches" else 0
+    skip = skipped_tokens(model, positions)
     for pixel_values in pixel_batches(model, images, batch_size):
         with torch.no_grad(), model.recording(hook_name) as cache:
             model.encode_image(pixel_values.to(*model._device_dtype()))
@@ -143,8 +141,6 @@ def train_sae(model: CLIP, hook_name: str, images: Any, d_sae: int = 1024, k: in
     if k is None and l1 is None:
         k = 32
     activations = token_activations(hook_activations(model, hook_name, images, positions, image_batch_size))
-    if len(activations) == 0:
-        raise ValueError("no images to train on")
     sae = new_sae(activations, hook_name, d_sae, k, l1, tied, positions, seed).to(activations.device)
     stats = fit(sae, activations, steps, lr, batch_size, seed, resample_every, progress)
     return sae, stats
@@ -202,4 +198,7 @@ def _stats(sae: SparseAutoencoder, activations: torch.Tensor, resampled: int) ->
 
 def token_activations(batches: Iterable[torch.Tensor]) -> torch.Tensor:
     """[n_tokens, width] from per-batch activations [B, positions, width]."""
-    return torch.cat([x.reshape(-1, x.shape[-1]) for x in batches])
+    tokens = [x.reshape(-1, x.shape[-1]) for x in batches]
+    if not tokens:  # torch.cat's own error would not say why
+        raise ValueError("no images to train on: no batch of activations was recorded")
+    return torch.cat(tokens)

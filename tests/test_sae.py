@@ -130,6 +130,17 @@ def test_train_sae_names_a_bad_hook(model, pixel_values):
         clipx.train_sae(model, "text.blocks.0.hook_resid_post", pixel_values, d_sae=8, k=2, steps=1)
 
 
+def test_train_sae_and_attach_refuse_no_images_and_bad_positions(model, pixel_values):
+    with pytest.raises(ValueError, match="no images to train on"):
+        clipx.train_sae(model, HOOK, [], d_sae=8, k=2, steps=1)
+    with pytest.raises(ValueError, match="positions must be 'patches' or 'all', got 'class'"):
+        clipx.train_sae(model, HOOK, pixel_values, d_sae=8, k=2, steps=1, positions="class")
+    with pytest.raises(ValueError, match="positions must be 'patches' or 'all', got 'class'"), \
+            attach_sae(model, small_sae(), positions="class"):
+        pass
+    assert not model.hook_point(HOOK).active
+
+
 # --- files -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("tied", [False, True])
 def test_save_load_round_trip_is_bit_identical(tmp_path, tied):
