@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .explain import Explanation
 from .explain.registry import prepare_images
 from .model import CLIP
+from .processing import check_pixel_values
 from .text_embeddings import embed_images, embed_texts, explain_embedding, scores
 
 Template = str | Callable[[str], str]
@@ -114,7 +115,10 @@ def zeroshot(model: CLIP, images: Any, classnames: Sequence[str], templates: Seq
     `templates` (see `zeroshot_classifier`; `clipx.templates` has OpenAI's 80 ImageNet ones). Images run
     `batch_size` at a time."""
     classifier = zeroshot_classifier(model, classnames, templates)
-    items = images if isinstance(images, torch.Tensor) else list(images) if isinstance(images, (list, tuple)) else [images]
+    if isinstance(images, torch.Tensor):  # one [3, H, W] image is a batch of one, not three channels to slice
+        items = check_pixel_values(images, "images")
+    else:
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
     if len(items) == 0:
         raise ValueError("no images given: got an empty list")
     embeds = torch.cat([embed_images(model, prepare_images(model, items[s:s + batch_size])[0])

@@ -69,6 +69,14 @@ def test_images_in_batches_and_as_pixel_values(model, images):
                          clipx.zeroshot(model, images, CLASSES).logits)
 
 
+def test_one_image_as_a_3d_tensor_is_one_image_whatever_the_batch(model, images):
+    px = model.preprocess(images[:1])[0]  # [3, H, W]
+    result = clipx.zeroshot(model, px, CLASSES, batch_size=1)
+    assert result.logits.shape == (1, 3)
+    assert_float32_close(result.logits, clipx.zeroshot(model, images[:1], CLASSES).logits)
+    assert result.explain(0).image.shape[:2] == (1, 1)
+
+
 def test_sigmoid_models_get_each_class_its_own_sigmoid(siglip):  # noqa: F811
     px = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
     result = clipx.zeroshot(siglip, px, CLASSES, TEMPLATES[:2])
