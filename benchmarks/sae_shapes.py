@@ -1,6 +1,6 @@
 """A sparse autoencoder on the demo model, scored against the shapes scenes' ground truth.
 
-    python -u benchmarks/sae_shapes.py [--d-sae 1024 --k 16 | --l1 3e-3] [--save assets/shapes-clip-sae]
+    python -u benchmarks/sae_shapes.py [--d-sae 1024 --k 16 | --l1 3e-3] [--save clipx/data/shapes-clip-sae]
 
 1. Train an SAE on `vision.blocks.3.hook_resid_post`'s patch tokens over training scenes
    (`shapes.ShapesDataset(split="train", seed=0)`); report explained variance, L0 and dead features.

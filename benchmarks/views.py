@@ -2,8 +2,8 @@
 
     python benchmarks/views.py [--repeats 20]
 
-Runs on the demo model (assets/shapes-clip) where it exists, else on a tiny random CLIP; the
-demo images from assets/images. Prints the median milliseconds per update; the target is
+Runs on the demo model (clipx/data/shapes-clip) where it exists, else on a tiny random CLIP; the
+demo images from clipx/data/images. Prints the median milliseconds per update; the target is
 <= 50 ms for every display-only update.
 """
 

@@ -23,7 +23,7 @@ from .zeroshot import ZeroShot, zeroshot, zeroshot_classifier
 from .index import Hit, Hits, Index
 from .high_norm import HighNormTokens, high_norm_tokens
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
            "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HighNormTokens", "Hit", "Hits", "HookPoint",

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .version import DISTRIBUTION, __version__
+
 
 def score(args: argparse.Namespace) -> None:
     import torch
@@ -14,7 +16,7 @@ def score(args: argparse.Namespace) -> None:
     from .loading import load
     from .processing import open_image
 
-    image = open_image(args.image)  # a bad image fails before the model loads
+    image = open_image(_image(args.image))  # a bad image fails before the model loads
     model = load(args.model)
     try:
         model.set_attention(args.attention)
@@ -40,6 +42,7 @@ def explain(args: argparse.Namespace) -> None:
     from .sources import SHARD_SUFFIXES
 
     # everything the user gave is checked before the model loads and runs
+    args.image = _image(args.image)
     method_options(args.method)
     out = Path(args.out)
     _check_writable(out)
@@ -133,7 +136,7 @@ def classify(args: argparse.Namespace) -> None:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     templates = _templates(args.templates)
     prompts(classes, templates)  # bad classes or templates fail before the model loads
-    images = [open_image(path) for path in args.images]
+    images = [open_image(_image(path)) for path in args.images]
     result = zeroshot(load(args.model), images, classes, templates)
     # probs: a softmax over the classes, or each class's own sigmoid for a sigmoid-scoring model (SigLIP)
     image_width, class_width = max(len(p) for p in args.images), max(len(c) for c in classes)
@@ -209,10 +212,20 @@ def list_methods(args: argparse.Namespace) -> None:
 
 def lab(args: argparse.Namespace) -> None:
     import subprocess
-    from pathlib import Path
 
+    jupyter_args = args.jupyter_args
+    # the tutorials when clipx runs from a checkout; an installed package has none, so JupyterLab starts here
     notebooks = Path(__file__).resolve().parent.parent / "notebooks"
-    raise SystemExit(subprocess.call([sys.executable, "-m", "jupyterlab", f"--notebook-dir={notebooks}"]))
+    if notebooks.is_dir() and not any(a.startswith(("--notebook-dir", "--ServerApp.root_dir")) for a in jupyter_args):
+        jupyter_args = [f"--notebook-dir={notebooks}", *jupyter_args]
+    raise SystemExit(subprocess.call([sys.executable, "-m", "jupyterlab", *jupyter_args]))
+
+
+def _image(arg: str) -> str:
+    """An image argument: a path, or demo:NAME for an image shipped with clipx (works from any folder)."""
+    from .assets import DEMO_IMAGE_PREFIX, demo_image
+
+    return str(demo_image(arg)) if arg.startswith(DEMO_IMAGE_PREFIX) and not Path(arg).exists() else arg
 
 
 def _slug(text: str) -> str:
@@ -221,16 +234,17 @@ def _slug(text: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipx", description="Explainability kit for CLIP.")
+    p.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="score captions against an image")
-    s.add_argument("image", help="an image file")
+    s.add_argument("image", help="an image file, or a shipped one: demo:shapes-scene")
     s.add_argument("captions", nargs="+", help="one or more captions")
     s.add_argument("--model", required=True, help="a hub id (openai/clip-vit-base-patch32), a folder or a state-dict file")
     s.add_argument("--attention", default="sdpa", choices=["eager", "sdpa", "flash"])
     s.set_defaults(run=score)
     e = sub.add_parser("explain", help="write one relevance overlay per caption and print the scores; for a "
                        "folder, a resumable run of map shards (under torchrun, split across processes)")
-    e.add_argument("image", help="an image file; or for a run: a folder of images, WebDataset shards "
+    e.add_argument("image", help="an image file (a shipped one: demo:shapes-scene); or for a run: a folder of images, WebDataset shards "
                    "(shards-{000..009}.tar) or, with --hf-dataset, a folder written by datasets' save_to_disk")
     e.add_argument("captions", nargs="*", help="one or more captions (a run over shards or a dataset may omit "
                    "them: each image's own, from its txt member or --caption-column)")
@@ -247,7 +261,7 @@ def parser() -> argparse.ArgumentParser:
                    "extension (default txt)")
     e.set_defaults(run=explain)
     c = sub.add_parser("classify", help="zero-shot: each image's best classes among --classes")
-    c.add_argument("images", nargs="+", help="one or more image files")
+    c.add_argument("images", nargs="+", help="one or more image files (or shipped ones: demo:shapes-scene)")
     c.add_argument("--classes", required=True, help="class names, comma-separated: cat,dog,a red circle")
     c.add_argument("--templates", help="openai (80), default (7), shapes (the demo's), or a file of templates with "
                                        "{} (one a line); without it, the class names as they are")
@@ -268,15 +282,21 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--explain", metavar="DIR", help="write one overlay PNG per hit into DIR")
     q.add_argument("--method", default="relevance", help="the explanation method for --explain")
     q.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"],
-                   help="exact search with torch, or with FAISS (pip install clipx[faiss]); auto: torch")
+                   help="exact search with torch, or with FAISS (pip install clipx-lens[faiss]); auto: torch")
     q.set_defaults(run=search)
     sub.add_parser("methods", help="list the explanation methods and their options").set_defaults(run=list_methods)
-    sub.add_parser("lab", help="start JupyterLab in the tutorial notebooks").set_defaults(run=lab)
+    sub.add_parser("lab", help="start JupyterLab in the tutorial notebooks (from a checkout; elsewhere in the current "
+                   "folder); other arguments go to JupyterLab: clipx lab --allow-root --port 8890").set_defaults(run=lab)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    # JupyterLab's own options pass through `clipx lab`; any other command refuses what it does not know
+    args, unknown = p.parse_known_args(argv)
+    if unknown and args.command != "lab":
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.jupyter_args = unknown
     try:
         args.run(args)
     # the errors clipx's checks raise (CheckpointError is a ValueError, CheckpointNotFoundError an

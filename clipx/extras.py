@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from .version import DISTRIBUTION
+
 
 def require(module: str, needed_for: str, extra: str) -> ModuleType:
     """`module` imported, or an ImportError that says what needs it and which pip extra installs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{needed_for} needs the {module} package: pip install 'clipx[{extra}]'") from None
+        raise ImportError(f"{needed_for} needs the {module} package: pip install '{DISTRIBUTION}[{extra}]'") from None

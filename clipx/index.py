@@ -208,7 +208,7 @@ class Index:
         """The k images the model scores highest against the query, best first. `score` is the model's
         logit: exp(logit_scale) * cosine (+ logit_bias for SigLIP), as `logits_per_image` would give it.
         Exact either way: `backend="torch"` a float32 matrix-vector product and top-k, `SEARCH_CHUNK` rows at
-        a time; "faiss" a `faiss.IndexFlatIP` of the embeddings (pip install clipx[faiss]), built on first
+        a time; "faiss" a `faiss.IndexFlatIP` of the embeddings (pip install clipx-lens[faiss]), built on first
         use and kept until `update()` (a copy of the embeddings in memory); "auto" is `AUTO_BACKEND`."""
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")

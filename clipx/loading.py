@@ -24,7 +24,7 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
          model: str | None = None) -> CLIP:
     """Load a CLIP checkpoint.
 
-    `name_or_path`: "demo" (the model shipped in assets/), a hub id such as
+    `name_or_path`: "demo" (the model shipped in clipx/data/), a hub id such as
     "openai/clip-vit-base-patch16", a local folder in the hub's layout, or a single state-dict
     file (Hugging Face, OpenAI or open_clip layout). Raises `CheckpointNotFoundError` when
     nothing is found and `CheckpointError` when the files do not make a model.

@@ -13,7 +13,7 @@ Pascal VOC 2012 segmentation (Everingham et al., IJCV 2010): `ImageSets/Segmenta
 `JPEGImages/{id}.jpg`, `SegmentationClass/{id}.png` (palette indices: 0 background, 1..20 the classes of
 `VOC_CLASSES`, 255 void, left out of every score), read by `read_voc_segmentation`.
 
-h5py, needed for the .mat file only, is the `segmentation` extra: `pip install "clipx[segmentation]"`.
+h5py, needed for the .mat file only, is the `segmentation` extra: `pip install "clipx-lens[segmentation]"`.
 """
 
 from __future__ import annotations

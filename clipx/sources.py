@@ -6,7 +6,7 @@ a changed dataset; and `load(item)`s one sample: the image as `open_image` opens
 sample's own captions where it has them, and what a caption function is given.
 
 `datasets` is imported only for its source, and brace patterns of shards need `braceexpand` (both come
-with pip extras: `clipx[datasets]`, `clipx[webdataset]`).
+with pip extras: `clipx-lens[datasets]`, `clipx-lens[webdataset]`).
 """
 
 from __future__ import annotations

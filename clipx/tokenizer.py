@@ -262,7 +262,7 @@ class Tokenizer:
 
     @classmethod
     def default(cls, context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
-        """CLIP's own vocabulary, shipped in assets/clip-bpe (for checkpoints that come without tokenizer files)."""
+        """CLIP's own vocabulary, shipped in clipx/data/clip-bpe (for checkpoints that come without tokenizer files)."""
         return cls.from_pretrained(CLIP_BPE_DIR, context_length)
 
     def __call__(self, texts: str | list[str], padding: str | None = None, truncation: bool = True) -> Encoding:

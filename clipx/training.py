@@ -1,7 +1,7 @@
 """Training the demo models from scratch on `clipx.shapes` scenes, on a CPU.
 
-    python -m clipx.shapes train --out assets/shapes-clip --steps 3000 --batch 128 --seed 0
-    python -m clipx.shapes train --family siglip --out assets/shapes-siglip ...
+    python -m clipx.shapes train --out clipx/data/shapes-clip --steps 3000 --batch 128 --seed 0
+    python -m clipx.shapes train --family siglip --out clipx/data/shapes-siglip ...
 
 The recipe is CLIP's at toy scale: a BPE trained on the caption grammar with CLIP's
 conventions, OpenAI's initialisation, a learnable temperature starting at 1/0.07 and clamped

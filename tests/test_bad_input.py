@@ -14,6 +14,7 @@ from matplotlib import cbook
 from PIL import Image, ImageOps
 
 import clipx
+from clipx.assets import demo_image
 from clipx.cli import main
 from clipx.processing import ImageProcessor
 from clipx.views import AttentionView, Compare, Explorer, TokenPatchView
@@ -24,7 +25,7 @@ PHOTO = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)  # a real pho
 def real_images():
     """A photo, demo scenes, and flat images: white (all > 1.9 normalised), black (all < 0), greys."""
     flat = [Image.new("RGB", (80, 60), colour) for colour in ("white", "black", (128, 128, 128), (200, 200, 200))]
-    return [PHOTO, "assets/images/shapes-scene.png", "assets/images/circle-and-square.png", *flat]
+    return [PHOTO, str(demo_image("shapes-scene")), str(demo_image("circle-and-square")), *flat]
 
 
 # --- pixel tensors: NaN / inf are errors, unnormalised ranges a warning at the caller ----------------------
@@ -206,7 +207,7 @@ def test_method_must_be_a_name(tiny_model):
 
 
 def test_pixel_maps_of_one_caption(tiny_model):
-    exp = clipx.explain(tiny_model, [PHOTO, "assets/images/shapes-scene.png"], ["a cat", "a dog", "a star"])
+    exp = clipx.explain(tiny_model, [PHOTO, str(demo_image("shapes-scene"))], ["a cat", "a dog", "a star"])
     for j in (0, 2, -1):
         torch.testing.assert_close(exp.pixel_maps(text=j), exp.pixel_maps()[:, [j]])
         for one, every in zip(exp.pixel_maps(original=True, text=j), exp.pixel_maps(original=True)):

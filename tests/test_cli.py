@@ -3,6 +3,7 @@
 import pytest
 from PIL import Image
 
+from clipx.assets import demo_image
 from clipx.cli import main
 
 
@@ -30,7 +31,7 @@ def test_bad_input_exits_2_with_a_clear_error(tiny_checkpoint, tmp_path, capsys)
 
 def test_explain_writes_one_overlay_per_caption(tiny_checkpoint, tmp_path, capsys):
     image = tmp_path / "img.png"
-    Image.open("assets/images/circle-and-square.png").save(image)
+    Image.open(demo_image("circle-and-square")).save(image)
     out = tmp_path / "out"
     assert main(["explain", str(image), "a red circle", "a blue square", "--model", str(tiny_checkpoint[0]),
                  "--out", str(out)]) == 0
@@ -66,7 +67,7 @@ def test_methods_lists_every_method(capsys):
 def test_explain_on_a_demo_scene_tells_its_objects_apart(tmp_path):
     """The README's main job: two captions naming the two objects give different overlays."""
     out = tmp_path / "out"
-    assert main(["explain", "assets/images/shapes-scene.png", "a blue star", "a yellow circle",
+    assert main(["explain", str(demo_image("shapes-scene")), "a blue star", "a yellow circle",
                  "--out", str(out)]) == 0
     star, circle = (Image.open(p).convert("RGB") for p in sorted(out.glob("*.png")))
     assert star.size == circle.size == (224, 224)
@@ -213,6 +214,7 @@ def test_a_300_character_model_id_exits_2(tmp_path, capsys, monkeypatch):
 
 MEMORY_SCRIPT = """
 import resource, sys
+from clipx.assets import demo_image
 from clipx.cli import main
 
 def peak_mb():
@@ -428,3 +430,54 @@ def test_index_and_search_bad_input_exit_2(tmp_path, capsys):
     assert main(["search", str(tmp_path / "idx"), "a red circle", "--explain", str(tmp_path / "o"),
                  "--method", "magic"]) == 2
     assert "unknown method 'magic'" in capsys.readouterr().err
+
+
+def test_demo_images_are_named_from_any_folder(tmp_path, monkeypatch, capsys):
+    """demo:NAME is a shipped image wherever the command runs; an unknown name lists the shipped ones."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "demo:shapes-scene", "a blue star", "--out", "maps"]) == 0
+    by_name = tmp_path / "by-path"
+    assert main(["explain", str(demo_image("shapes-scene")), "a blue star", "--out", str(by_name)]) == 0
+    assert Image.open(tmp_path / "maps" / "00-a-blue-star.png").tobytes() == \
+        Image.open(by_name / "00-a-blue-star.png").tobytes()
+    capsys.readouterr()
+    assert main(["score", "demo:no-such-scene", "a cat", "--model", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert "no demo image 'demo:no-such-scene'" in err and "demo:shapes-scene" in err
+
+
+def test_version_names_the_distribution(capsys):
+    import tomllib
+    from pathlib import Path
+
+    import clipx
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"{pyproject['project']['name']} {clipx.__version__}"
+
+
+def test_lab_passes_jupyterlabs_own_arguments_through(monkeypatch):
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv) or 0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["lab", "--allow-root", "--port", "8890"])
+    assert exit_.value.code == 0
+    assert calls[0][1:3] == ["-m", "jupyterlab"]
+    assert calls[0][-3:] == ["--allow-root", "--port", "8890"]
+    # the checkout's tutorials, unless the user names a folder of their own
+    assert calls[0][3].startswith("--notebook-dir=") and calls[0][3].endswith("notebooks")
+    with pytest.raises(SystemExit):
+        main(["lab", "--notebook-dir=/tmp"])
+    assert calls[1][3:] == ["--notebook-dir=/tmp"]
+
+
+def test_other_commands_refuse_unknown_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["methods", "--allow-root"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --allow-root" in capsys.readouterr().err

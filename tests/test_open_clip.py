@@ -8,7 +8,6 @@ towers have heads wider than 64 (open_clip's ViT-H/g/bigG do), so the width / 64
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import pytest
@@ -20,6 +19,7 @@ from clipx import open_clip
 from clipx.checkpoint import OpenAIShapes
 from clipx.errors import CheckpointError
 from floats import assert_float32_close, max_relative_error
+from open_clip_weights import open_clip_state
 
 # the vocabulary is not CLIP's, so clipx rightly says it has no tokenizer for it; these tests pass ids
 pytestmark = [pytest.mark.filterwarnings("error::UserWarning"),
@@ -29,46 +29,6 @@ pytestmark = [pytest.mark.filterwarnings("error::UserWarning"),
 VISION = {"image_size": 32, "layers": 2, "width": 320, "head_width": 80, "mlp_ratio": 2.0, "patch_size": 8}
 TEXT = {"context_length": 16, "vocab_size": 1000, "width": 256, "heads": 8, "layers": 2}
 MODEL_CFG = {"embed_dim": 24, "vision_cfg": VISION, "text_cfg": TEXT}
-
-
-def open_clip_state(cfg: dict = MODEL_CFG, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights under open_clip's key names (fused in_proj, [in, out] projections)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.1):
-        return torch.randn(*shape, generator=g) * scale
-
-    def norm(prefix, width):
-        return {f"{prefix}.weight": 1 + rand(width), f"{prefix}.bias": rand(width)}
-
-    def blocks(prefix, width, layers, mlp):
-        sd = {}
-        for i in range(layers):
-            b = f"{prefix}transformer.resblocks.{i}."
-            sd |= {**norm(b + "ln_1", width), **norm(b + "ln_2", width),
-                   # large q / k so that attention patterns, and with them the head count, matter
-                   b + "attn.in_proj_weight": rand(3 * width, width, scale=2 * width ** -0.5),
-                   b + "attn.in_proj_bias": rand(3 * width),
-                   b + "attn.out_proj.weight": rand(width, width, scale=width ** -0.5),
-                   b + "attn.out_proj.bias": rand(width),
-                   b + "mlp.c_fc.weight": rand(mlp, width, scale=width ** -0.5), b + "mlp.c_fc.bias": rand(mlp),
-                   b + "mlp.c_proj.weight": rand(width, mlp, scale=mlp ** -0.5), b + "mlp.c_proj.bias": rand(width)}
-        return sd
-
-    v, t, embed = cfg["vision_cfg"], cfg["text_cfg"], cfg["embed_dim"]
-    w, p, tw = v["width"], v["patch_size"], t["width"]
-    positions = (v["image_size"] // p) ** 2 + 1
-    return {
-        "visual.conv1.weight": rand(w, 3, p, p, scale=(3 * p * p) ** -0.5),
-        "visual.class_embedding": rand(w), "visual.positional_embedding": rand(positions, w),
-        **norm("visual.ln_pre", w), **blocks("visual.", w, v["layers"], int(w * v["mlp_ratio"])),
-        **norm("visual.ln_post", w), "visual.proj": rand(w, embed, scale=w ** -0.5),
-        "token_embedding.weight": rand(t["vocab_size"], tw, scale=1.0),
-        "positional_embedding": rand(t["context_length"], tw),
-        **blocks("", tw, t["layers"], int(tw * t.get("mlp_ratio", 4.0))),
-        **norm("ln_final", tw), "text_projection": rand(tw, embed, scale=tw ** -0.5),
-        "logit_scale": torch.tensor(math.log(1 / 0.07)),
-    }
 
 
 def quick_gelu(x):
@@ -126,7 +86,7 @@ def clipx_logits(model):
 
 def write_release(folder, model_cfg=MODEL_CFG, preprocess_cfg=None, state=None):
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(state if state is not None else open_clip_state(), folder / "open_clip_pytorch_model.bin")
+    torch.save(state if state is not None else open_clip_state(MODEL_CFG), folder / "open_clip_pytorch_model.bin")
     if model_cfg is not None:
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
         (folder / "open_clip_config.json").write_text(json.dumps(config))
@@ -136,7 +96,7 @@ def write_release(folder, model_cfg=MODEL_CFG, preprocess_cfg=None, state=None):
 @pytest.mark.parametrize("quick", [False, True])
 def test_open_clip_config_gives_open_clips_logits(tmp_path, quick):
     folder = write_release(tmp_path, {**MODEL_CFG, "quick_gelu": quick})
-    expected = reference_logits(open_clip_state(), 4, 8, quick_gelu if quick else F.gelu, *inputs())
+    expected = reference_logits(open_clip_state(MODEL_CFG), 4, 8, quick_gelu if quick else F.gelu, *inputs())
     for path in (folder, folder / "open_clip_pytorch_model.bin"):
         model = clipx.load(path)
         vision, text = model.config.vision_config, model.config.text_config
@@ -150,10 +110,10 @@ def test_the_width_64_guess_would_be_far_off(tmp_path):
     folder = write_release(tmp_path, model_cfg=None)
     with pytest.warns(UserWarning, match="5 vision and 4 text attention heads"):
         guessed = clipx.load(folder)
-    expected = reference_logits(open_clip_state(), 4, 8, F.gelu, *inputs())
+    expected = reference_logits(open_clip_state(MODEL_CFG), 4, 8, F.gelu, *inputs())
     assert max_relative_error(clipx_logits(guessed), expected, floor=1) > 1e-2
     # and the reference itself tells the head counts apart
-    wrong_heads = reference_logits(open_clip_state(), 5, 4, F.gelu, *inputs())
+    wrong_heads = reference_logits(open_clip_state(MODEL_CFG), 5, 4, F.gelu, *inputs())
     assert max_relative_error(wrong_heads, expected, floor=1) > 1e-2
 
 
@@ -203,7 +163,7 @@ def test_model_argument_names_the_architecture(tmp_path, monkeypatch):
     path = write_release(tmp_path, model_cfg=None) / "open_clip_pytorch_model.bin"
     monkeypatch.setitem(open_clip.ARCHITECTURES, "ViT-tiny-80", MODEL_CFG)
     model = clipx.load(path, model="ViT-tiny-80")  # no warning: nothing is guessed
-    assert_float32_close(clipx_logits(model), reference_logits(open_clip_state(), 4, 8, F.gelu, *inputs()),
+    assert_float32_close(clipx_logits(model), reference_logits(open_clip_state(MODEL_CFG), 4, 8, F.gelu, *inputs()),
                          rtol=1e-4, floor=1)
     # a real architecture is checked against the weights like a config file
     with pytest.raises(CheckpointError, match=r"model='ViT-B-32' does not fit the weights in .*open_clip_pytorch"

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import clipx
+import clipx.assets
 from clipx.metrics import auroc
 from clipx.sae import SAEConfig, SparseAutoencoder
 from clipx.sae_attach import attach_sae, splice_effect
@@ -293,7 +294,7 @@ def test_shipped_sae_concept_features_on_fresh_scenes():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     model, sae = clipx.load("demo"), SparseAutoencoder.load("demo-sae")
-    concepts = json.loads((root / "assets" / "shapes-clip-sae" / "concepts.json").read_text())
+    concepts = json.loads((clipx.assets.DEMO_SAES["demo-sae"] / "concepts.json").read_text())
     scenes = clipx.shapes.ShapesDataset(300, seed=1, split="test")
     chosen = [concepts[value]["feature"] for _, value in bench.CONCEPTS]
     scores = bench.score_features(bench.patch_features(model, sae, scenes), bench.concept_coverage(scenes), chosen)

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 import clipx
+import clipx.assets
 from clipx.errors import CheckpointError
 from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from conftest import check_batched_equals_single, map_change_after_rerandomising, randomise
@@ -328,7 +329,7 @@ def test_cli_on_a_siglip_checkpoint(checkpoint, model, tmp_path, capsys):
     from clipx.cli import main
 
     image = tmp_path / "img.png"
-    Image.open("assets/images/circle-and-square.png").save(image)
+    Image.open(clipx.assets.demo_image("circle-and-square")).save(image)
     assert main(["score", str(image), "a red circle", "a blue square", "--model", str(checkpoint[0])]) == 0
     rows = [line.rsplit(None, 2) for line in capsys.readouterr().out.strip().splitlines()[1:]]
     for _, logit, prob in rows:

@@ -287,6 +287,6 @@ def test_clipx_imports_without_datasets_webdataset_and_faiss_and_names_the_extra
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        "A Hugging Face dataset as a source needs the datasets package: pip install 'clipx[datasets]'",
-        "The shard pattern s-{0..1}.tar needs the braceexpand package: pip install 'clipx[webdataset]'",
-        "Search with backend='faiss' needs the faiss package: pip install 'clipx[faiss]'"]
+        "A Hugging Face dataset as a source needs the datasets package: pip install 'clipx-lens[datasets]'",
+        "The shard pattern s-{0..1}.tar needs the braceexpand package: pip install 'clipx-lens[webdataset]'",
+        "Search with backend='faiss' needs the faiss package: pip install 'clipx-lens[faiss]'"]

@@ -1,4 +1,4 @@
-"""Derive assets/clip-bpe/{vocab.json, merges.txt} from OpenAI's `bpe_simple_vocab_16e6.txt.gz`.
+"""Derive clipx/data/clip-bpe/{vocab.json, merges.txt} from OpenAI's `bpe_simple_vocab_16e6.txt.gz`.
 
 The vocabulary is built exactly as OpenAI's `simple_tokenizer.py` builds it, and written in the
 layout of Hugging Face's openai/clip-vit-* repositories. The .gz ships inside PyPI packages:
@@ -17,7 +17,7 @@ from pathlib import Path
 # OpenAI keeps this many merges: with 512 byte symbols (plain and with "</w>") and 2 specials, 49,408 tokens
 N_MERGES = 49152 - 256 - 2
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
-OUT_DIR = Path(__file__).resolve().parent.parent / "assets" / "clip-bpe"
+OUT_DIR = Path(__file__).resolve().parent.parent / "clipx" / "data" / "clip-bpe"
 
 
 def bytes_to_unicode() -> dict[int, str]:

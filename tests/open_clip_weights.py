@@ -1,0 +1,47 @@
+"""Random weights in open_clip's (and OpenAI's) published key layout, for tests that load such state dicts."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def open_clip_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under open_clip's key names (fused in_proj, [in, out] projections)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.1):
+        return torch.randn(*shape, generator=g) * scale
+
+    def norm(prefix, width):
+        return {f"{prefix}.weight": 1 + rand(width), f"{prefix}.bias": rand(width)}
+
+    def blocks(prefix, width, layers, mlp):
+        sd = {}
+        for i in range(layers):
+            b = f"{prefix}transformer.resblocks.{i}."
+            sd |= {**norm(b + "ln_1", width), **norm(b + "ln_2", width),
+                   # large q / k so that attention patterns, and with them the head count, matter
+                   b + "attn.in_proj_weight": rand(3 * width, width, scale=2 * width ** -0.5),
+                   b + "attn.in_proj_bias": rand(3 * width),
+                   b + "attn.out_proj.weight": rand(width, width, scale=width ** -0.5),
+                   b + "attn.out_proj.bias": rand(width),
+                   b + "mlp.c_fc.weight": rand(mlp, width, scale=width ** -0.5), b + "mlp.c_fc.bias": rand(mlp),
+                   b + "mlp.c_proj.weight": rand(width, mlp, scale=mlp ** -0.5), b + "mlp.c_proj.bias": rand(width)}
+        return sd
+
+    v, t, embed = cfg["vision_cfg"], cfg["text_cfg"], cfg["embed_dim"]
+    w, p, tw = v["width"], v["patch_size"], t["width"]
+    positions = (v["image_size"] // p) ** 2 + 1
+    return {
+        "visual.conv1.weight": rand(w, 3, p, p, scale=(3 * p * p) ** -0.5),
+        "visual.class_embedding": rand(w), "visual.positional_embedding": rand(positions, w),
+        **norm("visual.ln_pre", w), **blocks("visual.", w, v["layers"], int(w * v["mlp_ratio"])),
+        **norm("visual.ln_post", w), "visual.proj": rand(w, embed, scale=w ** -0.5),
+        "token_embedding.weight": rand(t["vocab_size"], tw, scale=1.0),
+        "positional_embedding": rand(t["context_length"], tw),
+        **blocks("", tw, t["layers"], int(tw * t.get("mlp_ratio", 4.0))),
+        **norm("ln_final", tw), "text_projection": rand(tw, embed, scale=tw ** -0.5),
+        "logit_scale": torch.tensor(math.log(1 / 0.07)),
+    }
