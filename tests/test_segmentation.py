@@ -170,7 +170,7 @@ def test_tampered_mat_files_are_refused_by_name(tmp_path, imagenet_seg):
 
 def test_missing_h5py_names_the_package(monkeypatch, imagenet_seg, tmp_path):
     monkeypatch.setitem(sys.modules, "h5py", None)  # what an environment without h5py imports
-    with pytest.raises(ImportError, match=r"needs the h5py package: pip install .clipx\[segmentation\]."):
+    with pytest.raises(ImportError, match=r"needs the h5py package: pip install .clipx-lens\[segmentation\]."):
         segmentation.read_imagenet_segmentation(imagenet_seg[0])
     write_voc(tmp_path)
     assert clipx.segmentation.read_voc_segmentation(tmp_path)[0].classes  # VOC needs no h5py
