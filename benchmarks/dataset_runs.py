@@ -24,11 +24,13 @@ from PIL import Image
 import clipx
 from clipx import shapes
 from clipx.explain_run import explain_dataset
+from clipx.runs import init_distributed
 
 CAPTIONS = ["a red circle", "a blue square", "a green star", "a yellow cross"]
 
 
 def worker(args) -> None:
+    init_distributed()
     model = clipx.load(args.model)
     start = time.perf_counter()
     explain_dataset(model, args.folder, args.out, CAPTIONS, method=args.method, shard_size=args.shard_size,

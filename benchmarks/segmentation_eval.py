@@ -43,7 +43,7 @@ import clipx
 from clipx import segmentation, shapes, templates
 from clipx.assets import IMAGENET_CLASSES
 from clipx.explain.registry import prepare_images
-from clipx.runs import run
+from clipx.runs import init_distributed, run
 from clipx.text_embeddings import embed_images, explain_embedding, scores
 from clipx.zeroshot import zeroshot_classifier
 
@@ -180,6 +180,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Scores every row and prints the table (rank 0); returns {row: {column: fraction}}."""
     args = parse(argv)
+    init_distributed()
     device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
     model = clipx.load(args.model, device=device)
     with tempfile.TemporaryDirectory() as temp:

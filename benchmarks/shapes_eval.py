@@ -32,7 +32,7 @@ from scoring import BASELINES, ROWS, baseline_maps, markdown_table, method_of
 
 import clipx
 from clipx import metrics, shapes
-from clipx.runs import run
+from clipx.runs import init_distributed, run
 
 COLUMNS = ["pointing", "energy", "discrimination", "deletion AUC", "insertion AUC"]
 
@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--curve-steps", type=int, default=16)
     ap.add_argument("--out", type=Path, help="run folder (one per model inside); rerun to resume")
     args = ap.parse_args()
+    init_distributed()
 
     with tempfile.TemporaryDirectory() as temp:
         out = args.out or Path(temp)

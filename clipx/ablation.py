@@ -192,7 +192,7 @@ def _replacing(model: CLIP, chosen: list[Site], value: Callable[[Site, torch.Ten
             return activation
         return hook
 
-    with model.hooks(fwd=[(name, hook_for(group)) for name, group in by_hook.items()]):
+    with model.hooks(fwd_hooks=[(name, hook_for(group)) for name, group in by_hook.items()]):
         yield
 
 

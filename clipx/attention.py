@@ -1,7 +1,7 @@
 """Multi-head self-attention with three interchangeable backends over the same weights.
 
 - `eager`: explicit softmax(q k^T * scale + mask) v, softmax in fp32. The only path whose
-  scores and pattern exist as tensors, so the only one that feeds `hook_scores` /
+  scores and pattern exist as tensors, so the only one that feeds `hook_attn_scores` /
   `hook_pattern`. A layer whose scores or pattern are hooked runs eagerly whatever its backend.
 - `sdpa`: torch's scaled_dot_product_attention (any kernel torch picks).
 - `flash`: the `flash_attn` package on CUDA fp16/bf16 where installed, else SDPA restricted to
@@ -81,10 +81,11 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()        # [batch, pos, head, d_head]
         self.hook_k = HookPoint()
         self.hook_v = HookPoint()
-        self.hook_scores = HookPoint()   # [batch, head, query, key], scaled and masked, pre-softmax
-        self.hook_pattern = HookPoint()  # [batch, head, query, key]
-        self.hook_z = HookPoint()        # [batch, pos, head, d_head], per-head mixed values
-        self.hook_out = HookPoint()      # [batch, pos, d_model]
+        self.hook_attn_scores = HookPoint()  # [batch, head, query, key], scaled and masked, pre-softmax
+        self.hook_pattern = HookPoint()      # [batch, head, query, key]
+        self.hook_z = HookPoint()            # [batch, pos, head, d_head], per-head mixed values
+        self.hook_result = HookPoint()       # [batch, pos, head, d_model], each head's output, without the bias
+        self.hook_out = HookPoint()          # [batch, pos, d_model]
 
     @property
     def backend_in_use(self) -> str:
@@ -110,15 +111,21 @@ class Attention(nn.Module):
         v = self.hook_v(self.v_proj(context).view(b, m, self.num_heads, self.head_dim))
 
         backend = self.backend_in_use
-        if force_eager or backend == "eager" or self.hook_scores.active or self.hook_pattern.active:
+        if force_eager or backend == "eager" or self.hook_attn_scores.active or self.hook_pattern.active:
             z, pattern = self._eager(q, k, v, causal, key_padding)
         else:
             if causal and right_padded:
                 key_padding = None
             z, pattern = self._fused(backend, q, k, v, causal, key_padding), None
         z = self.hook_z(z)
-        out = self.hook_out(self.out_proj(z.reshape(b, n, -1)))
-        return out, pattern
+        if self.hook_result.active:
+            # split out_proj by head only when asked: [pos, head, d_model] per token costs head x the memory
+            w = self.out_proj.weight.view(-1, self.num_heads, self.head_dim)  # [d_model, head, d_head]
+            result = self.hook_result(torch.einsum("bphd,mhd->bphm", z, w))
+            out = result.sum(2) + self.out_proj.bias
+        else:
+            out = self.out_proj(z.reshape(b, n, -1))
+        return self.hook_out(out), pattern
 
     def _eager(self, q, k, v, causal, key_padding):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -127,7 +134,7 @@ class Attention(nn.Module):
         if mask is not None:
             # finfo.min, not -inf, so a fully masked row stays finite (as in transformers)
             scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-        scores = self.hook_scores(scores)
+        scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         return (pattern @ v).transpose(1, 2), pattern
 

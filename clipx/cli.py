@@ -71,7 +71,10 @@ def explain_run(args: argparse.Namespace) -> None:
     --out (the same command resumes it; under torchrun each process takes its share)."""
     from .explain_run import explain_dataset
     from .loading import load
+    from .runs import init_distributed
     from .sources import as_source
+
+    init_distributed()  # under torchrun: this entry point joins the process group
 
     images = _saved_dataset(args.image, args.split) if args.hf_dataset else args.image
     # read before the model loads: a folder without images, a shard that is no tar, a column not there

@@ -15,6 +15,7 @@ A thread pool that should run under the caller's hooks runs its work through
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -34,6 +35,30 @@ Attached = Mapping["HookPoint", tuple[tuple[HookFn, ...], tuple[HookFn, ...]]]
 _ATTACHED: ContextVar[Attached] = ContextVar("clipx_attached_hooks", default={})
 _NONE: tuple[tuple[HookFn, ...], tuple[HookFn, ...]] = ((), ())
 _KINDS = {"fwd": 0, "bwd": 1}
+# hook names renamed to TransformerLens' spelling; the old ones still resolve, with a DeprecationWarning
+RENAMED = {"hook_scores": "hook_attn_scores"}
+
+
+def _renamed(name: str) -> str:
+    """`name` with a renamed hook's old spelling replaced by the new one (warning once per call)."""
+    for old, new in RENAMED.items():
+        parts = name.split(".")
+        if old in parts:
+            warnings.warn(f"the hook name {old!r} is now {new!r} (TransformerLens' name): {name!r} "
+                          f"still works but will not in the next release", DeprecationWarning, stacklevel=4)
+            name = ".".join(new if p == old else p for p in parts)
+    return name
+
+
+def _deprecated_keyword(old: str, new: str, old_value: Any, new_value: Any) -> Any:
+    """The value of keyword `new`, or of its deprecated spelling `old` (not both)."""
+    if old_value is None:
+        return new_value
+    if new_value:
+        raise TypeError(f"give {new}= only: {old}= is its old name")
+    warnings.warn(f"{old}= is now {new}= (TransformerLens' name); {old}= will go in the next release",
+                  DeprecationWarning, stacklevel=4)
+    return old_value
 
 
 class HookPoint(nn.Module):
@@ -118,6 +143,12 @@ def _matcher(names: NameFilter) -> Callable[[str], bool]:
 class Cache(dict):
     """Activations by hook name; gradients under `name + "_grad"` (TransformerLens' convention)."""
 
+    def __missing__(self, name: str) -> torch.Tensor:
+        renamed = _renamed(name)
+        if renamed == name:
+            raise KeyError(name)
+        return self[renamed]
+
     def grad(self, name: str) -> torch.Tensor:
         return self[name + "_grad"]
 
@@ -140,7 +171,7 @@ class HookedModule(nn.Module):
 
     def hook_point(self, name: str) -> HookPoint:
         try:
-            return self._hook_points[name]
+            return self._hook_points[name] if name in self._hook_points else self._hook_points[_renamed(name)]
         except KeyError:
             raise KeyError(f"no hook point named {name!r}; model.hook_names() lists them") from None
 
@@ -149,20 +180,26 @@ class HookedModule(nn.Module):
             return [self.hook_point(names)]
         if isinstance(names, (list, tuple)) and not names:
             return []
-        match = _matcher(names)
+        match = _matcher(_renamed(names) if isinstance(names, str)
+                         else names if names is None or callable(names) else [_renamed(n) for n in names])
         points = [p for n, p in self._hook_points.items() if match(n)]
         if not points:
             raise KeyError(f"no hook point matches {names!r}; model.hook_names() lists them")
         return points
 
     @contextmanager
-    def hooks(self, fwd: Iterable[tuple[NameFilter, HookFn]] = (),
-              bwd: Iterable[tuple[NameFilter, HookFn]] = ()) -> Iterator["HookedModule"]:
+    def hooks(self, fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (),
+              bwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), *,
+              fwd: Iterable[tuple[NameFilter, HookFn]] | None = None,
+              bwd: Iterable[tuple[NameFilter, HookFn]] | None = None) -> Iterator["HookedModule"]:
         """Attach hooks for the duration of the block, for forwards this thread runs; they are
-        removed on exit, also on error."""
+        removed on exit, also on error. `fwd_hooks` / `bwd_hooks`: (name filter, fn) pairs, as in
+        TransformerLens (`fwd=` / `bwd=` are their deprecated spellings)."""
+        fwd_hooks = _deprecated_keyword("fwd", "fwd_hooks", fwd, fwd_hooks)
+        bwd_hooks = _deprecated_keyword("bwd", "bwd_hooks", bwd, bwd_hooks)
         added: list[tuple[HookPoint, str, HookFn]] = []
         try:
-            for pairs, kind in ((fwd, "fwd"), (bwd, "bwd")):
+            for pairs, kind in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
                 for names, fn in pairs:
                     for point in self._resolve(names):
                         _attach(point, kind, fn)
@@ -178,8 +215,8 @@ class HookedModule(nn.Module):
         _ATTACHED.set({p: h for p, h in _ATTACHED.get().items() if p not in own})
 
     @contextmanager
-    def recording(self, names: NameFilter = None, requires_grad: bool = False) -> Iterator[Cache]:
-        """Fill a Cache with the activations at `names` while the block runs.
+    def recording(self, names_filter: NameFilter = None, requires_grad: bool = False) -> Iterator[Cache]:
+        """Fill a Cache with the activations at the hook points `names_filter` selects while the block runs.
 
         With `requires_grad`, an activation that does not require grad (frozen weights, or inside
         `torch.no_grad()` turned off by the caller) is swapped for a leaf that does: the first
@@ -193,21 +230,23 @@ class HookedModule(nn.Module):
             cache[hook.name] = x
             return x
 
-        with self.hooks(fwd=[(p.name, record) for p in self._resolve(names)]):
+        with self.hooks(fwd_hooks=[(p.name, record) for p in self._resolve(names_filter)]):
             yield cache
 
-    def run_with_cache(self, *args: Any, names: NameFilter = None,
+    def run_with_cache(self, *args: Any, names_filter: NameFilter = None,
                        objective: Callable[[Any], torch.Tensor] | None = None,
-                       detach: bool = True, **kwargs: Any) -> tuple[Any, Cache]:
-        """Run the model, recording the activations at the hook points `names` selects.
+                       detach: bool = True, names: NameFilter = None, **kwargs: Any) -> tuple[Any, Cache]:
+        """Run the model, recording the activations at the hook points `names_filter` selects (a name, a
+        glob, a list of them or a predicate, as in TransformerLens; `names=` is its deprecated spelling).
 
         With `objective` (a function of the outputs that returns a scalar), the cache also holds
         the gradient of that scalar with respect to every recorded activation, under
         `name + "_grad"`. This works inside `torch.no_grad()` and on frozen weights.
         """
+        names_filter = _deprecated_keyword("names", "names_filter", names, names_filter)
         want_grad = objective is not None
         with torch.set_grad_enabled(want_grad or torch.is_grad_enabled()), \
-                self.recording(names, requires_grad=want_grad) as cache:
+                self.recording(names_filter, requires_grad=want_grad) as cache:
             out = self(*args, **kwargs)
             if want_grad:
                 target = objective(out)

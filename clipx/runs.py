@@ -84,8 +84,8 @@ def run(folder: str | Path, items: Sequence[Any], process: Process, config: dict
         shard_size: int = 256, batch_size: int = 16, progress: bool = True) -> RunResult:
     """Process every item in batches, writing a shard per `shard_size` items into `folder`, skipping the
     shards already there (a resumed run). `config` must equal the folder's if it holds a run: a folder is
-    one run. Under torchrun (a process group initialised, or WORLD_SIZE set: then it is initialised here,
-    gloo on CPU, NCCL where CUDA is) each rank runs its share and waits for the others at the end."""
+    one run. Under torchrun, with torch.distributed initialised by the caller's entry point
+    (`init_distributed()`), each rank runs its share and waits for the others at the end."""
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be at least 1, got {shard_size} and {batch_size}")
     items = list(items)
@@ -193,17 +193,35 @@ def _difference(where: str, there: Any, here: Any) -> tuple[str, Any, Any]:
     return where, there, here
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size): torch.distributed's if a group is up or torchrun set WORLD_SIZE, else (0, 1)."""
+def init_distributed() -> tuple[int, int]:
+    """For a script's entry point (the CLI's is one): initialise torch.distributed from the environment
+    torchrun sets (gloo on CPU, NCCL where CUDA is), unless a group is up already or the run is one
+    process. Returns (rank, world size). Library calls never initialise it: that is the caller's choice."""
     import torch.distributed as dist
 
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return 0, 1
+    if dist.is_available() and not dist.is_initialized() and _torchrun_world_size() > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return _distributed()
+
+
+def _torchrun_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, else (0, 1). Under torchrun without a group
+    every process would run every shard, so that is refused, naming the fix."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world = _torchrun_world_size()
+    if world > 1:
+        raise RuntimeError(f"this process is one of {world} that torchrun started (WORLD_SIZE={world}), but "
+                           "torch.distributed is not initialised, so each would run every shard: call "
+                           "clipx.runs.init_distributed() (or torch.distributed.init_process_group()) in the "
+                           "script's entry point first")
+    return 0, 1
 
 
 def _barrier(world: int) -> None:

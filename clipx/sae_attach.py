@@ -51,7 +51,7 @@ def attach_sae(model: CLIP, sae: SparseAutoencoder, splice: bool = False,
         reconstruction = sae.decode(features[:, skip:]).to(x.dtype)
         return torch.cat([x[:, :skip], reconstruction], dim=1)
 
-    with model.hooks(fwd=[(name, hook)]):
+    with model.hooks(fwd_hooks=[(name, hook)]):
         yield attached
 
 

@@ -53,6 +53,6 @@ def explain_embedding(model: CLIP, images: Any, embedding: torch.Tensor, label: 
         # need a graph there), while its value and its gradient on the logit are nothing
         return projected * 0 + target.to(projected)
 
-    with model.hooks(fwd=[("text.hook_projected", replace)]):
+    with model.hooks(fwd_hooks=[("text.hook_projected", replace)]):
         exp = explain(model, images, [label], method=method, **options)
     return dataclasses.replace(exp, text=None, token_maps=None)

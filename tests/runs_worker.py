@@ -11,6 +11,7 @@ import sys
 
 import clipx
 from clipx.explain_run import explain_dataset
+from clipx.runs import init_distributed
 
 CAPTIONS = ["a red circle", "a blue square"]
 calls = 0
@@ -29,5 +30,6 @@ def captions(path: str) -> list[str]:
 if __name__ == "__main__":
     folder, out = sys.argv[1], sys.argv[2]
     mode = sys.argv[3] if len(sys.argv) > 3 else "fixed"
+    init_distributed()
     explain_dataset(clipx.load("demo"), folder, out, captions if mode == "function" else CAPTIONS,
                     method="relevance", shard_size=4, batch_size=3, progress=False)

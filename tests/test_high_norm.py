@@ -33,7 +33,7 @@ def planted(model, patch=PLANTED, scale=30.0):
         x[:, position] += scale * x[:, position].norm(dim=-1, keepdim=True) * torch.ones_like(x[:, position])
         return x
 
-    return model.hooks(fwd=[("vision.blocks.1.hook_resid_pre", plant)])
+    return model.hooks(fwd_hooks=[("vision.blocks.1.hook_resid_pre", plant)])
 
 
 # --- the detector ---------------------------------------------------------------------------------

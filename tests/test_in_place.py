@@ -37,9 +37,9 @@ NAMES = ["vision.blocks.0.hook_attn_out", "vision.blocks.0.attn.hook_out", "visi
 
 def test_what_hook_points_record_is_never_overwritten(tiny_model):
     with torch.no_grad():
-        _, fast = tiny_model.run_with_cache(**inputs(), names=NAMES)
+        _, fast = tiny_model.run_with_cache(**inputs(), names_filter=NAMES)
     with torch.enable_grad():
-        _, plain = tiny_model.run_with_cache(**inputs(), names=NAMES)
+        _, plain = tiny_model.run_with_cache(**inputs(), names_filter=NAMES)
     for name in NAMES:
         assert torch.equal(fast[name], plain[name]), name
 

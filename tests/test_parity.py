@@ -257,7 +257,7 @@ def test_fused_backends_skip_padding_with_the_same_results(tiny_checkpoint):
     with torch.no_grad():
         ref = hf.text_model(input_ids=ids, attention_mask=mask)
         seen = []
-        with model.hooks(fwd=[("text.blocks.0.hook_resid_pre", lambda t, h: seen.append(t.shape))]):
+        with model.hooks(fwd_hooks=[("text.blocks.0.hook_resid_pre", lambda t, h: seen.append(t.shape))]):
             model.text(ids, mask)
         grouped = model.text(ids, mask)
         with model.attention("eager"):

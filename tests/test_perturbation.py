@@ -49,7 +49,7 @@ def test_one_image_forward_per_perturbation_whatever_the_captions(model, method,
         def count(tensor, hook, tower):
             counts[tower] += tensor.shape[0]
 
-        with model.hooks(fwd=[(f"{tower}.hook_embed", lambda t, h, tower=tower: count(t, h, tower))
+        with model.hooks(fwd_hooks=[(f"{tower}.hook_embed", lambda t, h, tower=tower: count(t, h, tower))
                               for tower in counts]):
             clipx.explain(model, images(2), CAPTIONS[:n_texts], method=method, **options)
         assert counts == {"vision": 2 * per_image, "text": n_texts}
@@ -105,7 +105,7 @@ def test_only_the_patch_that_matters_gets_a_value(model):
         out[:, keep] = tokens[:, keep]
         return out
 
-    with model.hooks(fwd=[("vision.hook_embed", only_one_patch)]):
+    with model.hooks(fwd_hooks=[("vision.hook_embed", only_one_patch)]):
         exp = clipx.explain(model, images(2), CAPTIONS, method="occlusion")
     others = exp.image.flatten(2)[..., [k for k in range(16) if k != keep - 1]]
     assert others.abs().max() < 1e-4 * exp.scores.abs().max()

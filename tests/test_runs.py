@@ -185,3 +185,16 @@ def test_torchrun_with_two_processes_gives_the_single_process_shards(tmp_path):
     double = worker(images, tmp_path / "double", torchrun=True)
     assert double.returncode == 0, double.stderr + double.stdout
     same_results(RunResult(tmp_path / "double"), RunResult(tmp_path / "single"))
+
+
+def test_a_library_call_never_initialises_torch_distributed(tmp_path, monkeypatch):
+    """Under torchrun without a process group, run() refuses (each process would run every shard) and
+    leaves torch.distributed as it found it; init_distributed() is the entry point's explicit step."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2.*clipx\.runs\.init_distributed\(\)"):
+        run(tmp_path / "run", [1, 2, 3], lambda batch: [{"x": torch.zeros(1)} for _ in batch], {}, progress=False)
+    assert not dist.is_initialized() and not (tmp_path / "run").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert runs_module.init_distributed() == (0, 1) and not dist.is_initialized()

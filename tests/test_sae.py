@@ -206,7 +206,7 @@ def test_splice_replaces_the_activation_by_the_reconstruction(model, pixel_value
         x = cache[HOOK]
         by_hand = x.clone()
         by_hand[:, 1:] = sae(x[:, 1:])[0]
-        with model.hooks(fwd=[(HOOK, lambda a, hook: by_hand)]):
+        with model.hooks(fwd_hooks=[(HOOK, lambda a, hook: by_hand)]):
             expected = model(**inputs).logits_per_image
         with attach_sae(model, sae, splice=True):
             spliced = model(**inputs).logits_per_image

@@ -168,7 +168,7 @@ def test_ablating_the_probes_attention_changes_the_embedding(model):
 
     with torch.no_grad():
         before = model.encode_image(px)
-        with model.hooks(fwd=[("vision.head.attn.hook_pattern", only_first_patch)]):
+        with model.hooks(fwd_hooks=[("vision.head.attn.hook_pattern", only_first_patch)]):
             after = model.encode_image(px)
         patch = model.vision.patch_features  # the head reading one token alone is exactly that token's feature
         with model.recording("vision.blocks.1.hook_resid_post") as cache:

@@ -69,7 +69,7 @@ def test_hooks_of_one_thread_do_not_touch_another(model):
     inside, outside = threading.Event(), threading.Event()
 
     def ablate():
-        with model.hooks(fwd=[("vision.blocks.*.attn.hook_z", lambda z, hook: z * 0)]), torch.no_grad():
+        with model.hooks(fwd_hooks=[("vision.blocks.*.attn.hook_z", lambda z, hook: z * 0)]), torch.no_grad():
             inside.set()
             outside.wait(timeout=60)
             return model(pixel_values=px, input_ids=ids, attention_mask=mask).logits_per_image
@@ -79,7 +79,7 @@ def test_hooks_of_one_thread_do_not_touch_another(model):
         try:
             with torch.no_grad():
                 out, cache = model.run_with_cache(pixel_values=px, input_ids=ids, attention_mask=mask,
-                                                  names="vision.blocks.0.attn.hook_z")
+                                                  names_filter="vision.blocks.0.attn.hook_z")
             return out.logits_per_image, list(cache)
         finally:
             outside.set()

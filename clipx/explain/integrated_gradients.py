@@ -51,12 +51,12 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
     def image_logits(embed: torch.Tensor) -> torch.Tensor:
         # the pixels only give the patch grid its shape: the hook puts the interpolated embeddings in
         pixels = x.pixel_values[:1].expand(embed.shape[0], -1, -1, -1)
-        with model.hooks(fwd=[("vision.hook_embed", lambda _, hook: embed)]):
+        with model.hooks(fwd_hooks=[("vision.hook_embed", lambda _, hook: embed)]):
             features = model.encode_image(pixels, x.interpolate_pos_encoding)
         return scale * F.normalize(features, dim=-1) @ text_embeds.T      # [n, n_texts]
 
     def text_logits(embed: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with model.hooks(fwd=[("text.hook_embed", lambda _, hook: embed)]):
+        with model.hooks(fwd_hooks=[("text.hook_embed", lambda _, hook: embed)]):
             features = model.encode_text(input_ids, attention_mask)
         return scale * F.normalize(features, dim=-1) @ image_embeds.T     # [n, n_images]
 

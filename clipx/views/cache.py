@@ -43,7 +43,7 @@ class Patterns:
         tok = model.tokenize(texts)
         with progress("recording attention…"), model.attention("eager"), torch.no_grad():  # only eager exposes patterns
             _, cache = model.run_with_cache(pixel_values=pixel_values, input_ids=tok.input_ids,
-                                            attention_mask=tok.attention_mask, names="*.attn.hook_pattern")
+                                            attention_mask=tok.attention_mask, names_filter="*.attn.hook_pattern")
         self.cache = cache
         self.lengths = tok.attention_mask.sum(1).tolist()
         self.tokens = model.tokenizer.tokens(tok.input_ids, tok.attention_mask)
