@@ -160,3 +160,18 @@ def test_siglip_scores_carry_the_logit_bias(siglip):
     parts = clipx.decompose_text(model, CAPTIONS).logits(model, out.image_embeds)  # captions against images
     assert parts.labels[-1] == "logit_bias"
     assert_float32_close(parts.total(), ref.T, **rtol, what="direct logits")
+
+
+def test_every_mutation_of_the_sweep_still_finds_its_text():
+    """tools/mutation_sweep.py breaks each formula by an exact text replacement: a refactor that moves the
+    text must move the mutation with it, or the sweep would stop guarding that formula."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("mutation_sweep", root / "tools" / "mutation_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    for name, (path, text, replacement) in sweep.MUTATIONS.items():
+        assert (root / path).read_text(encoding="utf-8").count(text) == 1, f"{name}: {text!r} in {path}"
+        assert replacement != text
