@@ -9,7 +9,7 @@ import torch
 import clipx
 from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from clipx.tokenizer import Tokenizer
-from conftest import make_checkpoint
+from checkpoints import make_checkpoint
 from floats import assert_float32_close
 from test_parity import VIT_B_TEXT, pixels
 

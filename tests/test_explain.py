@@ -11,7 +11,8 @@ from PIL import Image
 
 import clipx
 from clipx import Explanation
-from conftest import check_batched_equals_single, make_checkpoint, map_change_after_rerandomising, save_hf
+from checkpoints import make_checkpoint, save_hf
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]

@@ -7,7 +7,7 @@ import torch
 import clipx
 from clipx.explain.rollout import rollout_matrix
 from clipx.high_norm import high_norm_tokens
-from conftest import check_batched_equals_single, map_change_after_rerandomising
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import clipx
 import clipx.index as index_module
 from clipx.index import EMBEDDINGS, MANIFEST, FileState, Index, top_k
-from conftest import make_checkpoint
+from checkpoints import make_checkpoint
 from floats import assert_float32_close
 
 

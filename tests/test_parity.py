@@ -5,8 +5,9 @@ import torch
 import transformers
 
 import clipx
-from conftest import make_checkpoint, randomise, save_hf, texts_to_ids
+from checkpoints import make_checkpoint, randomise, save_hf
 from floats import assert_float32_close
+from inputs import texts_to_ids
 
 
 def hf_run(hf, pixel_values, ids, mask, **kwargs):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import clipx
-from conftest import check_batched_equals_single, map_change_after_rerandomising
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
 from test_explain import CAPTIONS, images
 

@@ -15,7 +15,8 @@ import clipx
 import clipx.assets
 from clipx.errors import CheckpointError
 from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from conftest import check_batched_equals_single, map_change_after_rerandomising, randomise
+from checkpoints import randomise
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
 
 TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
