@@ -1,8 +1,8 @@
 """Checkpoints written in the hub's own layout by transformers, for clipx to load.
 
 No machine here reaches the hub, so every test model is a randomly initialised
-`transformers.CLIPModel` saved with `save_pretrained`, with CLIP's real tokenizer files
-and a `preprocessor_config.json` beside it.
+`transformers.CLIPModel` (or `SiglipModel`) saved with `save_pretrained`, with CLIP's real
+tokenizer files and a `preprocessor_config.json` beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_
                  max_position_embeddings=77, vocab_size=49408)
 TINY_VISION = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                    image_size=32, patch_size=8)
+# ViT-B's text tower, for the slow parity checks at real shapes
+VIT_B_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+                  max_position_embeddings=77, vocab_size=49408)
 
 
 def hf_clip_config(text=TINY_TEXT, vision=TINY_VISION, projection_dim=24, **text_overrides):
@@ -53,3 +56,28 @@ def make_checkpoint(folder, seed: int = 0, attn: str = "eager", **overrides):
     model = randomise(transformers.CLIPModel(config).eval(), seed)
     save_hf(model, folder, image_size=config.vision_config.image_size)
     return model
+
+
+# SigLIP: a transformers SiglipModel, with CLIP's BPE (the tiny vocabulary is CLIP's size)
+SIGLIP_TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   max_position_embeddings=16, vocab_size=49408)
+SIGLIP_VISION = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     image_size=32, patch_size=8)
+
+
+def hf_siglip(text=SIGLIP_TEXT, vision=SIGLIP_VISION, seed=0, attn="eager") -> transformers.SiglipModel:
+    torch.manual_seed(seed)
+    config = transformers.SiglipConfig(text_config=text, vision_config=vision)
+    config._attn_implementation = attn
+    model = randomise(transformers.SiglipModel(config).eval(), seed)
+    with torch.no_grad():  # SigLIP's trained values, so logits have their real scale
+        model.logit_scale.fill_(2.3)
+        model.logit_bias.fill_(-1.5)
+    return model
+
+
+def save_siglip(model, folder) -> None:
+    model.save_pretrained(folder)
+    # CLIP's BPE beside the weights: the tiny vocabulary is CLIP's size; SigLIP's own tokenizers are
+    # tested in their own file
+    transformers.CLIPTokenizerFast.from_pretrained(CLIP_BPE_DIR).save_pretrained(folder)

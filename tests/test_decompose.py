@@ -9,9 +9,9 @@ import torch
 import clipx
 from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from clipx.tokenizer import Tokenizer
-from checkpoints import make_checkpoint
+from checkpoints import VIT_B_TEXT, make_checkpoint
 from floats import assert_float32_close
-from test_parity import VIT_B_TEXT, pixels
+from inputs import pixels
 
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "x"]
 PARITY = dict(rtol=1e-4, floor=1)  # the parity target: within 1e-4, relative where large

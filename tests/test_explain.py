@@ -14,12 +14,7 @@ from clipx import Explanation
 from checkpoints import make_checkpoint, save_hf
 from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
-
-CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
-
-
-def images(n=3, size=32, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+from inputs import CAPTIONS, images
 
 
 @pytest.fixture(scope="module")

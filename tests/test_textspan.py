@@ -12,7 +12,7 @@ import clipx
 from clipx import shapes
 from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from clipx.textspan import text_directions, text_span, variance_share
-from test_parity import pixels
+from inputs import pixels
 
 DIM = 64
 

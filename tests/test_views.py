@@ -16,6 +16,7 @@ from PIL import Image
 import clipx
 from clipx.views import (AttentionView, Compare, Explorer, TokenPatchView, explanation_grid, grid, heads_grid,
                          matrix, overlay, to_png, token_html)
+from widgets import changes, png_size
 
 TEXTS = ["a red circle", "a blue square"]
 
@@ -43,17 +44,6 @@ def calls(model, monkeypatch):
 
     monkeypatch.setattr(model, "forward", counted)
     return count
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    return Image.open(io.BytesIO(data)).size
-
-
-def changes(view, control, value, what="picture") -> bool:
-    """Whether setting `control` to `value` changes the view's picture bytes (or panel HTML)."""
-    before = bytes(view.picture.value) if what == "picture" else view.panel.value
-    control.value = value
-    return (bytes(view.picture.value) if what == "picture" else view.panel.value) != before
 
 
 # --- render --------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from PIL import Image
 
 import clipx
 from clipx.views import Explorer, Gallery
-from test_views import calls, changes, model, png_size  # noqa: F401  (fixtures and helpers shared with the other views)
+from test_views import calls, model  # noqa: F401  (fixtures shared with the other views)
+from widgets import changes, png_size
 
 
 @pytest.fixture(scope="module")
