@@ -4,16 +4,10 @@ against weights edited by hand and against other hook points' recordings."""
 import pytest
 import torch
 
-import clipx
 from clipx.ablation import ablate, ablate_heads, patch
 from floats import assert_float32_close
 from inputs import pixels
 from weight_edits import without_heads
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
 
 
 @pytest.mark.parametrize("tower", ["vision", "text"])

@@ -12,11 +12,6 @@ from floats import assert_float32_close
 from inputs import CAPTIONS, images
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
 def forward(model, captions):
     """Captum's forward by hand: pixel values -> the logits of every caption."""
     tok = model.tokenize(captions)

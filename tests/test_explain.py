@@ -17,11 +17,6 @@ from floats import assert_float32_close
 from inputs import CAPTIONS, images
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
 @pytest.mark.parametrize("method", clipx.methods())
 def test_shapes_finite_and_batched_equals_single_pair(model, method):
     exp = check_batched_equals_single(model, images(), CAPTIONS, method)

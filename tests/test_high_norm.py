@@ -15,11 +15,6 @@ ATTENTION_BASED = ["rollout", "attention", "relevance", "legrad"]
 PLANTED = 6  # the patch (row 1, column 2 of the tiny model's 4x4 grid) made high-norm from block 1 on
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
 def planted(model, patch=PLANTED, scale=30.0):
     """Hooks that give one patch token a large norm from block 1's input on, as a ViT's artifact tokens have."""
     position = model.vision.prefix_tokens + patch

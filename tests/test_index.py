@@ -21,11 +21,6 @@ from checkpoints import make_checkpoint
 from floats import assert_float32_close
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
 def picture(seed: int) -> Image.Image:
     return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (40, 48, 3), dtype=np.uint8))
 

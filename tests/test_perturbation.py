@@ -14,11 +14,6 @@ from inputs import CAPTIONS, images
 FAST_RISE = {"n_masks": 40, "batch_size": 16}
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
 @pytest.mark.parametrize("method", ["occlusion", "rise"])
 def test_batched_equals_single_pair(model, method):
     check_batched_equals_single(model, images(), CAPTIONS, method)

@@ -14,11 +14,6 @@ matplotlib.use("Agg")
 CAPTIONS = ["a red circle", "a blue square", "two green stars", "x"]
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
 def scores(model, px, captions=CAPTIONS):
     tok = model.tokenize(captions)
     with torch.no_grad():

@@ -41,11 +41,6 @@ def inputs(k):
     return pixel_values, CAPTIONS[k % len(CAPTIONS)]
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
 @pytest.mark.parametrize("method", clipx.methods())
 def test_explain_in_threads_equals_explain_in_sequence(model, method):
     expected = [clipx.explain(model, *inputs(k), method=method) for k in range(N_THREADS)]
