@@ -1,4 +1,5 @@
-"""Random weights in open_clip's (and OpenAI's) published key layout, for tests that load such state dicts."""
+"""Weights in open_clip's (and OpenAI's) published key layout, for tests that load such state dicts:
+random ones, or a transformers CLIPModel's renamed."""
 
 from __future__ import annotations
 
@@ -45,3 +46,44 @@ def open_clip_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         **norm("ln_final", tw), "text_projection": rand(tw, embed, scale=tw ** -0.5),
         "logit_scale": torch.tensor(math.log(1 / 0.07)),
     }
+
+
+def hf_to_openai(state: dict) -> dict:
+    """The published OpenAI <-> Hugging Face key mapping, written out independently of clipx."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith("position_ids"):
+            continue
+        tower = "visual." if k.startswith("vision_model.") else ""
+        k2 = k.replace("vision_model.", "").replace("text_model.", "")
+        if k2.startswith("encoder.layers."):
+            i, rest = k2[len("encoder.layers."):].split(".", 1)
+            base = f"{tower}transformer.resblocks.{i}."
+            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                kind = rest.split(".")[2]
+                if rest.startswith("self_attn.q_proj"):
+                    qkv = [state[k.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")]
+                    out[base + f"attn.in_proj_{kind}"] = torch.cat(qkv, 0)
+                continue
+            rest = (rest.replace("self_attn.out_proj", "attn.out_proj").replace("layer_norm1", "ln_1")
+                    .replace("layer_norm2", "ln_2").replace("mlp.fc1", "mlp.c_fc").replace("mlp.fc2", "mlp.c_proj"))
+            out[base + rest] = v
+            continue
+        simple = {
+            "embeddings.patch_embedding.weight": "visual.conv1.weight",
+            "embeddings.class_embedding": "visual.class_embedding",
+            "pre_layrnorm.weight": "visual.ln_pre.weight", "pre_layrnorm.bias": "visual.ln_pre.bias",
+            "post_layernorm.weight": "visual.ln_post.weight", "post_layernorm.bias": "visual.ln_post.bias",
+            "embeddings.token_embedding.weight": "token_embedding.weight",
+            "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias",
+            "logit_scale": "logit_scale",
+        }
+        if k2 == "embeddings.position_embedding.weight":
+            out[tower + "positional_embedding"] = v
+        elif k2 == "visual_projection.weight":
+            out["visual.proj"] = v.T
+        elif k2 == "text_projection.weight":
+            out["text_projection"] = v.T
+        else:
+            out[simple[k2]] = v
+    return out

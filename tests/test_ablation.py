@@ -1,39 +1,19 @@
 """clipx.ablation: zero-, mean- and resample-ablation and activation patching of heads and MLPs, checked
 against weights edited by hand and against other hook points' recordings."""
 
-import copy
-
 import pytest
 import torch
 
-import clipx
 from clipx.ablation import ablate, ablate_heads, patch
 from floats import assert_float32_close
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
-def pixels(n=2, seed=0):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def without_heads(model, tower, heads):
-    """A copy whose out_proj ignores the heads' outputs: what zero-ablation must equal."""
-    edited = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer, head in heads:
-            attn = getattr(edited, tower).blocks[layer].attn
-            attn.out_proj.weight[:, head * attn.head_dim:(head + 1) * attn.head_dim] = 0
-    return edited
+from inputs import pixels
+from weight_edits import without_heads
 
 
 @pytest.mark.parametrize("tower", ["vision", "text"])
 def test_zero_ablation_equals_removing_the_heads_weights(model, tower):
     heads = [(0, 1), (1, 0), (1, 3)]
-    px, tok = pixels(), model.tokenize(["a red circle", "two blue squares on the left"])
+    px, tok = pixels(2, seed=0), model.tokenize(["a red circle", "two blue squares on the left"])
     encode = (lambda m: m.encode_image(px)) if tower == "vision" else (
         lambda m: m.encode_text(tok.input_ids, tok.attention_mask))
     with torch.no_grad():
@@ -48,7 +28,7 @@ def test_zero_ablation_equals_removing_the_heads_weights(model, tower):
 
 
 def test_mean_ablation_over_the_same_image_changes_nothing(model):
-    px = pixels(1)
+    px = pixels(1, seed=0)
     with torch.no_grad():
         before = model.encode_image(px)
         with ablate_heads(model, [(1, 2), (-1, -1)], mode="mean", reference={"pixel_values": px}):
@@ -107,7 +87,7 @@ def test_patching_from_the_same_input_changes_nothing_and_from_another_changes_t
 
 
 def test_ablating_at_the_class_token_leaves_the_last_layers_patches_alone(model):
-    px, name = pixels(2), "vision.blocks.1.hook_resid_post"
+    px, name = pixels(2, seed=0), "vision.blocks.1.hook_resid_post"
     parts = [f"vision.blocks.1.attn.head.{h}" for h in range(4)]
     clean = record(model, [name], px)[name]
     with ablate(model, parts, positions=[0]):
@@ -136,14 +116,14 @@ def test_resample_ablation_gives_each_item_a_reference_items_output(model):
     (lambda m: ablate(m, ["vision.layers.0.mlp"]), "not a part label"),
     (lambda m: ablate(m, []), "no parts given"),
     (lambda m: ablate(m, "vision.blocks.0.attn.head.9"), "head 9 is outside the 4 heads"),
-    (lambda m: ablate(m, "text.blocks.0.mlp", mode="mean", reference=pixels(1)), "hold no input_ids"),
-    (lambda m: patch(m, "vision.blocks.0.mlp", pixels(3)), "the source holds 3 inputs but this forward 2"),
+    (lambda m: ablate(m, "text.blocks.0.mlp", mode="mean", reference=pixels(1, seed=0)), "hold no input_ids"),
+    (lambda m: patch(m, "vision.blocks.0.mlp", pixels(3, seed=0)), "the source holds 3 inputs but this forward 2"),
     (lambda m: ablate(m, "vision.blocks.0.mlp", positions=[0, 17]), "positions \\[0, 17\\] reach outside"),
 ])
 def test_bad_interventions_are_refused_by_name(model, run, message):
     with pytest.raises(ValueError, match=message):
         with run(model), torch.no_grad():
-            model.encode_image(pixels(2))
+            model.encode_image(pixels(2, seed=0))
 
 
 def test_a_recorded_cache_serves_as_the_reference(model):

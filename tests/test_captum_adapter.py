@@ -9,12 +9,7 @@ from captum.attr import LayerGradCam, LayerIntegratedGradients, NoiseTunnel, Sal
 import clipx
 from clipx import Explanation
 from floats import assert_float32_close
-from test_explain import CAPTIONS, images
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
+from inputs import CAPTIONS, images
 
 
 def forward(model, captions):

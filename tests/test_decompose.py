@@ -7,39 +7,12 @@ import pytest
 import torch
 
 import clipx
-from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from clipx.tokenizer import Tokenizer
-from conftest import make_checkpoint
+from checkpoints import VIT_B_TEXT, make_checkpoint
 from floats import assert_float32_close
-from test_parity import VIT_B_TEXT, pixels
+from inputs import pixels
 
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "x"]
 PARITY = dict(rtol=1e-4, floor=1)  # the parity target: within 1e-4, relative where large
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return clipx.load("demo")
-
-
-@pytest.fixture(scope="module")
-def siglip():
-    vision = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=32, patch_size=8)
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=16, vocab_size=49408, projection_dim=48)
-    model = clipx.CLIP(SiglipConfig(text_config=SiglipTextConfig(**text), vision_config=SiglipVisionConfig(**vision)))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # off the identity LayerNorms and zero biases of a fresh model
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    model.tokenizer = Tokenizer.default(context_length=16)
-    return model
 
 
 def logits(model, px, captions=CAPTIONS):
@@ -53,7 +26,7 @@ def embedding(model, px):
         return model.encode_image(px)
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo"])
+@pytest.mark.parametrize("name", [pytest.param("model", id="tiny"), "demo"])
 def test_image_parts_sum_to_the_embedding_and_per_position_parts_to_the_heads(name, request):
     model = request.getfixturevalue(name)
     size = model.vision.config.image_size
@@ -79,17 +52,17 @@ def test_images_as_files_are_preprocessed(demo, tmp_path):
     assert_float32_close(clipx.decompose(demo, [path]).total(), embedding(demo, demo.preprocess([path])), **PARITY)
 
 
-def test_direct_logit_attribution_sums_to_the_logits(tiny):
+def test_direct_logit_attribution_sums_to_the_logits(model):
     px = pixels(2)
-    parts = clipx.decompose(tiny, px)
-    direct = parts.logits(tiny, CAPTIONS)
+    parts = clipx.decompose(model, px)
+    direct = parts.logits(model, CAPTIONS)
     assert direct.values.shape == (2, len(parts.labels), len(CAPTIONS)) and direct.labels == parts.labels
-    expected = logits(tiny, px)
+    expected = logits(model, px)
     assert_float32_close(direct.total(), expected, **PARITY)
-    tok = tiny.tokenize(CAPTIONS)  # text embeddings instead of captions: the same
+    tok = model.tokenize(CAPTIONS)  # text embeddings instead of captions: the same
     with torch.no_grad():
-        embeds = tiny.encode_text(tok.input_ids, tok.attention_mask)
-    assert_float32_close(parts.logits(tiny, embeds).values, direct.values)
+        embeds = model.encode_text(tok.input_ids, tok.attention_mask)
+    assert_float32_close(parts.logits(model, embeds).values, direct.values)
 
     layers = direct.by_layer()
     assert layers.labels == ["vision.embed", "vision.blocks.0", "vision.blocks.1", "vision.ln_post.bias"]
@@ -101,19 +74,19 @@ def test_direct_logit_attribution_sums_to_the_logits(tiny):
     assert all(direct.values[1, direct.labels.index(label), 1] == v for label, v in up + down)
 
 
-def test_caption_parts_sum_to_the_text_embedding(tiny, siglip):
+def test_caption_parts_sum_to_the_text_embedding(model, tiny_siglip):
     """CLIP's causal tower pooled at EOS; SigLIP's pooled at the last position, with a projection bias."""
-    for model, extra in ((tiny, []), (siglip, ["text.proj.bias"])):
-        parts = clipx.decompose_text(model, CAPTIONS, per_position=True)
-        tok = model.tokenize(CAPTIONS)
+    for each, extra in ((model, []), (tiny_siglip, ["text.proj.bias"])):
+        parts = clipx.decompose_text(each, CAPTIONS, per_position=True)
+        tok = each.tokenize(CAPTIONS)
         with torch.no_grad():
-            expected = model.encode_text(tok.input_ids, tok.attention_mask)
+            expected = each.encode_text(tok.input_ids, tok.attention_mask)
         assert parts.labels[0] == "text.embed" and parts.labels[-len(extra) - 1:] == ["text.ln_final.bias", *extra]
         assert_float32_close(parts.total(), expected, **PARITY)
         assert_float32_close(parts.per_position.sum(3), parts.heads(), **PARITY)
 
 
-@pytest.mark.parametrize("name", ["tiny", "siglip"])
+@pytest.mark.parametrize("name", [pytest.param("model", id="tiny"), pytest.param("tiny_siglip", id="siglip")])
 def test_the_logit_lens_ends_at_the_logits(name, request):
     model = request.getfixturevalue(name)
     px = pixels(2) * 0.3  # within SigLIP's preprocessed [-1, 1], roughly
@@ -123,23 +96,23 @@ def test_the_logit_lens_ends_at_the_logits(name, request):
     assert not torch.allclose(lens[0], lens[-1])
 
 
-def test_a_model_pooling_through_an_attention_head_is_not_taken_apart(siglip):
+def test_a_model_pooling_through_an_attention_head_is_not_taken_apart(tiny_siglip):
     with pytest.raises(ValueError, match="pools through an attention head.*pooling='attention'.*not sum"):
-        clipx.decompose(siglip, pixels(1))
+        clipx.decompose(tiny_siglip, pixels(1))
 
 
-def test_bad_input_is_an_error_naming_it(tiny):
+def test_bad_input_is_an_error_naming_it(model):
     with pytest.raises(ValueError, match="no images given"):
-        clipx.decompose(tiny, [])
+        clipx.decompose(model, [])
     with pytest.raises(ValueError, match=r"shape \[B,3,H,W\].*got shape \[1, 2, 3, 32, 32\]"):
-        clipx.decompose(tiny, torch.randn(1, 2, 3, 32, 32))
+        clipx.decompose(model, torch.randn(1, 2, 3, 32, 32))
     with pytest.raises(ValueError, match="no texts given"):
-        clipx.logit_lens(tiny, pixels(1), [])
-    parts = clipx.decompose(tiny, pixels(1))
+        clipx.logit_lens(model, pixels(1), [])
+    parts = clipx.decompose(model, pixels(1))
     with pytest.raises(ValueError, match="7-dimensional but these parts are 24-dimensional"):
-        parts.logits(tiny, torch.randn(2, 7))
+        parts.logits(model, torch.randn(2, 7))
     with pytest.raises(ValueError, match=r"float tensor \[n_texts, dim\], got a torch.int64 tensor"):
-        parts.logits(tiny, torch.ones(2, 24, dtype=torch.long))
+        parts.logits(model, torch.ones(2, 24, dtype=torch.long))
 
 
 @pytest.mark.slow

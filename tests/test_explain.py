@@ -11,19 +11,10 @@ from PIL import Image
 
 import clipx
 from clipx import Explanation
-from conftest import check_batched_equals_single, make_checkpoint, map_change_after_rerandomising, save_hf
+from checkpoints import make_checkpoint, save_hf
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
-
-CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
-
-
-def images(n=3, size=32, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
+from inputs import CAPTIONS, images
 
 
 @pytest.mark.parametrize("method", clipx.methods())

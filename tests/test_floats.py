@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from conftest import texts_to_ids
 from floats import assert_float32_close
+from inputs import texts_to_ids
 
 
 def logits(model) -> torch.Tensor:

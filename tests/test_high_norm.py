@@ -7,21 +7,12 @@ import torch
 import clipx
 from clipx.explain.rollout import rollout_matrix
 from clipx.high_norm import high_norm_tokens
-from conftest import check_batched_equals_single, map_change_after_rerandomising
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
+from inputs import CAPTIONS, images
 
-CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
 ATTENTION_BASED = ["rollout", "attention", "relevance", "legrad"]
 PLANTED = 6  # the patch (row 1, column 2 of the tiny model's 4x4 grid) made high-norm from block 1 on
-
-
-def images(n=3, size=32, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
 
 
 def planted(model, patch=PLANTED, scale=30.0):

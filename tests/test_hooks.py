@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import clipx
-from conftest import texts_to_ids
 from floats import assert_float32_close
+from inputs import texts_to_ids
 
 # Every hook point of a one-block-per-tower model: a rename or a lost hook point breaks this.
 BLOCK = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",

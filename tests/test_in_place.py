@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from conftest import texts_to_ids
+from inputs import texts_to_ids
 
 
 def inputs():

@@ -17,13 +17,8 @@ from safetensors.torch import load_file, save_file
 import clipx
 import clipx.index as index_module
 from clipx.index import EMBEDDINGS, MANIFEST, FileState, Index, top_k
-from conftest import make_checkpoint
+from checkpoints import make_checkpoint
 from floats import assert_float32_close
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
 
 
 def picture(seed: int) -> Image.Image:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import clipx
 from clipx import CheckpointError, CheckpointNotFoundError
-from conftest import texts_to_ids
+from inputs import texts_to_ids
 
 
 def logits(model, seed=1):

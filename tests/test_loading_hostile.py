@@ -20,6 +20,7 @@ import clipx
 import clipx.loading
 from clipx import CheckpointError, CheckpointNotFoundError
 from clipx.cli import main
+from open_clip_weights import hf_to_openai
 
 
 def edit_json(name, change):
@@ -288,8 +289,6 @@ def test_folder_that_cannot_be_looked_into(tiny_checkpoint, tmp_path, monkeypatc
 
 def test_openai_layout_that_makes_no_clip(tiny_checkpoint, tmp_path):
     """OpenAI state dicts carry no config: heads are width // 64, which is 0 for these widths."""
-    from test_parity import hf_to_openai
-
     torch.save(hf_to_openai(tiny_checkpoint[1].state_dict()), tmp_path / "ViT-narrow.pt")
     with pytest.raises(CheckpointError, match=r"ViT-narrow.pt do not make a ViT CLIP: .*num_attention_heads"):
         clipx.load(tmp_path / "ViT-narrow.pt")

@@ -5,17 +5,15 @@ import torch
 import transformers
 
 import clipx
-from conftest import make_checkpoint, randomise, save_hf, texts_to_ids
+from checkpoints import VIT_B_TEXT, make_checkpoint, randomise, save_hf
 from floats import assert_float32_close
+from inputs import pixels, texts_to_ids
+from open_clip_weights import hf_to_openai
 
 
 def hf_run(hf, pixel_values, ids, mask, **kwargs):
     with torch.no_grad():
         return hf(pixel_values=pixel_values, input_ids=ids, attention_mask=mask, **kwargs)
-
-
-def pixels(n=2, size=32, seed=1):
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
@@ -139,47 +137,6 @@ def test_tower_only_checkpoints(tmp_path, cls, tower):
         torch.testing.assert_close(again.state_dict()[k], v)
 
 
-def hf_to_openai(state: dict) -> dict:
-    """The published OpenAI <-> Hugging Face key mapping, written out independently of clipx."""
-    out = {}
-    for k, v in state.items():
-        if k.endswith("position_ids"):
-            continue
-        tower = "visual." if k.startswith("vision_model.") else ""
-        k2 = k.replace("vision_model.", "").replace("text_model.", "")
-        if k2.startswith("encoder.layers."):
-            i, rest = k2[len("encoder.layers."):].split(".", 1)
-            base = f"{tower}transformer.resblocks.{i}."
-            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
-                kind = rest.split(".")[2]
-                if rest.startswith("self_attn.q_proj"):
-                    qkv = [state[k.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")]
-                    out[base + f"attn.in_proj_{kind}"] = torch.cat(qkv, 0)
-                continue
-            rest = (rest.replace("self_attn.out_proj", "attn.out_proj").replace("layer_norm1", "ln_1")
-                    .replace("layer_norm2", "ln_2").replace("mlp.fc1", "mlp.c_fc").replace("mlp.fc2", "mlp.c_proj"))
-            out[base + rest] = v
-            continue
-        simple = {
-            "embeddings.patch_embedding.weight": "visual.conv1.weight",
-            "embeddings.class_embedding": "visual.class_embedding",
-            "pre_layrnorm.weight": "visual.ln_pre.weight", "pre_layrnorm.bias": "visual.ln_pre.bias",
-            "post_layernorm.weight": "visual.ln_post.weight", "post_layernorm.bias": "visual.ln_post.bias",
-            "embeddings.token_embedding.weight": "token_embedding.weight",
-            "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias",
-            "logit_scale": "logit_scale",
-        }
-        if k2 == "embeddings.position_embedding.weight":
-            out[tower + "positional_embedding"] = v
-        elif k2 == "visual_projection.weight":
-            out["visual.proj"] = v.T
-        elif k2 == "text_projection.weight":
-            out["text_projection"] = v.T
-        else:
-            out[simple[k2]] = v
-    return out
-
-
 WIDE_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                  max_position_embeddings=77, vocab_size=49408)
 WIDE_VISION = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
@@ -219,10 +176,6 @@ def test_save_pretrained_round_trip_loads_in_transformers(tiny_model, tiny_check
 
 
 # --- real ViT-B shapes (slow) --------------------------------------------------------------------
-
-VIT_B_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-                  max_position_embeddings=77, vocab_size=49408)
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("patch", [32, 16])

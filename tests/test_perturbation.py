@@ -6,16 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import clipx
-from conftest import check_batched_equals_single, map_change_after_rerandomising
+from checkpoints import hf_siglip, save_siglip
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
-from test_explain import CAPTIONS, images
+from inputs import CAPTIONS, images
 
 FAST_RISE = {"n_masks": 40, "batch_size": 16}
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
 
 
 @pytest.mark.parametrize("method", ["occlusion", "rise"])
@@ -150,9 +146,7 @@ def test_bad_options_are_named(model, method, option, value, error, message):
 
 
 def test_scores_carry_siglips_bias(tmp_path):
-    from test_siglip import hf_siglip, save
-
-    save(hf_siglip(), tmp_path)
+    save_siglip(hf_siglip(), tmp_path)
     siglip = clipx.load(tmp_path)
     px = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1  # SigLIP's range
     exp = clipx.explain(siglip, px, CAPTIONS[:2], method="occlusion")

@@ -41,11 +41,6 @@ def small_sae(d_in=48, d_sae=64, hook=HOOK, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0], attention="eager")
-
-
-@pytest.fixture(scope="module")
 def pixel_values():
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -113,33 +108,33 @@ def test_resampling_revives_dead_features():
     assert runs[100].explained_variance > runs[None].explained_variance
 
 
-def test_train_sae_on_a_model(model, pixel_values):
-    sae, stats = clipx.train_sae(model, HOOK, pixel_values, d_sae=32, k=4, steps=20, batch_size=16,
+def test_train_sae_on_a_model(eager_model, pixel_values):
+    sae, stats = clipx.train_sae(eager_model, HOOK, pixel_values, d_sae=32, k=4, steps=20, batch_size=16,
                                  progress=False)
     assert sae.config.hook_name == HOOK and sae.config.d_in == 48 and sae.config.positions == "patches"
     assert stats.n_tokens == 3 * 16 and 0 < stats.l0 <= 4
     images = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(3)]
-    _, all_positions = clipx.train_sae(model, HOOK, images, d_sae=32, k=4, steps=2, positions="all",
+    _, all_positions = clipx.train_sae(eager_model, HOOK, images, d_sae=32, k=4, steps=2, positions="all",
                                        progress=False)
     assert all_positions.n_tokens == 3 * 17
 
 
-def test_train_sae_names_a_bad_hook(model, pixel_values):
+def test_train_sae_names_a_bad_hook(eager_model, pixel_values):
     with pytest.raises(KeyError, match="vision.blocks.9.hook_resid_post"):
-        clipx.train_sae(model, "vision.blocks.9.hook_resid_post", pixel_values, d_sae=8, k=2, steps=1)
+        clipx.train_sae(eager_model, "vision.blocks.9.hook_resid_post", pixel_values, d_sae=8, k=2, steps=1)
     with pytest.raises(ValueError, match="text.blocks.0.hook_resid_post"):
-        clipx.train_sae(model, "text.blocks.0.hook_resid_post", pixel_values, d_sae=8, k=2, steps=1)
+        clipx.train_sae(eager_model, "text.blocks.0.hook_resid_post", pixel_values, d_sae=8, k=2, steps=1)
 
 
-def test_train_sae_and_attach_refuse_no_images_and_bad_positions(model, pixel_values):
+def test_train_sae_and_attach_refuse_no_images_and_bad_positions(eager_model, pixel_values):
     with pytest.raises(ValueError, match="no images to train on"):
-        clipx.train_sae(model, HOOK, [], d_sae=8, k=2, steps=1)
+        clipx.train_sae(eager_model, HOOK, [], d_sae=8, k=2, steps=1)
     with pytest.raises(ValueError, match="positions must be 'patches' or 'all', got 'class'"):
-        clipx.train_sae(model, HOOK, pixel_values, d_sae=8, k=2, steps=1, positions="class")
+        clipx.train_sae(eager_model, HOOK, pixel_values, d_sae=8, k=2, steps=1, positions="class")
     with pytest.raises(ValueError, match="positions must be 'patches' or 'all', got 'class'"), \
-            attach_sae(model, small_sae(), positions="class"):
+            attach_sae(eager_model, small_sae(), positions="class"):
         pass
-    assert not model.hook_point(HOOK).active
+    assert not eager_model.hook_point(HOOK).active
 
 
 # --- files -----------------------------------------------------------------------------------------
@@ -185,55 +180,55 @@ def test_tampered_files_fail_loudly(tmp_path, tamper, message):
 
 
 # --- attaching -------------------------------------------------------------------------------------
-def test_attach_records_the_features_of_the_recorded_activation(model, pixel_values):
+def test_attach_records_the_features_of_the_recorded_activation(eager_model, pixel_values):
     sae = small_sae()
-    with torch.no_grad(), model.recording(HOOK) as cache, attach_sae(model, sae) as attached:
-        plain = model.encode_image(pixel_values)
+    with torch.no_grad(), eager_model.recording(HOOK) as cache, attach_sae(eager_model, sae) as attached:
+        plain = eager_model.encode_image(pixel_values)
     assert attached.features.shape == (3, 17, 64)
     assert torch.equal(attached.features, sae.encode(cache[HOOK]))
     with torch.no_grad():
-        assert torch.equal(model.encode_image(pixel_values), plain)  # detached on exit; recording changed nothing
+        assert torch.equal(eager_model.encode_image(pixel_values), plain)  # detached on exit; recording changed nothing
 
 
-def test_splice_replaces_the_activation_by_the_reconstruction(model, pixel_values):
+def test_splice_replaces_the_activation_by_the_reconstruction(eager_model, pixel_values):
     """Against a forward with the activation replaced by hand, and an identity SAE that changes nothing."""
     sae = small_sae(d_sae=48, input_scale=2.0, k=48)
-    enc = model.tokenize(["a red circle", "a blue square"])
+    enc = eager_model.tokenize(["a red circle", "a blue square"])
     inputs = dict(pixel_values=pixel_values, input_ids=enc.input_ids, attention_mask=enc.attention_mask)
     with torch.no_grad():
-        with model.recording(HOOK) as cache:
-            model(**inputs)
+        with eager_model.recording(HOOK) as cache:
+            eager_model(**inputs)
         x = cache[HOOK]
         by_hand = x.clone()
         by_hand[:, 1:] = sae(x[:, 1:])[0]
-        with model.hooks(fwd_hooks=[(HOOK, lambda a, hook: by_hand)]):
-            expected = model(**inputs).logits_per_image
-        with attach_sae(model, sae, splice=True):
-            spliced = model(**inputs).logits_per_image
+        with eager_model.hooks(fwd_hooks=[(HOOK, lambda a, hook: by_hand)]):
+            expected = eager_model(**inputs).logits_per_image
+        with attach_sae(eager_model, sae, splice=True):
+            spliced = eager_model(**inputs).logits_per_image
         assert torch.equal(spliced, expected)
         # the identity: decoder rows the basis, features the coordinates (all kept, all positive after b_dec)
         sae.W_dec.copy_(torch.eye(48))
         sae.W_enc.copy_(torch.eye(48))
         sae.b_dec.copy_(x.reshape(-1, 48).min(0).values * 2 - 1)
-        effect = splice_effect(model, sae, pixel_values, ["a red circle", "a blue square"], positions="all")
+        effect = splice_effect(eager_model, sae, pixel_values, ["a red circle", "a blue square"], positions="all")
     assert_float32_close(effect.spliced, effect.clean)
     assert effect.agreement == 1.0
 
 
-def test_attach_names_the_hook_when_widths_differ(model, pixel_values):
+def test_attach_names_the_hook_when_widths_differ(eager_model, pixel_values):
     with pytest.raises(ValueError, match=r"128-wide.*'vision.blocks.1.hook_resid_post'.*48-wide"):
-        with attach_sae(model, small_sae(d_in=128)):
-            model.encode_image(pixel_values)
+        with attach_sae(eager_model, small_sae(d_in=128)):
+            eager_model.encode_image(pixel_values)
     with pytest.raises(KeyError, match="vision.blocks.7.hook_resid_post"):
-        with attach_sae(model, small_sae(hook="vision.blocks.7.hook_resid_post")):
+        with attach_sae(eager_model, small_sae(hook="vision.blocks.7.hook_resid_post")):
             pass
-    assert not model.hook_point(HOOK).active
+    assert not eager_model.hook_point(HOOK).active
 
 
 # --- reading a feature -----------------------------------------------------------------------------
-def test_top_patches_and_nearest_captions(model, pixel_values):
+def test_top_patches_and_nearest_captions(eager_model, pixel_values):
     sae = small_sae()
-    acts = feature_activations(model, sae, pixel_values)
+    acts = feature_activations(eager_model, sae, pixel_values)
     assert acts.shape == (3, 4, 4, 64)
     feature = int(acts.flatten(0, 2).max(0).values.argmax())
     top = top_patches(acts, feature, k=5)
@@ -241,21 +236,21 @@ def test_top_patches_and_nearest_captions(model, pixel_values):
     assert [t.activation for t in top] == sorted((t.activation for t in top), reverse=True)
     assert all(acts[t.image, t.row, t.col, feature] == t.activation for t in top)
     captions = ["a red circle", "a blue square", "a green star"]
-    near = nearest_captions(model, sae, feature, captions, k=2)
-    direction = readout_directions(model, sae)[feature]
+    near = nearest_captions(eager_model, sae, feature, captions, k=2)
+    direction = readout_directions(eager_model, sae)[feature]
     with torch.no_grad():
-        text = model.encode_text(**{k: v for k, v in vars(model.tokenize(captions)).items()
-                                    if k in ("input_ids", "attention_mask")})
+        text = eager_model.encode_text(**{k: v for k, v in vars(eager_model.tokenize(captions)).items()
+                                          if k in ("input_ids", "attention_mask")})
     cosines = torch.nn.functional.cosine_similarity(direction[None], text)
     assert [c for c, _ in near] == [captions[i] for i in cosines.argsort(descending=True)[:2]]
     assert_float32_close(torch.tensor([v for _, v in near]), cosines.sort(descending=True).values[:2])
 
 
-def test_feature_view_builds_and_follows_the_slider(model, pixel_values):
+def test_feature_view_builds_and_follows_the_slider(eager_model, pixel_values):
     from clipx.views import FeatureView
 
     sae = small_sae()
-    view = FeatureView(model, sae, pixel_values, captions=["a red circle", "a blue square"])
+    view = FeatureView(eager_model, sae, pixel_values, captions=["a red circle", "a blue square"])
     first = (bytes(view.picture.value), view.panel.value)
     assert "a red circle" in view.panel.value and "top patches" in view.panel.value
     busiest = int(view.activations.flatten(0, 2).max(0).values.argmax())
@@ -265,7 +260,7 @@ def test_feature_view_builds_and_follows_the_slider(model, pixel_values):
     view.image_choice.value = 2
     assert bytes(view.picture.value) != before
     assert repr(view) == "FeatureView(64 features x 3 images)"
-    assert FeatureView(model, sae, pixel_values).panel.value  # no captions: no nearest-captions list
+    assert FeatureView(eager_model, sae, pixel_values).panel.value  # no captions: no nearest-captions list
 
 
 # --- AUROC -----------------------------------------------------------------------------------------

@@ -15,32 +15,11 @@ import clipx
 import clipx.assets
 from clipx.errors import CheckpointError
 from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from conftest import check_batched_equals_single, map_change_after_rerandomising, randomise
+from checkpoints import SIGLIP_TEXT, SIGLIP_VISION, hf_siglip, save_siglip
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
 
-TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=16, vocab_size=49408)
-VISION = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-              image_size=32, patch_size=8)
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
-
-
-def hf_siglip(text=TEXT, vision=VISION, seed=0, attn="eager") -> transformers.SiglipModel:
-    torch.manual_seed(seed)
-    config = transformers.SiglipConfig(text_config=text, vision_config=vision)
-    config._attn_implementation = attn
-    model = randomise(transformers.SiglipModel(config).eval(), seed)
-    with torch.no_grad():  # SigLIP's trained values, so logits have their real scale
-        model.logit_scale.fill_(2.3)
-        model.logit_bias.fill_(-1.5)
-    return model
-
-
-def save(model, folder) -> None:
-    model.save_pretrained(folder)
-    # CLIP's BPE beside the weights: the tiny vocabulary is CLIP's size; SigLIP's own tokenizers are
-    # tested in their own file
-    transformers.CLIPTokenizerFast.from_pretrained(clipx.assets.CLIP_BPE_DIR).save_pretrained(folder)
 
 
 def load(folder, **kwargs):
@@ -53,7 +32,7 @@ def load(folder, **kwargs):
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-siglip")
     hf = hf_siglip()
-    save(hf, folder)
+    save_siglip(hf, folder)
     return folder, hf
 
 
@@ -230,13 +209,13 @@ def test_positions_interpolate_like_transformers(checkpoint, model):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"vision_config": {**VISION, "vision_use_head": False}}, "vision_use_head"),
-    ({"text_config": {**TEXT, "projection_size": 40}}, "same width"),
+    ({"vision_config": {**SIGLIP_VISION, "vision_use_head": False}}, "vision_use_head"),
+    ({"text_config": {**SIGLIP_TEXT, "projection_size": 40}}, "same width"),
     ({"model_type": "siglip2"}, "model_type is 'siglip2'"),
-    ({"vision_config": {**VISION, "patch_size": 7}}, "patch_size"),
+    ({"vision_config": {**SIGLIP_VISION, "patch_size": 7}}, "patch_size"),
 ])
 def test_bad_configs_are_refused_by_name(checkpoint, tmp_path, change, message):
-    save(checkpoint[1], tmp_path)
+    save_siglip(checkpoint[1], tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(CheckpointError, match=message):
@@ -244,7 +223,8 @@ def test_bad_configs_are_refused_by_name(checkpoint, tmp_path, change, message):
 
 
 def test_built_from_a_config_it_trains_with_siglips_initial_scale_and_bias():
-    config = SiglipConfig(text_config=SiglipTextConfig(**TEXT), vision_config=SiglipVisionConfig(**VISION))
+    config = SiglipConfig(text_config=SiglipTextConfig(**SIGLIP_TEXT),
+                          vision_config=SiglipVisionConfig(**SIGLIP_VISION))
     model = clipx.CLIP(config)
     assert model.logit_scale.exp().item() == pytest.approx(10.0)
     assert model.logit_bias.item() == -10.0

@@ -24,7 +24,7 @@ from clipx.processing import ImageProcessor
 from clipx.sentencepiece_tokenizer import SiglipTokenizer
 from clipx.tokenizer import Encoding, Tokenizer, load_tokenizer
 from floats import assert_float32_close
-from test_tokenizer import varied_strings
+from tokenizer_texts import varied_strings
 
 spm = pytest.importorskip("sentencepiece")
 transformers.logging.set_verbosity_error()  # the torchvision fallback notice

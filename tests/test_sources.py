@@ -25,11 +25,6 @@ SEEDS = range(61_000, 61_005)
 CAPTIONS = ["a red circle", "a blue square"]
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return clipx.load("demo")
-
-
 def scene(seed: int) -> tuple[Image.Image, str]:
     sc = shapes.scene(seed=seed, n_objects=1)
     return sc.image, shapes.describe(sc.objects[0])

@@ -7,15 +7,11 @@ import torch
 
 import clipx
 from floats import assert_float32_close
-from test_ablation import pixels, without_heads
+from inputs import pixels
+from weight_edits import without_heads
 
 matplotlib.use("Agg")
 CAPTIONS = ["a red circle", "a blue square", "two green stars", "x"]
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
 
 
 def scores(model, px, captions=CAPTIONS):
@@ -25,7 +21,7 @@ def scores(model, px, captions=CAPTIONS):
 
 
 def test_total_effect_of_zero_ablation_equals_removing_the_heads_weights(model):
-    px, targets = pixels(3), torch.tensor([0, 2, 1])
+    px, targets = pixels(3, seed=0), torch.tensor([0, 2, 1])
     table = clipx.sweep_heads(model, px, CAPTIONS, targets, effect="total", mode="zero", progress=False)
     assert table.values.shape == (2, 4)
     clean, rows = scores(model, px), torch.arange(3)
@@ -63,7 +59,7 @@ def test_a_head_that_writes_nothing_has_no_effect(model, effect, mode):
 
 
 def test_the_table_prints_ranks_and_plots(model):
-    table = clipx.sweep_heads(model, pixels(3), CAPTIONS, reference=pixels(5, seed=9), progress=False)
+    table = clipx.sweep_heads(model, pixels(3, seed=0), CAPTIONS, reference=pixels(5, seed=9), progress=False)
     top = table.top(3)
     assert [value for _, value in top] == sorted(float(v) for v in table.values.flatten())[:3]
     layer, head = divmod(int(table.values.flatten().argmin()), 4)
@@ -82,7 +78,7 @@ def test_the_table_prints_ranks_and_plots(model):
 ])
 def test_bad_sweeps_are_refused_by_name(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        clipx.sweep_heads(model, pixels(3), CAPTIONS, progress=False, **kwargs)
+        clipx.sweep_heads(model, pixels(3, seed=0), CAPTIONS, progress=False, **kwargs)
 
 
 def test_direct_path_ablation_of_a_decomposition(model):

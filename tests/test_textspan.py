@@ -12,14 +12,9 @@ import clipx
 from clipx import shapes
 from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from clipx.textspan import text_directions, text_span, variance_share
-from test_parity import pixels
+from inputs import pixels
 
 DIM = 64
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
 
 
 def bank(n: int = 20, seed: int = 0) -> torch.Tensor:
@@ -86,22 +81,22 @@ def test_a_caption_the_picks_already_say_is_not_picked_for_what_is_left():
     assert result.indices[0] == 0 and result.indices[1] != 12
 
 
-def test_every_head_of_a_real_model_is_described(tiny):
+def test_every_head_of_a_real_model_is_described(model):
     px = pixels(6)
     captions = shapes.caption_bank()[:40]
-    described = clipx.describe_heads(tiny, px, captions, n_descriptions=3)
+    described = clipx.describe_heads(model, px, captions, n_descriptions=3)
     assert [d.label for d in described] == [f"vision.blocks.{i}.attn.head.{h}" for i in range(2) for h in range(4)]
-    outputs = clipx.decompose(tiny, px).heads()
+    outputs = clipx.decompose(model, px).heads()
     for d, head_outputs in zip(described, outputs.flatten(1, 2).unbind(1)):
         assert len(d.captions) == 3 and all(c in captions for c in d.captions)
         assert all(0 <= s <= 1 for s in d.shares) and sum(d.shares) <= 1
         assert d.total_variance == pytest.approx(float(head_outputs.double().var(0).sum()), rel=1e-5)
         assert d.label in str(d) and all(c in str(d) for c in d.captions)
 
-    tok = tiny.tokenize(captions)  # embeddings instead of captions, and a subset of heads: the same picks
+    tok = model.tokenize(captions)  # embeddings instead of captions, and a subset of heads: the same picks
     with torch.no_grad():
-        embeds = tiny.encode_text(tok.input_ids, tok.attention_mask)
-    subset = clipx.describe_heads(tiny, clipx.decompose(tiny, px), embeds, layers=-1, heads=[0, 2], n_descriptions=3)
+        embeds = model.encode_text(tok.input_ids, tok.attention_mask)
+    subset = clipx.describe_heads(model, clipx.decompose(model, px), embeds, layers=-1, heads=[0, 2], n_descriptions=3)
     assert [d.label for d in subset] == ["vision.blocks.1.attn.head.0", "vision.blocks.1.attn.head.2"]
     assert [d.indices for d in subset] == [described[4].indices, described[6].indices]
     assert subset[0].captions == [f"text {i}" for i in described[4].indices]
@@ -117,24 +112,24 @@ def test_the_default_bank_speaks_the_demo_models_words():
     assert all(any(f" {r} " in c for c in two_objects) for r in shapes.RELATIONS + ["and"])
 
 
-def test_bad_input_is_an_error_naming_it(tiny):
+def test_bad_input_is_an_error_naming_it(model):
     px, captions = pixels(3), ["a red circle", "a blue square", "a green star"]
     with pytest.raises(ValueError, match="captions is empty"):
-        clipx.describe_heads(tiny, px, [])
+        clipx.describe_heads(model, px, [])
     with pytest.raises(TypeError, match="captions must be a list"):
-        clipx.describe_heads(tiny, px, "a red circle")
+        clipx.describe_heads(model, px, "a red circle")
     with pytest.raises(ValueError, match="n_descriptions=3 but the bank has 3 captions"):
-        clipx.describe_heads(tiny, px, captions, n_descriptions=3)
+        clipx.describe_heads(model, px, captions, n_descriptions=3)
     with pytest.raises(ValueError, match="n_descriptions must be at least 1"):
-        clipx.describe_heads(tiny, px, captions, n_descriptions=0)
+        clipx.describe_heads(model, px, captions, n_descriptions=0)
     with pytest.raises(ValueError, match=r"layers \[2\] outside the 2 layers"):
-        clipx.describe_heads(tiny, px, captions, layers=[0, 2], n_descriptions=1)
+        clipx.describe_heads(model, px, captions, layers=[0, 2], n_descriptions=1)
     with pytest.raises(ValueError, match=r"heads \[-5\] outside the 4 heads"):
-        clipx.describe_heads(tiny, px, captions, heads=-5, n_descriptions=1)
+        clipx.describe_heads(model, px, captions, heads=-5, n_descriptions=1)
     with pytest.raises(ValueError, match="at least 2 images"):
-        clipx.describe_heads(tiny, pixels(1), captions, n_descriptions=1)
+        clipx.describe_heads(model, pixels(1), captions, n_descriptions=1)
     with pytest.raises(ValueError, match="7-dimensional but the head outputs are 24-dimensional"):
-        clipx.describe_heads(tiny, px, torch.randn(4, 7), n_descriptions=1)
+        clipx.describe_heads(model, px, torch.randn(4, 7), n_descriptions=1)
     vision = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4, image_size=32,
                   patch_size=8)
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, projection_dim=48)

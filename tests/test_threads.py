@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import clipx
-from conftest import texts_to_ids
 from floats import FLOAT32_RTOL, assert_float32_close
+from inputs import texts_to_ids
 
 CAPTIONS = [["a photo of a cat", "two birds"], ["a red dog on a blue sofa"], ["a diagram", "x", "a house"]]
 N_THREADS, N_CALLS = 4, 3
@@ -41,18 +41,13 @@ def inputs(k):
     return pixel_values, CAPTIONS[k % len(CAPTIONS)]
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
-
-
 @pytest.mark.parametrize("method", clipx.methods())
 def test_explain_in_threads_equals_explain_in_sequence(model, method):
     expected = [clipx.explain(model, *inputs(k), method=method) for k in range(N_THREADS)]
     got = run_threads(lambda k: [clipx.explain(model, *inputs(k), method=method) for _ in range(N_CALLS)])
     for k in range(N_THREADS):
         for exp in got[k]:
-            rtol = 1e-4 if method == "gradcam" else FLOAT32_RTOL  # see test_explain.BATCHING_RTOL
+            rtol = 1e-4 if method == "gradcam" else FLOAT32_RTOL  # see explain_checks.BATCHING_RTOL
             assert_float32_close(exp.image, expected[k].image, rtol, what=f"thread {k} image")
             if exp.text is not None:
                 assert_float32_close(exp.text, expected[k].text, rtol, what=f"thread {k} text")

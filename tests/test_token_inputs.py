@@ -13,22 +13,17 @@ CAPTIONS = ["a red circle", "two blue squares on the left"]
 METHODS = ["relevance", "rollout", "attention", "gradcam", "legrad", "similarity", "integrated_gradients"]
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0], attention="eager")
-
-
 def pixels():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_an_encoding_explains_as_its_captions_do(model, method):
+def test_an_encoding_explains_as_its_captions_do(eager_model, method):
     options = {"n_steps": 4} if method == "integrated_gradients" else {}
-    by_text = clipx.explain(model, pixels(), CAPTIONS, method=method, **options)
-    enc = model.tokenize(CAPTIONS)
+    by_text = clipx.explain(eager_model, pixels(), CAPTIONS, method=method, **options)
+    enc = eager_model.tokenize(CAPTIONS)
     for given in (enc, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}):
-        by_ids = clipx.explain(model, pixels(), given, method=method, **options)
+        by_ids = clipx.explain(eager_model, pixels(), given, method=method, **options)
         assert_float32_close(by_ids.image, by_text.image, floor=float(by_text.image.abs().max()))
         assert_float32_close(by_ids.scores, by_text.scores, floor=float(by_text.scores.abs().max()))
         if by_text.text is not None:
@@ -36,17 +31,17 @@ def test_an_encoding_explains_as_its_captions_do(model, method):
         assert by_ids.texts == CAPTIONS and by_ids.tokens == by_text.tokens
 
 
-def test_the_callers_positions_are_kept_and_a_tokenizer_free_model_is_explained(model):
-    enc = model.tokenize(CAPTIONS)
+def test_the_callers_positions_are_kept_and_a_tokenizer_free_model_is_explained(eager_model):
+    enc = eager_model.tokenize(CAPTIONS)
     longer = 12
     ids = torch.full((2, longer), int(enc.input_ids[0, -1]))
     mask = torch.zeros(2, longer, dtype=torch.long)
     ids[:, :enc.input_ids.shape[1]], mask[:, :enc.input_ids.shape[1]] = enc.input_ids, enc.attention_mask
-    by_text = clipx.explain(model, pixels(), CAPTIONS)
-    padded = clipx.explain(model, pixels(), {"input_ids": ids, "attention_mask": mask})
+    by_text = clipx.explain(eager_model, pixels(), CAPTIONS)
+    padded = clipx.explain(eager_model, pixels(), {"input_ids": ids, "attention_mask": mask})
     assert padded.text.shape[-1] == longer
     assert_float32_close(padded.text[..., :enc.input_ids.shape[1]], by_text.text, floor=float(by_text.text.abs().max()))
-    bare = copy.copy(model)
+    bare = copy.copy(eager_model)
     bare.tokenizer = None
     result = clipx.explain(bare, pixels(), {"input_ids": enc.input_ids})
     assert result.texts == ["input_ids[0]", "input_ids[1]"]
@@ -62,6 +57,6 @@ def test_the_callers_positions_are_kept_and_a_tokenizer_free_model_is_explained(
     ({"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 4)}, ValueError,
      "attention_mask must be 0s and 1s shaped like input_ids"),
 ])
-def test_bad_token_ids_are_refused_by_name(model, given, error, message):
+def test_bad_token_ids_are_refused_by_name(eager_model, given, error, message):
     with pytest.raises(error, match=message):
-        clipx.explain(model, pixels(), given)
+        clipx.explain(eager_model, pixels(), given)

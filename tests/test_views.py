@@ -16,44 +16,15 @@ from PIL import Image
 import clipx
 from clipx.views import (AttentionView, Compare, Explorer, TokenPatchView, explanation_grid, grid, heads_grid,
                          matrix, overlay, to_png, token_html)
+from widgets import changes, png_size
 
 TEXTS = ["a red circle", "a blue square"]
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0], attention="eager")  # views never change it: one per module
 
 
 @pytest.fixture(scope="module")
 def images():
     return [Image.fromarray(np.random.RandomState(seed).randint(0, 256, (40, 48, 3), dtype=np.uint8))
             for seed in range(2)]
-
-
-@pytest.fixture()
-def calls(model, monkeypatch):
-    """How many times model.forward runs (every explain and run_with_cache goes through it)."""
-    count = {"n": 0}
-    forward = model.forward
-
-    def counted(*args, **kwargs):
-        count["n"] += 1
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", counted)
-    return count
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    return Image.open(io.BytesIO(data)).size
-
-
-def changes(view, control, value, what="picture") -> bool:
-    """Whether setting `control` to `value` changes the view's picture bytes (or panel HTML)."""
-    before = bytes(view.picture.value) if what == "picture" else view.panel.value
-    control.value = value
-    return (bytes(view.picture.value) if what == "picture" else view.panel.value) != before
 
 
 # --- render --------------------------------------------------------------------------------------
@@ -137,7 +108,7 @@ def test_figure_draws_captions_and_tokens_literally(usetex):
         assert not text.get_usetex() and text._preprocess_math(text.get_text()) == (text.get_text(), False)
 
 
-def test_html_escapes_captions_and_tokens(model, images):
+def test_html_escapes_captions_and_tokens(eager_model, images):
     from html import unescape
 
     out = token_html(AWKWARD, [1.0, 2.0, 3.0])
@@ -145,15 +116,15 @@ def test_html_escapes_captions_and_tokens(model, images):
     assert [unescape(span.rsplit(">", 1)[1]) for span in out.split("</span>")[:-1]] == AWKWARD
     table = clipx.views.scores_table(AWKWARD, [1.0, 2.0, 3.0], selected=AWKWARD[2])
     assert "<script>" not in table and table.count("&lt;script&gt;alert(&#x27;&amp;&#x27;)&lt;/script&gt;") == 1
-    view = Explorer(model, images[:1], [AWKWARD[2]])
+    view = Explorer(eager_model, images[:1], [AWKWARD[2]])
     assert "<script>" not in view.panel.value and "&lt;script&gt;" in view.panel.value
 
 
-def test_grids_have_a_cell_per_entry(model, images):
+def test_grids_have_a_cell_per_entry(eager_model, images):
     cell = Image.new("RGB", (20, 16), "red")
     out = grid([[cell] * 3] * 2, ["row a", "row b"], ["x", "y", "z"])
     assert out.width > 3 * 20 and out.height > 2 * 16
-    exps = {m: clipx.explain(model, images, TEXTS, method=m) for m in ("relevance", "rollout")}
+    exps = {m: clipx.explain(eager_model, images, TEXTS, method=m) for m in ("relevance", "rollout")}
     assert explanation_grid(exps, size=50).width >= 2 * 50 and explanation_grid(exps, size=50).height >= 2 * 50
     heads = heads_grid(cell, torch.rand(2, 3, 4, 4))
     assert heads.width > 3 * 20 and heads.height > 2 * 16
@@ -162,8 +133,8 @@ def test_grids_have_a_cell_per_entry(model, images):
 
 
 # --- Explorer ------------------------------------------------------------------------------------
-def test_explorer_is_a_widget_and_every_choice_changes_the_picture(model, images):
-    view = Explorer(model, images, TEXTS)
+def test_explorer_is_a_widget_and_every_choice_changes_the_picture(eager_model, images):
+    view = Explorer(eager_model, images, TEXTS)
     assert isinstance(view, ipywidgets.VBox) and isinstance(clipx.views.Explorer, type)
     assert png_size(view.picture.value) == (224, 224)
     assert changes(view, view.caption_choice, TEXTS[1])
@@ -173,37 +144,37 @@ def test_explorer_is_a_widget_and_every_choice_changes_the_picture(model, images
     assert "blue square" in view.panel.value and "logit" in view.panel.value
 
 
-def test_display_only_changes_never_run_the_model(model, images, calls):
-    view = Explorer(model, images, TEXTS, method="relevance")
+def test_display_only_changes_never_run_the_model(eager_model, images, forward_calls):
+    view = Explorer(eager_model, images, TEXTS, method="relevance")
     view.method.value = "gradcam"
-    calls["n"] = 0
+    forward_calls["n"] = 0
     for control, value in ((view.opacity, 0.2), (view.caption_choice, TEXTS[1]), (view.image_choice, 1),
                            (view.method, "relevance"), (view.method, "gradcam")):
         control.value = value
-    assert calls["n"] == 0
+    assert forward_calls["n"] == 0
 
 
-def test_typing_a_caption_recomputes_and_shows_progress(model, images, calls):
-    view = Explorer(model, images, TEXTS)
+def test_typing_a_caption_recomputes_and_shows_progress(eager_model, images, forward_calls):
+    view = Explorer(eager_model, images, TEXTS)
     seen = []
-    calls["n"] = 0
+    forward_calls["n"] = 0
     view.status.observe(lambda change: seen.append(change["new"]), "value")
     assert changes(view, view.new_caption, "  a green triangle ")
-    assert calls["n"] >= 1
+    assert forward_calls["n"] >= 1
     assert view.caption_choice.value == "a green triangle" and "a green triangle" in view.caption_choice.options
     assert "triangle" in view.panel.value
     assert any("computing" in s for s in seen) and view.status.value == ""
-    calls["n"] = 0
+    forward_calls["n"] = 0
     view.caption_choice.value = TEXTS[0]
     view.method.value = "rollout"  # a new method: computed once for all three captions
     view.caption_choice.value = "a green triangle"
-    assert calls["n"] == 1
+    assert forward_calls["n"] == 1
 
 
 # --- TokenPatchView ------------------------------------------------------------------------------
-def test_token_patch_view(model, images, calls):
-    view = TokenPatchView(model, images, TEXTS)
-    calls["n"] = 0
+def test_token_patch_view(eager_model, images, forward_calls):
+    view = TokenPatchView(eager_model, images, TEXTS)
+    forward_calls["n"] = 0
     assert [label.split(": ", 1)[1] for label, _ in view.token.options] == \
         ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]
     assert changes(view, view.token, 3)
@@ -211,23 +182,23 @@ def test_token_patch_view(model, images, calls):
     assert changes(view, view.row, 3, what="panel")
     view.caption_choice.value = TEXTS[1]
     assert "square" in view.token.options[3][0]
-    assert calls["n"] == 0  # all similarity maps came from the first call
+    assert forward_calls["n"] == 0  # all similarity maps came from the first call
     assert view.variant.value == "maskclip" and changes(view, view.variant, "tokens")
-    assert calls["n"] == 1  # the other variant: one call for all pairs
+    assert forward_calls["n"] == 1  # the other variant: one call for all pairs
     view.variant.value = "maskclip"
-    assert calls["n"] == 1
-    plain = TokenPatchView(model, images, TEXTS, variant="tokens")
-    expected = clipx.explain(model, images, TEXTS, method="similarity").token_maps[0, 1, 3]
+    assert forward_calls["n"] == 1
+    plain = TokenPatchView(eager_model, images, TEXTS, variant="tokens")
+    expected = clipx.explain(eager_model, images, TEXTS, method="similarity").token_maps[0, 1, 3]
     exp, j = plain.results.get("similarity", TEXTS[1], variant="tokens")
     torch.testing.assert_close(exp.token_maps[0, j, 3], expected)
     with pytest.raises(ValueError, match="maskclip"):
-        TokenPatchView(model, images, TEXTS, variant="value path")
+        TokenPatchView(eager_model, images, TEXTS, variant="value path")
 
 
 # --- AttentionView -------------------------------------------------------------------------------
-def test_attention_view_records_once_and_only_rerenders(model, images, calls):
-    view = AttentionView(model, images, TEXTS)
-    assert calls["n"] == 1  # one run_with_cache for every layer of both towers
+def test_attention_view_records_once_and_only_rerenders(eager_model, images, forward_calls):
+    view = AttentionView(eager_model, images, TEXTS)
+    assert forward_calls["n"] == 1  # one run_with_cache for every layer of both towers
     assert changes(view, view.layer, 1)
     assert changes(view, view.head, 2)
     assert changes(view, view.source, "patch")
@@ -237,12 +208,12 @@ def test_attention_view_records_once_and_only_rerenders(model, images, calls):
     assert changes(view, view.caption_choice, TEXTS[1])
     assert changes(view, view.query, 1, what="panel")
     assert changes(view, view.head, -1)
-    assert calls["n"] == 1
+    assert forward_calls["n"] == 1
 
 
 # --- Compare -------------------------------------------------------------------------------------
-def test_compare_shows_each_chosen_method(model, images):
-    view = Compare(model, images, TEXTS, methods=["relevance", "rollout"], size=64)
+def test_compare_shows_each_chosen_method(eager_model, images):
+    view = Compare(eager_model, images, TEXTS, methods=["relevance", "rollout"], size=64)
     two = png_size(view.picture.value)
     view.methods.value = ("relevance", "rollout", "similarity")
     three = png_size(view.picture.value)
@@ -254,9 +225,9 @@ def test_compare_shows_each_chosen_method(model, images):
 
 # --- static fallbacks ----------------------------------------------------------------------------
 @pytest.mark.parametrize("view_class", [Explorer, TokenPatchView, AttentionView, Compare])
-def test_static_fallbacks_show_what_the_widget_shows(model, images, view_class):
+def test_static_fallbacks_show_what_the_widget_shows(eager_model, images, view_class):
     kwargs = {"methods": ["relevance"]} if view_class is Compare else {}
-    view = view_class(model, images, TEXTS, size=96, **kwargs)
+    view = view_class(eager_model, images, TEXTS, size=96, **kwargs)
     png = view._repr_png_()
     assert isinstance(png, bytes) and png == bytes(view.picture.value)
     width, height = png_size(png)

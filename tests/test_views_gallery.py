@@ -11,7 +11,7 @@ from PIL import Image
 
 import clipx
 from clipx.views import Explorer, Gallery
-from test_views import calls, changes, model, png_size  # noqa: F401  (fixtures and helpers shared with the other views)
+from widgets import changes, png_size
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture()
-def gallery(model, folder):  # noqa: F811
-    return Gallery(model, folder, query="a red circle", k=3, size=32)
+def gallery(eager_model, folder):
+    return Gallery(eager_model, folder, query="a red circle", k=3, size=32)
 
 
 def test_query_k_and_overlays_change_the_hits(gallery):
@@ -40,23 +40,23 @@ def test_query_k_and_overlays_change_the_hits(gallery):
     assert gallery.hits is None and gallery.buttons.children == ()
 
 
-def test_overlays_are_the_hits_explanations_and_are_cached(gallery, calls):  # noqa: F811
+def test_overlays_are_the_hits_explanations_and_are_cached(gallery, forward_calls):
     hits = gallery.hits
     expected = clipx.views.hits_grid(hits, hits.explain(), size=32)
     assert bytes(gallery.picture.value) == clipx.views.to_png(expected)
     gallery.k.value = 2
-    calls["n"] = 0
+    forward_calls["n"] = 0
     gallery.k.value = 3  # back to a query and k explained before: searched again, not explained again
-    assert calls["n"] == 0
+    assert forward_calls["n"] == 0
 
 
-def test_hits_grid_shows_the_explanations_images_without_reading_the_files_again(model, gallery, monkeypatch):  # noqa: F811
+def test_hits_grid_shows_the_explanations_images_without_reading_the_files_again(eager_model, gallery, monkeypatch):
     hits = gallery.hits
     explanation = hits.explain()
-    preprocessed = model.processor.to_pil(model.preprocess(hits.paths))
+    preprocessed = eager_model.processor.to_pil(eager_model.preprocess(hits.paths))
     assert [np.array(p).tolist() for p in preprocessed] == explanation.images.tolist()  # the same pixels
     plain = clipx.views.hits_grid(hits, size=32)
-    monkeypatch.setattr(model, "preprocess", None)  # the explanation holds them: nothing is preprocessed again
+    monkeypatch.setattr(eager_model, "preprocess", None)  # the explanation holds them: nothing is preprocessed again
     assert clipx.views.hits_grid(hits, explanation, size=32).size == plain.size
 
 
@@ -68,10 +68,10 @@ def test_clicking_a_hit_opens_an_explorer_below(gallery):
     assert explorer.image_choice.options[0][0] == gallery.hits[1].path.rsplit("/", 1)[1]
 
 
-def test_static_fallback_and_bad_input(model, gallery, folder):  # noqa: F811
+def test_static_fallback_and_bad_input(eager_model, gallery, folder):
     bundle, _ = DisplayFormatter().format(gallery)
     assert {"application/vnd.jupyter.widget-view+json", "image/png", "text/html", "text/plain"} <= set(bundle)
     assert bundle["text/plain"] == "Gallery(5 images, query 'a red circle', k=3)"
     assert Gallery(gallery.index, query="a red circle", k=3, size=32).index is gallery.index
     with pytest.raises(ValueError, match="pass the images"):
-        Gallery(model)
+        Gallery(eager_model)

@@ -12,15 +12,9 @@ from PIL import Image
 import clipx
 from clipx.zeroshot import prompts
 from floats import assert_float32_close
-from test_decompose import siglip  # noqa: F401  (a tiny SigLIP model, as a fixture)
 
 CLASSES = ["cat", "a red car", "dog"]
 TEMPLATES = ["a photo of a {}.", lambda c: f"{c}, seen from afar", "{} {}"]
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return clipx.load(tiny_checkpoint[0])
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +71,11 @@ def test_one_image_as_a_3d_tensor_is_one_image_whatever_the_batch(model, images)
     assert result.explain(0).image.shape[:2] == (1, 1)
 
 
-def test_sigmoid_models_get_each_class_its_own_sigmoid(siglip):  # noqa: F811
+def test_sigmoid_models_get_each_class_its_own_sigmoid(tiny_siglip):
     px = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
-    result = clipx.zeroshot(siglip, px, CLASSES, TEMPLATES[:2])
-    expected = by_hand(siglip, px, CLASSES, TEMPLATES[:2])
-    assert siglip.logit_bias is not None
+    result = clipx.zeroshot(tiny_siglip, px, CLASSES, TEMPLATES[:2])
+    expected = by_hand(tiny_siglip, px, CLASSES, TEMPLATES[:2])
+    assert tiny_siglip.logit_bias is not None
     assert_float32_close(result.logits, expected)
     assert_float32_close(result.probs, torch.sigmoid(expected))
     assert (result.probs.sum(1) - 1).abs().max() > 1e-3  # not a softmax
