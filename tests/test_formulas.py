@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import transformers
 
 import clipx
-from conftest import randomise, save_hf
+from checkpoints import randomise, save_hf
 from floats import assert_float32_close, max_relative_error
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
