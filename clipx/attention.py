@@ -120,12 +120,16 @@ class Attention(nn.Module):
         z = self.hook_z(z)
         if self.hook_result.active:
             # split out_proj by head only when asked: [pos, head, d_model] per token costs head x the memory
-            w = self.out_proj.weight.view(-1, self.num_heads, self.head_dim)  # [d_model, head, d_head]
-            result = self.hook_result(torch.einsum("bphd,mhd->bphm", z, w))
-            out = result.sum(2) + self.out_proj.bias
+            out = self.hook_result(self.head_results(z)).sum(2) + self.out_proj.bias
         else:
             out = self.out_proj(z.reshape(b, n, -1))
         return self.hook_out(out), pattern
+
+    def head_results(self, z: torch.Tensor) -> torch.Tensor:
+        """z [..., head, d_head] -> each head's share of the output [..., head, d_model]: its z through its
+        slice of out_proj's weight, without the bias (in z's dtype)."""
+        w = self.out_proj.weight.view(-1, self.num_heads, self.head_dim).to(z.dtype)  # [d_model, head, d_head]
+        return torch.einsum("...hk,dhk->...hd", z, w)
 
     def _eager(self, q, k, v, causal, key_padding):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))

@@ -235,16 +235,16 @@ def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Ten
         heads = []
         for block, label in zip(tower.blocks, blocks):
             attn = block.attn
-            out_weight = attn.out_proj.weight.float().view(-1, attn.num_heads, attn.head_dim)  # [d, head, d_head]
             z = at_pooled(f"{label}.attn.hook_z")  # [items, head, d_head]
-            parts += [torch.einsum("nhk,dhk->nhd", z, out_weight),
+            parts += [attn.head_results(z),
                       attn.out_proj.bias.float().expand(len(items), 1, -1),
                       at_pooled(f"{label}.hook_mlp_out")[:, None]]
             labels += [f"{label}.attn.head.{h}" for h in range(attn.num_heads)] + [f"{label}.attn.bias", f"{label}.mlp"]
             if per_position:
                 pattern = cache[f"{label}.attn.hook_pattern"][items, :, pooled].float()  # [items, head, key]
                 value_vectors = cache[f"{label}.attn.hook_v"].float()  # [items, key, head, d_head]
-                heads.append(torch.einsum("nhj,njhk,dhk->nhjd", pattern, value_vectors, out_weight))
+                by_key = pattern.transpose(1, 2)[..., None] * value_vectors  # [items, key, head, d_head]
+                heads.append(attn.head_results(by_key).transpose(1, 2))  # [items, head, key, d]
         readout = _Readout(tower, name, at_pooled(names[1]))
         values = torch.cat([readout(torch.cat(parts, dim=1)), *readout.bias_parts(len(items))], dim=1)
         per_position_parts = readout(torch.stack(heads, dim=1)) if per_position else None

@@ -40,14 +40,19 @@ RENAMED = {"hook_scores": "hook_attn_scores"}
 
 
 def _renamed(name: str) -> str:
-    """`name` with a renamed hook's old spelling replaced by the new one (warning once per call)."""
-    for old, new in RENAMED.items():
-        parts = name.split(".")
-        if old in parts:
-            warnings.warn(f"the hook name {old!r} is now {new!r} (TransformerLens' name): {name!r} "
-                          f"still works but will not in the next release", DeprecationWarning, stacklevel=4)
-            name = ".".join(new if p == old else p for p in parts)
-    return name
+    """`name` (or a glob) with a renamed hook's old spelling replaced by the new one, with a warning."""
+    parts = name.split(".")
+    for old in RENAMED.keys() & set(parts):
+        warnings.warn(f"the hook name {old!r} is now {RENAMED[old]!r} (TransformerLens' name): {name!r} "
+                      f"still works but will not in the next release", DeprecationWarning, stacklevel=4)
+    return ".".join(RENAMED.get(p, p) for p in parts)
+
+
+def _renamed_filter(names: NameFilter) -> NameFilter:
+    """A name filter with old hook names renamed; a predicate is the caller's own and stays as it is."""
+    if names is None or callable(names):
+        return names
+    return _renamed(names) if isinstance(names, str) else [_renamed(n) for n in names]
 
 
 def _deprecated_keyword(old: str, new: str, old_value: Any, new_value: Any) -> Any:
@@ -171,17 +176,17 @@ class HookedModule(nn.Module):
 
     def hook_point(self, name: str) -> HookPoint:
         try:
-            return self._hook_points[name] if name in self._hook_points else self._hook_points[_renamed(name)]
+            return self._hook_points[_renamed(name)]
         except KeyError:
             raise KeyError(f"no hook point named {name!r}; model.hook_names() lists them") from None
 
     def _resolve(self, names: NameFilter) -> list[HookPoint]:
+        names = _renamed_filter(names)
         if isinstance(names, str) and not any(c in names for c in "*?["):
             return [self.hook_point(names)]
         if isinstance(names, (list, tuple)) and not names:
             return []
-        match = _matcher(_renamed(names) if isinstance(names, str)
-                         else names if names is None or callable(names) else [_renamed(n) for n in names])
+        match = _matcher(names)
         points = [p for n, p in self._hook_points.items() if match(n)]
         if not points:
             raise KeyError(f"no hook point matches {names!r}; model.hook_names() lists them")

@@ -8,18 +8,13 @@ the suite notices each such change."""
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
 
 import clipx
-from checkpoints import randomise, save_hf
+from checkpoints import hf_siglip, save_siglip
 from floats import assert_float32_close, max_relative_error
+from inputs import CAPTIONS, pixels
 
-CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
 N_LAYERS = 2  # the tiny model's blocks, in each tower
-
-
-def images(n=2, seed=1):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def pair(hf, px, tok, i, j, **flags):
@@ -56,7 +51,7 @@ def gradcam_reference(hf, px, tok, layer):
 
 @pytest.mark.parametrize("layer", [-1, 0])
 def test_gradcam_equals_the_reference(tiny_checkpoint, tiny_model, layer):
-    px, tok = images(), tiny_model.tokenize(CAPTIONS)
+    px, tok = pixels(), tiny_model.tokenize(CAPTIONS)
     (ref_image, ref_text), (raw_image, raw_text) = gradcam_reference(tiny_checkpoint[1], px, tok, layer % N_LAYERS)
     assert differs(raw_image, ref_image) and differs(raw_text, ref_text)  # the ReLU cuts negative evidence
     exp = clipx.explain(tiny_model, px, CAPTIONS, method="gradcam", layer=layer)
@@ -72,7 +67,7 @@ def test_similarity_equals_the_reference(tiny_checkpoint, tiny_model, variant):
     """Each patch's cosine with the caption: `tokens` reads the last block's output patches; MaskCLIP the
     last block's value path alone, out_proj(v_proj(ln1(x))) on its input x, both then through
     post_layernorm and the visual projection."""
-    hf, px, tok = tiny_checkpoint[1], images(), tiny_model.tokenize(CAPTIONS)
+    hf, px, tok = tiny_checkpoint[1], pixels(), tiny_model.tokenize(CAPTIONS)
     last = hf.vision_model.encoder.layers[-1]
 
     def patch_map(patches):
@@ -113,7 +108,7 @@ def legrad_reference(hf, px, tok, layers, relu=True):
 
 @pytest.mark.parametrize("start_layer", [-2, -1])
 def test_legrad_equals_the_reference(tiny_checkpoint, tiny_model, start_layer):
-    hf, px, tok = tiny_checkpoint[1], images(), tiny_model.tokenize(CAPTIONS)
+    hf, px, tok = tiny_checkpoint[1], pixels(), tiny_model.tokenize(CAPTIONS)
     layers = range(N_LAYERS + start_layer, N_LAYERS)
     ref = legrad_reference(hf, px, tok, layers)
     assert differs(legrad_reference(hf, px, tok, layers, relu=False), ref)  # the ReLU keeps positive sensitivity
@@ -127,16 +122,8 @@ def test_legrad_equals_the_reference(tiny_checkpoint, tiny_model, start_layer):
 def siglip(tmp_path_factory):
     """(clipx's SigLIP, transformers' SiglipModel it was loaded from): random weights, SigLIP's trained
     scale and bias, so the bias moves the scores by a lot."""
-    torch.manual_seed(0)
-    tower = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
-    config = transformers.SiglipConfig(text_config=dict(tower, max_position_embeddings=16, vocab_size=49408),
-                                       vision_config=dict(tower, image_size=32, patch_size=8))
-    hf = randomise(transformers.SiglipModel(config).eval())
-    with torch.no_grad():
-        hf.logit_scale.fill_(2.3)
-        hf.logit_bias.fill_(-1.5)
-    folder = tmp_path_factory.mktemp("tiny-siglip")
-    save_hf(hf, folder)  # with CLIP's tokenizer: the tiny vocabulary is CLIP's size
+    hf, folder = hf_siglip(), tmp_path_factory.mktemp("tiny-siglip")
+    save_siglip(hf, folder)
     return clipx.load(folder), hf
 
 

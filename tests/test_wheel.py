@@ -22,6 +22,7 @@ from PIL import Image
 import clipx
 from clipx.assets import demo_image
 from clipx.cli import main
+from clipx.processing import open_image
 from clipx.version import DISTRIBUTION
 from floats import assert_float32_close
 from open_clip_weights import open_clip_state
@@ -137,7 +138,7 @@ def test_installed_wheel_works_outside_the_checkout(wheel, tmp_path):
 
     siglip = clipx.load("demo-siglip")
     with torch.no_grad():
-        scene = clipx.processing.open_image(demo_image("shapes-scene"))
+        scene = open_image(demo_image("shapes-scene"))
         siglip_logits = siglip(pixel_values=siglip.preprocess([scene]), **siglip.tokenize(CAPTIONS)).logits_per_image
     assert_float32_close(torch.tensor(got["siglip"]), siglip_logits)
     assert got["sae"] == clipx.SparseAutoencoder.load("demo-sae").config.d_sae
