@@ -21,7 +21,7 @@ import torch
 
 import clipx
 from clipx import shapes
-from clipx.decompose import encode_images, text_embeds
+from clipx.inputs import encode_images, text_embeds
 from clipx.sweep import image_logits
 from clipx.training import single_object_set
 from common import cpu_name

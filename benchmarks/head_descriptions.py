@@ -18,7 +18,7 @@ import torch
 
 import clipx
 from clipx import shapes
-from clipx.decompose import text_embeds
+from clipx.inputs import text_embeds
 from clipx.textspan import text_directions, variance_share
 from common import cpu_name
 

@@ -42,9 +42,9 @@ from scoring import BASELINES, ROWS, baseline_maps, markdown_table, rows_named
 import clipx
 from clipx import segmentation, shapes, templates
 from clipx.assets import IMAGENET_CLASSES
-from clipx.explain.registry import prepare_images
 from clipx.runs import init_distributed, run
-from clipx.text_embeddings import embed_images, explain_embedding, scores
+from clipx.explain.embedding import explain_embedding
+from clipx.inputs import embed_images, prepare_images, scores
 from clipx.zeroshot import zeroshot_classifier
 
 SIZE = 224  # ImageNet-segmentation's input: image and mask squashed to 224 x 224

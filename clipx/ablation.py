@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from .explain.core import check_int
+from .errors import check_int
 from .hooks import Cache
+from .inputs import prepare_images
 from .model import CLIP
 
 MODES = ("zero", "mean", "resample")
@@ -144,7 +145,6 @@ def run_inputs(model: CLIP, inputs: Any) -> dict[str, torch.Tensor]:
     """Inputs for `model(**inputs)`: a dict as it is, images (PIL, paths, pixel_values) as pixel_values."""
     if isinstance(inputs, dict):
         return inputs
-    from .explain.registry import prepare_images
 
     return {"pixel_values": prepare_images(model, inputs)[0]}
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from .explain.registry import prepare_images
-from .model import CLIP, Tower, _describe, _normalize
-from .text_embeddings import embed_texts, scores
+from .inputs import encode_images, prepare_images, scores, text_embeds
+from .model import CLIP, Tower, _normalize
+from .tokenizer import check_texts
 
 _BLOCK = re.compile(r"^(\w+\.blocks\.\d+)\.")
 
@@ -167,7 +167,7 @@ def decompose_text(model: CLIP, texts: str | list[str], per_position: bool = Fal
     """Take each caption's embedding (`model.encode_text`) apart, at its pooled position (EOS, or the last
     position), as `decompose` does an image's; the embedding part is the token plus position embedding."""
     tower = model._tower("text")
-    enc = model.tokenize(_texts(texts))
+    enc = model.tokenize(check_texts(texts))
     return _decompose(model, "text", lambda: model.encode_text(enc.input_ids, enc.attention_mask),
                       tower.pooled_positions(enc.input_ids), per_position)
 
@@ -187,30 +187,6 @@ def logit_lens(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor) 
             encode_images(model, pixel_values)
         embeds = torch.stack([tower.project(tower.pool(cache[name])[1]) for name in names])
         return scores(model, _normalize(embeds), text)
-
-
-def encode_images(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor:
-    """`model.encode_image`, with interpolated positions for pixel_values of another size than the model's."""
-    size = model._tower("vision").config.image_size
-    return model.encode_image(pixel_values, interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (size, size))
-
-
-def text_embeds(model: CLIP, texts: str | list[str] | torch.Tensor) -> torch.Tensor:
-    """Unit text embeddings [n_texts, dim]: of captions (encoded in batches), or of embeddings given as a
-    float tensor [n_texts, dim]."""
-    if isinstance(texts, torch.Tensor):
-        if not texts.is_floating_point() or texts.ndim != 2 or 0 in texts.shape:
-            raise ValueError(f"text embeddings must be a float tensor [n_texts, dim], got {_describe(texts)}; "
-                             "or pass the captions")
-        return _normalize(texts.detach().float())
-    return embed_texts(model, _texts(texts))
-
-
-def _texts(texts: str | list[str]) -> list[str]:
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ValueError("no texts given: got an empty list")
-    return texts
 
 
 def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Tensor,

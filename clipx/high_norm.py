@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .hooks import Cache
+from .inputs import encode_images, prepare_images
 from .model import CLIP
 
 DEFAULT_RATIO = 3.0
@@ -128,8 +129,6 @@ class HighNormTokens:
 def high_norm_tokens(model: CLIP, images: Any, ratio: float = DEFAULT_RATIO) -> HighNormTokens:
     """Every image's patch norms after each vision block, and which are high-norm (above `ratio` times the
     median patch of that image and layer). images: as `clipx.explain` takes them."""
-    from .decompose import encode_images
-    from .explain.registry import prepare_images
 
     ratio = check_ratio(ratio)
     model._tower("vision")

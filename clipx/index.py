@@ -24,7 +24,8 @@ from .extras import require
 from .files import read_json, save_safetensors, write_json
 from .model import CLIP, _caller_level
 from .processing import image_files, open_image
-from .text_embeddings import embed_images, embed_texts, explain_embedding, scores
+from .explain.embedding import explain_embedding
+from .inputs import embed_images, embed_texts, scores
 
 FORMAT = 1
 EMBEDDINGS, MANIFEST = "embeddings.safetensors", "index.json"

@@ -485,12 +485,19 @@ class CLIP(HookedModule):
             text = self._text_forward(input_ids, attention_mask, **flags)
             text_embeds = _normalize(text.embeds)
         if vision is not None and text is not None:
-            logits_per_image = image_embeds @ text_embeds.T * self.logit_scale.exp()
-            if self.logit_bias is not None:
-                logits_per_image = logits_per_image + self.logit_bias
-            logits_per_image = self.hook_logits_per_image(logits_per_image)
+            logits_per_image = self.hook_logits_per_image(self.logits(image_embeds, text_embeds))
             logits_per_text = logits_per_image.T
         return CLIPOutput(logits_per_image, logits_per_text, image_embeds, text_embeds, vision, text)
+
+    def logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """logits_per_image [n_images, n_texts] between unit embeddings, as this model scores a pair:
+        exp(logit_scale) * cosine, plus logit_bias where the model has one (SigLIP); bias=False for a
+        difference of embeddings, whose logit the bias does not enter. The scale and bias take the
+        embeddings' dtype (float32 embeddings of a half model are scored in float32)."""
+        logits = image_embeds @ text_embeds.T * self.logit_scale.to(image_embeds.dtype).exp()
+        if not bias or self.logit_bias is None:
+            return logits
+        return logits + self.logit_bias.to(image_embeds.dtype)
 
     def fingerprint(self) -> str:
         """sha256 of the config and the readout weights (projections, final norms, logit scale and bias): what

@@ -118,9 +118,7 @@ class ImageProcessor:
     # --- preprocessing ---------------------------------------------------------------------------
     def __call__(self, images: Any) -> torch.Tensor:
         """One image or a list (PIL, path, array, or preprocessed tensor) -> FloatTensor [B, 3, H, W]."""
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
-        if not items:
-            raise ValueError("no images given: pass an image or a non-empty list of images")
+        items = image_list(images)
         batches = [self._one(image, i) for i, image in enumerate(items)]
         shapes = {tuple(b.shape[1:]) for b in batches}
         if len(shapes) > 1:
@@ -215,6 +213,14 @@ def _three(name: str, values: Any) -> tuple[float, float, float]:
 
 def _channels(values: tuple) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)[:, None, None]
+
+
+def image_list(images: Any) -> list:
+    """One image or a list / tuple of them -> a non-empty list (a tensor batch is the caller's to split)."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("no images given: pass an image or a non-empty list of images")
+    return items
 
 
 def check_pixel_values(x: torch.Tensor, name: str) -> torch.Tensor:

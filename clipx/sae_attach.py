@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .explain.registry import prepare_images
+from .inputs import prepare_images
 from .hooks import HookPoint
 from .model import CLIP
 from .sae import SparseAutoencoder, skipped_tokens

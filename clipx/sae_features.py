@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .decompose import text_embeds
+from .inputs import text_embeds
 from .model import CLIP, _normalize
 from .sae import SparseAutoencoder
 from .sae_training import hook_activations

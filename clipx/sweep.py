@@ -18,10 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .ablation import ablate, patch, run_inputs
-from .decompose import decompose, encode_images, text_embeds
-from .explain.registry import prepare_images
+from .decompose import decompose
+from .inputs import encode_images, prepare_images, scores, text_embeds
 from .model import CLIP, _normalize
-from .text_embeddings import scores
 
 EFFECTS = ("total", "direct")
 

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .decompose import Decomposition, decompose, text_embeds
-from .explain.core import check_int
+from .decompose import Decomposition, decompose
+from .inputs import text_embeds
+from .errors import check_int
 from .model import CLIP
 
 

@@ -174,7 +174,7 @@ def check_texts(texts: str | list[str]) -> list[str]:
     """A caption or a list of captions -> a non-empty list of str."""
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
-        raise ValueError("no texts to tokenize: got an empty list")
+        raise ValueError("no texts given: got an empty list")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from .explain import Explanation
-from .explain.registry import prepare_images
 from .model import CLIP
-from .processing import check_pixel_values
-from .text_embeddings import embed_images, embed_texts, explain_embedding, scores
+from .processing import check_pixel_values, image_list
+from .explain.embedding import explain_embedding
+from .inputs import embed_images, embed_texts, prepare_images, scores
 
 Template = str | Callable[[str], str]
 
@@ -118,9 +118,9 @@ def zeroshot(model: CLIP, images: Any, classnames: Sequence[str], templates: Seq
     if isinstance(images, torch.Tensor):  # one [3, H, W] image is a batch of one, not three channels to slice
         items = check_pixel_values(images, "images")
     else:
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        items = image_list(images)
     if len(items) == 0:
-        raise ValueError("no images given: got an empty list")
+        raise ValueError("no images given: got an empty tensor")
     embeds = torch.cat([embed_images(model, prepare_images(model, items[s:s + batch_size])[0])
                         for s in range(0, len(items), batch_size)])
     logits = scores(model, embeds, classifier)

@@ -105,7 +105,7 @@ def test_on_the_demo_the_heads_with_the_largest_direct_effect_matter_more_than_r
     import random
 
     from clipx import shapes
-    from clipx.decompose import text_embeds
+    from clipx.inputs import text_embeds
     from clipx.training import single_object_set
 
     demo = clipx.load("demo")

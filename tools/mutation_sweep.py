@@ -36,14 +36,10 @@ MUTATIONS = {
     "relevance-relu": ("clipx/explain/relevance.py", "(grad * pattern).clamp(min=0)", "(grad * pattern)"),
     "relevance-grad-sign": ("clipx/explain/relevance.py", "(grad * pattern).clamp(min=0)",
                             "(-grad * pattern).clamp(min=0)"),
-    # every place that turns embeddings into a SigLIP score adds the bias: drop it at each in turn
-    "bias-model": ("clipx/model.py",
-                   "logits_per_image = logits_per_image + self.logit_bias", "logits_per_image = logits_per_image"),
-    "bias-scores": ("clipx/text_embeddings.py",
-                    "return logits if model.logit_bias is None else logits + model.logit_bias.detach().float()",
+    # the one place that turns embeddings into a score (forward, `inputs.scores`, the perturbation methods),
+    # and the decomposition, which gives the bias as a part of its own
+    "bias-logits": ("clipx/model.py", "return logits + self.logit_bias.to(image_embeds.dtype)",
                     "return logits"),
-    "bias-perturbation": ("clipx/explain/perturbation.py",
-                          "return similarity + self.bias if bias else similarity", "return similarity"),
     "bias-decompose": ("clipx/decompose.py", "            if model.logit_bias is not None:", "            if False:"),
 }
 

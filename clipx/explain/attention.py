@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .core import Inputs, check_int, drop_keys, pooled_rows
+from ..errors import check_int
+from .core import Inputs, drop_keys, pooled_rows
 from .registry import Maps, register
 
 

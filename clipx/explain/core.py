@@ -11,7 +11,6 @@ over one retained graph, each only as deep as the activations asked for.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from ..high_norm import check_ratio, keep_keys, resid_names
+from ..errors import check_int
 from ..hooks import Cache
 from ..model import CLIP, CLIPOutput
 
@@ -90,16 +90,6 @@ class Inputs:
     def patch_grid(self, per_patch: torch.Tensor) -> torch.Tensor:
         """[..., n_patches] -> [..., grid_h, grid_w]"""
         return per_patch.reshape(*per_patch.shape[:-1], *self.grid)
-
-
-def check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    """An integer option as an int, or a TypeError naming it (a bool is not an integer here); a
-    ValueError below `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
-    return int(value)
 
 
 def _grads(target: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:

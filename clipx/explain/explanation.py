@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import explanation_file
-from .core import check_int
+from ..errors import check_int
 
 
 @dataclass

@@ -17,7 +17,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .core import Inputs, check_int
+from ..errors import check_int
+from .core import Inputs
 from .registry import Maps, register
 
 
@@ -31,7 +32,6 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
         internal_batch_size = check_int("internal_batch_size", internal_batch_size, minimum=1)
     model = x.model
     out, cache = x.run(["vision.hook_embed", "text.hook_embed"])
-    scale = model.logit_scale.exp().detach()
     text_embeds, image_embeds = out.text_embeds.detach(), out.image_embeds.detach()
 
     baseline = torch.as_tensor(image_baseline, dtype=x.pixel_values.dtype, device=x.pixel_values.device)
@@ -53,12 +53,12 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
         pixels = x.pixel_values[:1].expand(embed.shape[0], -1, -1, -1)
         with model.hooks(fwd_hooks=[("vision.hook_embed", lambda _, hook: embed)]):
             features = model.encode_image(pixels, x.interpolate_pos_encoding)
-        return scale * F.normalize(features, dim=-1) @ text_embeds.T      # [n, n_texts]
+        return model.logits(F.normalize(features, dim=-1), text_embeds)      # [n, n_texts]
 
     def text_logits(embed: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with model.hooks(fwd_hooks=[("text.hook_embed", lambda _, hook: embed)]):
             features = model.encode_text(input_ids, attention_mask)
-        return scale * F.normalize(features, dim=-1) @ image_embeds.T     # [n, n_images]
+        return model.logits(image_embeds, F.normalize(features, dim=-1)).T     # [n, n_images]
 
     options = dict(n_steps=n_steps, internal_batch_size=internal_batch_size)
     with torch.enable_grad():

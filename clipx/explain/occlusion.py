@@ -15,7 +15,8 @@ import itertools
 
 import torch
 
-from .core import Inputs, check_int
+from ..errors import check_int
+from .core import Inputs
 from .perturbation import Captions, check_baseline, check_batch_size, perturbed_embeddings
 from .registry import Maps, register
 

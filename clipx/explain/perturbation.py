@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import metrics
-from .core import Inputs, check_int
+from ..errors import check_int
+from ..model import CLIP
+from .core import Inputs
 
 BASELINES = ("zero", "mean", "blur")
 PROGRESS_MIN = 256  # perturbed images from which a progress bar is worth showing
@@ -26,22 +28,19 @@ PROGRESS_MIN = 256  # perturbed images from which a progress bar is worth showin
 class Captions:
     """The captions of an explain call encoded once, for scoring any number of image embeddings."""
 
+    model: CLIP
     embeds: torch.Tensor         # [T, D], normalised
-    scale: torch.Tensor          # exp(logit_scale)
-    bias: torch.Tensor | float   # logit_bias, or 0 where the model has none
 
     @classmethod
     def encode(cls, x: Inputs) -> "Captions":
-        model = x.model
         with torch.no_grad():
-            text = F.normalize(model.encode_text(x.input_ids, x.attention_mask), dim=-1)
-        return cls(text, model.logit_scale.exp().detach(), 0 if model.logit_bias is None else model.logit_bias.detach())
+            return cls(x.model, F.normalize(x.model.encode_text(x.input_ids, x.attention_mask), dim=-1))
 
     def logits(self, image_embeds: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """Normalised image embeddings [..., D] -> logits [..., T] as `model(...).logits_per_image` makes
-        them; bias=False for differences of logits, which the bias does not enter."""
-        similarity = image_embeds @ self.embeds.T * self.scale
-        return similarity + self.bias if bias else similarity
+        """Normalised image embeddings [..., D] -> logits [..., T], as `model(...).logits_per_image` makes
+        them (`model.logits`; bias=False for a difference of embeddings)."""
+        flat = self.model.logits(image_embeds.reshape(-1, image_embeds.shape[-1]), self.embeds, bias)
+        return flat.reshape(*image_embeds.shape[:-1], -1)
 
 
 def image_embeddings(x: Inputs, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..model import CLIP
-from ..processing import check_pixel_values, image_size
+from ..inputs import prepare_images
 from .core import Inputs
 from .explanation import Explanation
 from .neutral import subtract_neutral, with_neutral
@@ -165,19 +163,6 @@ def _prepare(model: CLIP, images: Any, texts: Any,
                   interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (size, size))
 
 
-def prepare_images(model: CLIP, images: Any) -> tuple[torch.Tensor, list[tuple[int, int] | None] | None]:
-    """Images (PIL, paths, arrays) or preprocessed pixel_values -> (pixel_values on the model's device, each
-    image's (width, height) as given, or None for a tensor)."""
-    if isinstance(images, torch.Tensor):
-        images = check_pixel_values(images, "images")  # float [B, 3, H, W], not uint8 pixels cast silently
-        return images.to(*model._device_dtype()).clone(), None  # a normal copy of what may be an inference tensor
-    images = list(images) if isinstance(images, (list, tuple)) else [images]
-    if not images:
-        raise ValueError("no images given: got an empty list")
-    sizes = [_size(im, i) for i, im in enumerate(images)]
-    return model.preprocess(images), sizes
-
-
 def _caption_first(text: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """[B, T, L] maps over input positions -> over each caption's own tokens first, then its padding, so
     that text[i, j, k] belongs to tokens[j][k] whichever side the tokenizer padded."""
@@ -189,14 +174,3 @@ def _display(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor | None:
     if model.processor is None:
         return None
     return torch.stack([torch.from_numpy(np.array(im)) for im in model.processor.to_pil(pixel_values.detach().float().cpu())])
-
-
-def _size(image: Any, i: int) -> tuple[int, int] | None:
-    """(width, height) of an image as given (a file as the processor opens it), for placing maps back onto it."""
-    if isinstance(image, Image.Image):
-        return image.size
-    if isinstance(image, (str, os.PathLike)):
-        return image_size(image, f"images[{i}]")
-    if isinstance(image, np.ndarray) and image.ndim >= 2:
-        return image.shape[1], image.shape[0]
-    return None

@@ -20,7 +20,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from .core import Inputs, check_int
+from ..errors import check_int
+from .core import Inputs
 from .perturbation import Captions, check_baseline, check_batch_size, perturbed_embeddings
 from .registry import Maps, register
 
