@@ -7,10 +7,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import CheckpointError
 from .files import read_json
+from .layout import CLIP_LAYOUT, Layout
 
 # Fields that size the model: a float (1e9), a string or a bool in their place is an error, not a guess.
 _POSITIVE_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -144,6 +145,14 @@ class CLIPConfig:
 
     # the model_type values of config.json this family reads, and the tower each one holds (None: both)
     model_types = {"clip": None, "clip_vision_model": "vision", "clip_text_model": "text"}
+    # Every other family: defining a subclass with its own model_types registers it (its module, under
+    # clipx/families/, is imported with clipx), so config.json's model_type finds it.
+    _families: ClassVar[list[type[CLIPConfig]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model_types" in cls.__dict__:
+            CLIPConfig._families.append(cls)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
@@ -152,7 +161,7 @@ class CLIPConfig:
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a JSON object {{...}}, got a {type(d).__name__}")
         model_type = d.get("model_type", "clip")
-        families = _families()
+        families = [CLIPConfig, *CLIPConfig._families]
         for family in families:
             if model_type in family.model_types:
                 return family.read(d, family.model_types[model_type])
@@ -194,10 +203,8 @@ class CLIPConfig:
         return {"size": {"shortest_edge": n}, "crop_size": {"height": n, "width": n}}
 
     @classmethod
-    def layout(cls):
-        """How this family's checkpoints name and shape the weights (checkpoint.Layout)."""
-        from .checkpoint import CLIP_LAYOUT
-
+    def layout(cls) -> Layout:
+        """How this family's checkpoints name and shape the weights."""
         return CLIP_LAYOUT
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,11 +231,3 @@ def _sub_config(d: dict[str, Any], key: str) -> dict[str, Any]:
     if not isinstance(sub, dict):
         raise ValueError(f"{key} must be a JSON object {{...}}, got a {type(sub).__name__}")
     return sub
-
-
-def _families() -> list[type[CLIPConfig]]:
-    """Every family clipx reads. Adding one: its module defines a CLIPConfig subclass (its readout,
-    its model_types, `read`, `to_dict`, `layout`), and it is listed here."""
-    from .siglip import SiglipConfig  # its own module; imported here, where it is first needed
-
-    return [CLIPConfig, SiglipConfig]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from . import open_clip
-from .checkpoint import (add_tower_prefix, check_config_against_weights, is_openai_layout, load_into, openai_to_hf,
-                         read_config, read_weights)
+from . import open_clip, siglip  # noqa: F401  (siglip: its config class registers the family)
+from .openai import is_openai_layout, openai_to_hf
+from .weights import add_tower_prefix, check_config_against_weights, load_into, read_config, read_weights
 from .errors import CheckpointError
 from .hub import resolve
 from .model import CLIP

@@ -31,6 +31,7 @@ from .config import CLIPConfig, TextConfig, TowerConfig, VisionConfig
 from .hooks import HookedModule, HookPoint
 from .length_groups import length_groups
 from .processing import ImageProcessor
+from .save import save_folder
 from .tokenizer import Encoding
 
 
@@ -584,8 +585,6 @@ class CLIP(HookedModule):
     def save_pretrained(self, folder: str | Path) -> None:
         """Write config.json + model.safetensors in Hugging Face's layout (and the tokenizer and
         processor files), so the folder loads both in clipx and in transformers."""
-        from .checkpoint import save_folder
-
         save_folder(self, folder)
 
 

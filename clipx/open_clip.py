@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import OpenAIShapes, StateDict, config_from_openai, openai_shapes
+from .layout import StateDict
+from .openai import OpenAIShapes, config_from_openai, openai_shapes
 from .config import CLIPConfig
 from .errors import CheckpointError
 from .files import is_file, read_json

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import JOINT_PARAMETERS, Layout, StateDict, split_in_proj
-from .checkpoint import hf_key as clip_hf_key
+from .layout import JOINT_PARAMETERS, Layout, StateDict, split_in_proj
+from .layout import hf_key as clip_hf_key
 from .config import CLIPConfig, TextConfig, VisionConfig, _sub_config
 _HEAD_ATTENTION = "vision_model.head.attention."
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import clipx
 from clipx import open_clip
-from clipx.checkpoint import OpenAIShapes
+from clipx.openai import OpenAIShapes
 from clipx.errors import CheckpointError
 from floats import assert_float32_close, max_relative_error
 from open_clip_weights import open_clip_state

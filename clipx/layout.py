@@ -1,0 +1,67 @@
+"""How a model's parameters are named in Hugging Face's layout: clipx's module names (TransformerLens's
+`blocks.3.attn`, `ln1`) -> transformers' `CLIPModel` keys, one rule per kind of module, and the `Layout`
+a family gives to rename and reshape its own checkpoints' tensors.
+
+Hugging Face is the pivot: OpenAI / open_clip state dicts are converted to HF keys first
+(`families/openai.py`), and clipx's own names are derived from HF's by `hf_key`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+TOWER_PREFIX = {"vision": "vision_model", "text": "text_model"}
+PROJECTION = {"vision": "visual_projection", "text": "text_projection"}
+_BLOCK_RENAMES = {"attn": "self_attn", "ln1": "layer_norm1", "ln2": "layer_norm2", "mlp": "mlp"}
+TOWER_RENAMES = {
+    "ln_pre": "pre_layrnorm", "ln_post": "post_layernorm", "ln_final": "final_layer_norm",
+    "token_embedding": "embeddings.token_embedding", "position_embedding": "embeddings.position_embedding",
+    "patch_embedding": "embeddings.patch_embedding", "class_embedding": "embeddings.class_embedding",
+}
+
+# the joint model's own parameters, which tower-only checkpoints lack
+JOINT_PARAMETERS = ("logit_scale", "logit_bias")
+
+def hf_key(key: str) -> str:
+    """The Hugging Face `CLIPModel` name of a clipx state-dict key."""
+    if key in JOINT_PARAMETERS:
+        return key
+    tower, rest = key.split(".", 1)
+    if rest.startswith("proj."):
+        return f"{PROJECTION[tower]}.{rest[5:]}"
+    match = re.fullmatch(r"blocks\.(\d+)\.(\w+)\.(.+)", rest)
+    if match:
+        i, module, tail = match.groups()
+        rest = f"encoder.layers.{i}.{_BLOCK_RENAMES[module]}.{tail}"
+    else:
+        head, _, tail = rest.partition(".")
+        rest = TOWER_RENAMES[head] + (f".{tail}" if tail else "")
+    return f"{TOWER_PREFIX[tower]}.{rest}"
+
+def _same(state: StateDict) -> StateDict:
+    return state
+
+@dataclass(frozen=True)
+class Layout:
+    """How one family's Hugging Face checkpoints name and shape the weights."""
+
+    hf_key: Callable[[str], str]                          # clipx key -> checkpoint key
+    from_hf: Callable[[StateDict], StateDict] = _same     # checkpoint tensors -> the shapes hf_key's names hold
+    to_hf: Callable[[StateDict], StateDict] = _same       # and back, for save_pretrained
+    # whether a tower-only checkpoint keeps the `vision_model.` / `text_model.` prefix
+    tower_prefixed: Callable[[Any], bool] = lambda tower: tower.proj is not None
+
+# CLIPVisionModelWithProjection keeps its prefix; a bare CLIPVisionModel has none
+CLIP_LAYOUT = Layout(hf_key=hf_key)
+
+def split_in_proj(prefix: str, key: str, value: torch.Tensor) -> StateDict:
+    """A fused `...in_proj_weight` / `in_proj_bias` (torch's MultiheadAttention) as `{prefix}q_proj.weight`, ..."""
+    kind = key.rsplit("_", 1)[1]  # weight / bias
+    return {f"{prefix}{name}_proj.{kind}": part.clone() for name, part in zip("qkv", value.chunk(3, dim=0))}
