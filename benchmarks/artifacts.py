@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 import clipx
 from clipx import metrics, shapes
 from clipx.explain import method_options
-from clipx.explain.registry import CAPTION_BLIND
+from clipx.explain.core import CAPTION_BLIND
 
 ROWS = rows_named(["relevance (all layers)", "rollout", "attention", "legrad", "gradcam", "integrated_gradients"])
 

@@ -24,7 +24,7 @@ import torch
 
 from .inputs import encode_images, prepare_images, scores, text_embeds
 from .model import CLIP, Tower, _normalize
-from .tokenizer import check_texts
+from .tokenizer_text import check_texts
 
 _BLOCK = re.compile(r"^(\w+\.blocks\.\d+)\.")
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .model import CLIP, _describe, _normalize
 from .processing import check_pixel_values, image_list, image_size
-from .tokenizer import check_texts
+from .tokenizer_text import check_texts
 
 
 def prepare_images(model: CLIP, images: Any) -> tuple[torch.Tensor, list[tuple[int, int] | None] | None]:

@@ -14,7 +14,8 @@ from .errors import CheckpointError
 from .hub import resolve
 from .model import CLIP
 from .processing import ImageProcessor
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import Tokenizer
+from .tokenizer_auto import load_tokenizer
 
 CLIP_VOCAB_SIZE = 49408
 

@@ -32,7 +32,7 @@ from .hooks import HookedModule, HookPoint
 from .length_groups import length_groups
 from .processing import ImageProcessor
 from .save import save_folder
-from .tokenizer import Encoding
+from .tokenizer_text import Encoding
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ import torch
 from .errors import CheckpointError
 from .extras import require
 from .files import check_readable, is_file, read_json
-from .tokenizer import SIGLIP_CONTEXT_LENGTH, batch_encoding, check_padding, check_texts, _context_length
-from .tokenizer import _read_special_tokens
+from .tokenizer_text import (SIGLIP_CONTEXT_LENGTH, batch_encoding, check_padding, check_texts, context_length_or_default,
+                             read_special_tokens)
 
 SPIECE = "spiece.model"
 UNDERLINE = "▁"  # SentencePiece's word-boundary mark
@@ -73,7 +73,7 @@ class SiglipTokenizer:
         folder = Path(folder)
         if not is_file(folder / SPIECE):
             raise FileNotFoundError(f"no {SPIECE} in {folder}: SigLIP's tokenizer is a SentencePiece model")
-        tokens, max_length = _read_special_tokens(folder)
+        tokens, max_length = read_special_tokens(folder)
         tokens.pop("bos_token", None)  # SigLIP has none
         config_path = folder / "tokenizer_config.json"
         config = read_json(config_path) if is_file(config_path) else {}
@@ -82,7 +82,7 @@ class SiglipTokenizer:
             added = {int(i): t["content"] if isinstance(t, dict) else t for i, t in added.items()}
         except (ValueError, TypeError, KeyError, AttributeError):
             raise CheckpointError(f"{config_path}: added_tokens_decoder must map ids to tokens") from None
-        return cls(folder / SPIECE, _context_length(context_length, max_length, SIGLIP_CONTEXT_LENGTH), **tokens,
+        return cls(folder / SPIECE, context_length_or_default(context_length, max_length, SIGLIP_CONTEXT_LENGTH), **tokens,
                    do_lower_case=bool(config.get("do_lower_case", True)), added_tokens=added)
 
     def _canonical(self, text: str) -> str:

@@ -10,7 +10,7 @@ object's colour and no other pixel does. That holds because
 - objects either keep apart (the default) or, with `overlap=True`, later objects occlude
   earlier ones, whose masks then hold only their visible pixels.
 
-`python -m clipx.shapes train ...` trains the demo model (see `clipx.training`).
+`python -m clipx.demo.training ...` trains the demo models on them.
 """
 
 from __future__ import annotations
@@ -359,9 +359,3 @@ class ShapesDataset(torch.utils.data.Dataset):
         sc = self.scene(i)
         pixels = self.processor(sc.image)[0]
         return (pixels, sc.caption, contents(sc.objects)) if self.with_contents else (pixels, sc.caption)
-
-
-if __name__ == "__main__":
-    from .training import main
-
-    main()

@@ -1,18 +1,9 @@
-"""Text tokenizers: CLIP's byte-level BPE and SigLIP 2's Gemma BPE through the `tokenizers` library
-(the ids of transformers' CLIPTokenizerFast / GemmaTokenizer / Siglip2Tokenizer), and `load_tokenizer`,
-which picks the family of a folder (SigLIP's SentencePiece tokenizer is in `sentencepiece_tokenizer.py`).
-
-SigLIP's text tower runs bidirectionally over all 64 positions and pools the last one, and was trained
-with padding as ordinary input: its tokenizers pad every caption to context_length and return an
-attention_mask of ones (so `model(**enc)` masks nothing, as transformers' SigLIP usage does). Which
-positions hold the caption is in `Encoding.content_mask`, for display.
-"""
+"""Byte-level BPE tokenizers through the `tokenizers` library: CLIP's (the ids of transformers'
+CLIPTokenizerFast) and SigLIP 2's Gemma BPE (GemmaTokenizer / Siglip2Tokenizer)."""
 
 from __future__ import annotations
 
 import json
-import warnings
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -24,44 +15,19 @@ from tokenizers.models import BPE
 from .assets import CLIP_BPE_DIR
 from .errors import CheckpointError
 from .files import check_readable, is_file, read_json
+from .tokenizer_text import (DEFAULT_CONTEXT_LENGTH, SIGLIP_CONTEXT_LENGTH, SPECIAL_KEYS, Encoding, batch_encoding,
+                             check_padding, check_texts, context_length_or_default, read_special_tokens)
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-DEFAULT_CONTEXT_LENGTH = 77
-SIGLIP_CONTEXT_LENGTH = 64  # SigLIP and SigLIP 2 were trained on 64 tokens
 # CLIP's word split, as transformers' CLIPTokenizer has it: special tokens, contractions, letter runs,
 # single digits, runs of anything else but whitespace (which is dropped)
 SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 _BYTES = decoders.ByteLevel()  # byte-level symbols ("Ã©") back to text ("é")
-
-
-@dataclass
-class Encoding:
-    """Token ids and attention mask (LongTensor [T, L]); also a mapping of the model's inputs, so
-    `model(**enc)` works. content_mask is 1 at the caption's own tokens (specials included) and 0 at
-    padding: for display, never a model input (it equals attention_mask except for SigLIP, whose
-    model sees padding)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    content_mask: torch.Tensor | None = None
-
-    def keys(self) -> list[str]:
-        return ["input_ids", "attention_mask"]
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self.keys():
-            raise KeyError(f"{key!r}: an Encoding has {self.keys()}")
-        return getattr(self, key)
-
-    def to(self, device: torch.device | str) -> Encoding:
-        return Encoding(*(None if t is None else t.to(device) for t in (self.input_ids, self.attention_mask,
-                                                                          self.content_mask)))
 
 
 def _clip_backend(vocab_file: Path, merges_file: Path, bos: str, eos: str, unk: str) -> Backend:
     """The pipeline of transformers' CLIPTokenizer (and its converter) around the BPE files."""
-    bpe = _read_backend(partial(BPE.from_file, unk_token=unk, dropout=None, continuing_subword_prefix="",
+    bpe = read_backend(partial(BPE.from_file, unk_token=unk, dropout=None, continuing_subword_prefix="",
                                 end_of_word_suffix="</w>", fuse_unk=False), vocab_file, merges_file)
     backend = Backend(bpe)
     for name, token in (("bos_token", bos), ("eos_token", eos)):
@@ -80,18 +46,18 @@ def _clip_backend(vocab_file: Path, merges_file: Path, bos: str, eos: str, unk: 
     return backend
 
 
-def _gemma_tokenizer(folder: Path, tokenizer_class: str, context_length: int | None) -> Tokenizer:
+def gemma_tokenizer(folder: Path, tokenizer_class: str, context_length: int | None) -> Tokenizer:
     """SigLIP 2's tokenizer: Gemma's BPE from tokenizer.json, in the pipeline transformers' GemmaTokenizer
     and Siglip2Tokenizer rebuild around the file's vocabulary and merges (they ignore its normalizer);
     Siglip2Tokenizer lowercases first."""
     path = folder / "tokenizer.json"
     if not is_file(path):
         raise FileNotFoundError(f"{folder}: a {tokenizer_class} folder needs tokenizer.json")
-    backend = _read_backend(Backend.from_file, path)
+    backend = read_backend(Backend.from_file, path)
     if not isinstance(backend.model, BPE):
         raise CheckpointError(f"{path}: a {tokenizer_class} needs a BPE model, got {type(backend.model).__name__}")
     config = read_json(folder / "tokenizer_config.json")
-    tokens, max_length = _read_special_tokens(folder)
+    tokens, max_length = read_special_tokens(folder)
     tokens = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>", **tokens}
     backend.model.fuse_unk, backend.model.byte_fallback, backend.model.dropout = True, True, None
     backend.model.unk_token = tokens["unk_token"]
@@ -104,58 +70,11 @@ def _gemma_tokenizer(folder: Path, tokenizer_class: str, context_length: int | N
     # add_eos_token for these classes (SigLIP 2's hub configs say add_eos_token: true, to no effect)
     # transformers' order: the config, the padding saved in tokenizer.json, the class's own (left)
     padding_side = config.get("padding_side") or (backend.padding or {}).get("direction") or "left"
-    return Tokenizer(backend, _context_length(context_length, max_length, SIGLIP_CONTEXT_LENGTH), **tokens,
+    return Tokenizer(backend, context_length_or_default(context_length, max_length, SIGLIP_CONTEXT_LENGTH), **tokens,
                      fixed_length=True, padding_side=padding_side, tokenizer_class=tokenizer_class)
 
 
-def load_tokenizer(folder: str | Path, context_length: int | None = None):
-    """The tokenizer of a folder in the hub's layout, by its family: tokenizer_config.json's
-    tokenizer_class "SiglipTokenizer" (or a lone spiece.model) is SigLIP's SentencePiece,
-    "GemmaTokenizer" / "Siglip2Tokenizer" SigLIP 2's Gemma BPE, anything else CLIP's BPE.
-    context_length: None takes the folder's model_max_length, else 77 (CLIP) or 64 (SigLIP)."""
-    folder = Path(folder)
-    config_path = folder / "tokenizer_config.json"
-    name = read_json(config_path).get("tokenizer_class") if is_file(config_path) else None
-    name = name.removesuffix("Fast") if isinstance(name, str) else None
-    if name in ("GemmaTokenizer", "Siglip2Tokenizer"):
-        return _gemma_tokenizer(folder, name, context_length)
-    lone_spiece = name is None and is_file(folder / "spiece.model") and not is_file(folder / "tokenizer.json")
-    if name == "SiglipTokenizer" or lone_spiece:
-        from .sentencepiece_tokenizer import SiglipTokenizer
-
-        return SiglipTokenizer.from_pretrained(folder, context_length)
-    return Tokenizer.from_pretrained(folder, context_length)
-
-
-def _context_length(given: int | None, max_length, default: int) -> int:
-    if given is not None:
-        return given
-    # transformers writes a huge sentinel (1e30) when no length is known
-    return max_length if isinstance(max_length, int) and max_length < 1e6 else default
-
-
-def _read_special_tokens(folder: Path) -> tuple[dict[str, str], int | None]:
-    """Special tokens and model_max_length from tokenizer_config.json, overridden by special_tokens_map.json
-    (the order transformers reads them in). Tokens may be strings or serialised AddedTokens."""
-    tokens, max_length = {}, None
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        if is_file(folder / name):
-            config = read_json(folder / name)
-            max_length = config.get("model_max_length", max_length)
-            for key in SPECIAL_KEYS:
-                value = config.get(key)
-                if isinstance(value, dict):
-                    value = value.get("content")
-                if value is None:
-                    continue
-                if not (isinstance(value, str) and value):
-                    raise CheckpointError(f"{folder / name}: {key} must be a token string or an object with "
-                                          f"one in 'content', got {config.get(key)!r}")
-                tokens[key] = value
-    return tokens, max_length
-
-
-def _read_backend(read, *paths: Path) -> Backend:
+def read_backend(read, *paths: Path) -> Backend:
     """`read(*paths)` through the tokenizers library, whose errors (plain Exceptions) do not name the file."""
     for path in paths:
         check_readable(path)
@@ -163,56 +82,6 @@ def _read_backend(read, *paths: Path) -> Backend:
         return read(*map(str, paths))
     except Exception as e:  # noqa: BLE001 - the Rust side raises bare Exception for every parse error
         raise CheckpointError(f"{' / '.join(map(str, paths))} is not a valid tokenizer file: {e}") from None
-
-
-def _shorten(text: str, width: int = 50) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def check_texts(texts: str | list[str]) -> list[str]:
-    """A caption or a list of captions -> a non-empty list of str."""
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ValueError("no texts given: got an empty list")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
-    return texts
-
-
-def check_padding(padding: str | None, fixed_length: bool) -> str:
-    """padding=None means the family's own: "longest" for CLIP, "max_length" for SigLIP."""
-    if padding is None:
-        return "max_length" if fixed_length else "longest"
-    if padding not in ("longest", "max_length"):
-        raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
-    if fixed_length and padding != "max_length":
-        raise ValueError("SigLIP pools the last of context_length positions: its captions are always padded "
-                         "to max_length")
-    return padding
-
-
-def batch_encoding(rows: list[list[int]], cut: list[bool], texts: list[str], context_length: int,
-                   padding: str, truncation: bool, pad_token_id: int, padding_side: str = "right",
-                   pads_are_inputs: bool = False) -> Encoding:
-    """Pad per-caption ids (already truncated, `cut` marking which were) into an Encoding; warn about,
-    or with truncation=False refuse, captions that were too long."""
-    too_long = [text for text, c in zip(texts, cut) if c]
-    if too_long:
-        message = (f"{len(too_long)} of {len(texts)} captions are longer than context_length="
-                   f"{context_length} tokens (the first: {_shorten(too_long[0])!r})")
-        if not truncation:
-            raise ValueError(message + "; shorten them or pass truncation=True")
-        warnings.warn(message + "; they were truncated, keeping EOS last", stacklevel=3)
-    length = context_length if padding == "max_length" else max(map(len, rows))
-    ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-    content = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, row in enumerate(rows):
-        at = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
-        ids[i, at] = torch.tensor(row, dtype=torch.long)
-        content[i, at] = 1
-    return Encoding(ids, torch.ones_like(content) if pads_are_inputs else content, content)
 
 
 class Tokenizer:
@@ -248,17 +117,17 @@ class Tokenizer:
         context_length: None takes the folder's model_max_length where one is set, else 77.
         (`load_tokenizer` also reads the SigLIP families.)"""
         folder = Path(folder)
-        tokens, max_length = _read_special_tokens(folder)
+        tokens, max_length = read_special_tokens(folder)
         tokens = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS, **tokens}
         if is_file(folder / "tokenizer.json"):
-            backend = _read_backend(Backend.from_file, folder / "tokenizer.json")
+            backend = read_backend(Backend.from_file, folder / "tokenizer.json")
         elif is_file(folder / "vocab.json") and is_file(folder / "merges.txt"):
             backend = _clip_backend(folder / "vocab.json", folder / "merges.txt",
                                     tokens["bos_token"], tokens["eos_token"], tokens["unk_token"])
         else:
             raise FileNotFoundError(f"no tokenizer files in {folder}: looked for tokenizer.json, "
                                     "or vocab.json together with merges.txt")
-        return cls(backend, _context_length(context_length, max_length, DEFAULT_CONTEXT_LENGTH), **tokens)
+        return cls(backend, context_length_or_default(context_length, max_length, DEFAULT_CONTEXT_LENGTH), **tokens)
 
     @classmethod
     def default(cls, context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:

@@ -1,7 +1,7 @@
 """Training the demo models from scratch on `clipx.shapes` scenes, on a CPU.
 
-    python -m clipx.shapes train --out clipx/data/shapes-clip --steps 3000 --batch 128 --seed 0
-    python -m clipx.shapes train --family siglip --out clipx/data/shapes-siglip ...
+    python -m clipx.demo.training --out clipx/data/shapes-clip --steps 3000 --batch 128 --seed 0
+    python -m clipx.demo.training --family siglip --out clipx/data/shapes-siglip ...
 
 The recipe is CLIP's at toy scale: a BPE trained on the caption grammar with CLIP's
 conventions, OpenAI's initialisation, a learnable temperature starting at 1/0.07 and clamped
@@ -393,16 +393,14 @@ def save(result: Result, folder: Path, recipe: Recipe, arch: Architecture, comma
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m clipx.shapes", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a CLIP from scratch on synthetic scenes")
+    p = argparse.ArgumentParser(prog="python -m clipx.demo.training", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=DEMO_MODEL_DIR)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     for name, default in asdict(Recipe()).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     for name, default in asdict(Architecture()).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    args = vars(parser.parse_args(argv))
+    args = vars(p.parse_args(argv))
     torch.set_num_threads(args["threads"])
     recipe = Recipe(**{k: args[k] for k in asdict(Recipe())})
     arch = Architecture(**{k: args[k] for k in asdict(Architecture())})
@@ -412,6 +410,10 @@ def main(argv: list[str] | None = None) -> None:
              **{k: args[k] for k in defaults if args[k] != defaults[k]}}
     # on a shared machine OpenMP threads that spin-wait slow each other down several times over
     env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_WAIT_POLICY",) if k in os.environ)
-    command = env + "python -m clipx.shapes train " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in shown.items())
+    command = env + "python -m clipx.demo.training " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in shown.items())
     scores = save(result, args["out"], recipe, arch, command, args["threads"])
     print(json.dumps({**scores, "minutes": round(result.seconds / 60, 1)}))
+
+
+if __name__ == "__main__":
+    main()

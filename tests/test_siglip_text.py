@@ -22,7 +22,9 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from clipx.processing import ImageProcessor
 from clipx.sentencepiece_tokenizer import SiglipTokenizer
-from clipx.tokenizer import Encoding, Tokenizer, load_tokenizer
+from clipx.tokenizer import Tokenizer
+from clipx.tokenizer_auto import load_tokenizer
+from clipx.tokenizer_text import Encoding
 from floats import assert_float32_close
 from tokenizer_texts import varied_strings
 

@@ -94,7 +94,7 @@ def test_training_is_reproducible(tiny_run):
 
 
 def test_saved_folder_loads_like_a_hub_checkpoint(tiny_run, tmp_path):
-    scores = save(tiny_run, tmp_path, TINY_RECIPE, TINY, "python -m clipx.shapes train ...", threads=1)
+    scores = save(tiny_run, tmp_path, TINY_RECIPE, TINY, "python -m clipx.demo.training ...", threads=1)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "preprocessor_config.json", "README.md"):
         assert (tmp_path / name).is_file(), name

@@ -2,6 +2,7 @@
 
 from . import attention, gradcam, integrated_gradients, legrad, occlusion, relevance, rise, rollout, similarity  # noqa: F401  (each registers its methods)
 from .explanation import Explanation
-from .registry import Maps, explain, method_options, methods, register
+from .core import Maps, register
+from .registry import explain, method_options, methods
 
 __all__ = ["Explanation", "Maps", "explain", "method_options", "methods", "register"]

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import check_int
-from .core import Inputs, drop_keys, pooled_rows
-from .registry import Maps, register
+from .core import Inputs, Maps, drop_keys, pooled_rows, register
 
 
 @register("attention", caption_blind=True)

@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 
-from .core import Inputs
+from .core import Inputs, Maps, Method
 from .perturbation import Captions, image_embeddings
-from .registry import Maps, Method
 
 # the adapter sets these; return_convergence_delta would change what attribute returns
 OWN_ARGUMENTS = ("self", "inputs", "target", "additional_forward_args", "return_convergence_delta")

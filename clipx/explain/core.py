@@ -24,6 +24,31 @@ from ..model import CLIP, CLIPOutput
 
 
 @dataclass
+class Maps:
+    """What a method returns; `explain` adds the rest of the Explanation."""
+
+    scores: torch.Tensor
+    image: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    token_maps: torch.Tensor | None = None
+
+
+Method = Callable[..., Maps]
+METHODS: dict[str, Method] = {}
+# methods whose image map is the same for every caption (no gradient, no caption in it)
+CAPTION_BLIND: set[str] = set()
+
+
+def register(name: str, caption_blind: bool = False) -> Callable[[Method], Method]:
+    def add(fn: Method) -> Method:
+        METHODS[name] = fn
+        if caption_blind:
+            CAPTION_BLIND.add(name)
+        return fn
+    return add
+
+
+@dataclass
 class Inputs:
     model: CLIP
     pixel_values: torch.Tensor         # [B, 3, H, W]

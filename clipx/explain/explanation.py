@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from . import explanation_file
 from ..errors import check_int
+from .figure import explanation_figure
 
 
 @dataclass
@@ -76,8 +77,6 @@ class Explanation:
     # --- rendering (matplotlib) -------------------------------------------------------------------
     def figure(self, **kwargs: Any):
         """A matplotlib Figure: one overlay per image x caption pair, tokens coloured beneath."""
-        from ..views.figures import explanation_figure
-
         return explanation_figure(self, **kwargs)
 
     def show(self, **kwargs: Any) -> None:

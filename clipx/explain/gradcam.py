@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Inputs, per_caption, per_image
-from .registry import Maps, register
+from .core import Inputs, Maps, per_caption, per_image, register
 
 
 def cam(activations: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import check_int
-from .core import Inputs
-from .registry import Maps, register
+from .core import Inputs, Maps, register
 
 
 @register("integrated_gradients")

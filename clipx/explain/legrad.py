@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import VisionTower
-from .core import Inputs, drop_keys, per_caption
-from .registry import Maps, register
+from .core import Inputs, Maps, drop_keys, per_caption, register
 
 
 def layer_embedding(vision: VisionTower, tokens: torch.Tensor) -> torch.Tensor:

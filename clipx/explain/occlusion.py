@@ -16,9 +16,8 @@ import itertools
 import torch
 
 from ..errors import check_int
-from .core import Inputs
+from .core import Inputs, Maps, register
 from .perturbation import Captions, check_baseline, check_batch_size, perturbed_embeddings
-from .registry import Maps, register
 
 
 def window_pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:

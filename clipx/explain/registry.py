@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,34 +10,9 @@ import torch
 
 from ..model import CLIP
 from ..inputs import prepare_images
-from .core import Inputs
+from .core import CAPTION_BLIND, METHODS, Inputs, Method
 from .explanation import Explanation
 from .neutral import subtract_neutral, with_neutral
-
-
-@dataclass
-class Maps:
-    """What a method returns; `explain` adds the rest of the Explanation."""
-
-    scores: torch.Tensor
-    image: torch.Tensor | None = None
-    text: torch.Tensor | None = None
-    token_maps: torch.Tensor | None = None
-
-
-Method = Callable[..., Maps]
-METHODS: dict[str, Method] = {}
-# methods whose image map is the same for every caption (no gradient, no caption in it)
-CAPTION_BLIND: set[str] = set()
-
-
-def register(name: str, caption_blind: bool = False) -> Callable[[Method], Method]:
-    def add(fn: Method) -> Method:
-        METHODS[name] = fn
-        if caption_blind:
-            CAPTION_BLIND.add(name)
-        return fn
-    return add
 
 
 def methods() -> list[str]:

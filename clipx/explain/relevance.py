@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Inputs, drop_keys, image_rows, pattern_names, per_caption, per_image, text_rows
-from .registry import Maps, register
+from .core import Inputs, Maps, drop_keys, image_rows, pattern_names, per_caption, per_image, register, text_rows
 
 
 def weighted(pattern: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

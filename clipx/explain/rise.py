@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import check_int
-from .core import Inputs
+from .core import Inputs, Maps, register
 from .perturbation import Captions, check_baseline, check_batch_size, perturbed_embeddings
-from .registry import Maps, register
 
 
 def check_probability(name: str, value: float) -> float:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Inputs, drop_keys, pattern_names, pooled_rows
-from .registry import Maps, register
+from .core import Inputs, Maps, drop_keys, pattern_names, pooled_rows, register
 
 
 def rollout_matrix(patterns: list[torch.Tensor]) -> torch.Tensor:

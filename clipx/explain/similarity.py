@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core import Inputs
-from .registry import Maps, register
+from .core import Inputs, Maps, register
 
 VARIANTS = ("tokens", "maskclip")
 

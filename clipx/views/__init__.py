@@ -5,7 +5,7 @@ from .attention import AttentionView
 from .compare import Compare
 from .explorer import Explorer
 from .feature import FeatureView, patch_strip
-from .figures import explanation_figure
+from ..explain.figure import explanation_figure
 from .gallery import Gallery, hits_grid
 from .render import explanation_grid, grid, heads_grid, mark_patch, matrix, overlay, scores_table, to_png, token_html
 from .token_patch import TokenPatchView

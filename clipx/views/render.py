@@ -15,33 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
-import torch
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
+
+from ..explain.figure import SPECIAL, as_array, normalise
 
 if TYPE_CHECKING:
     from ..explain.explanation import Explanation
 
-# the special tokens of the tokenizers clipx reads (CLIP's; SigLIP's SentencePiece and Gemma ones)
-SPECIAL = ("<|startoftext|>", "<|endoftext|>", "</s>", "<s>", "<pad>", "<bos>", "<eos>")
 PAD = 4  # pixels between grid cells
-
-
-def as_array(values: Any) -> np.ndarray:
-    """float32 numpy from arrays, lists or tensors on any device and in any dtype."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().float().cpu()
-    return np.asarray(values, dtype=np.float32)
-
-
-def normalise(values: Any) -> np.ndarray:
-    """Min-max to [0, 1] as float32 (a constant map becomes zeros)."""
-    values = as_array(values)
-    low, high = values.min(initial=np.inf), values.max(initial=-np.inf)
-    if not high > low:
-        return np.zeros_like(values)
-    unit = values - low  # one copy, scaled in place
-    unit /= high - low
-    return unit
 
 
 @lru_cache(maxsize=None)

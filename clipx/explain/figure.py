@@ -1,28 +1,52 @@
-"""Matplotlib figures of an Explanation: one overlay per image x caption pair, with the caption's
-tokens beneath, each shaded by its relevance."""
+"""The static picture of an Explanation (`Explanation.figure()`): a matplotlib figure with one overlay per
+image x caption pair and the caption's tokens beneath, each shaded by its relevance; and the min-max
+scaling every picture of a map shares (`views.render` draws with it too)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from .render import SPECIAL, normalise
 
 if TYPE_CHECKING:
-    from ..explain.explanation import Explanation
+    from matplotlib.figure import Figure
+
+    from .explanation import Explanation
+
+# the special tokens of the tokenizers clipx reads (CLIP's; SigLIP's SentencePiece and Gemma ones)
+SPECIAL = ("<|startoftext|>", "<|endoftext|>", "</s>", "<s>", "<pad>", "<bos>", "<eos>")
 
 # Captions, tokens and method names are text: without this, matplotlib reads "$...$" as maths
 # (`a $\frac$ star` raises) and, with rcParams["text.usetex"], hands every string to LaTeX.
 LITERAL = dict(parse_math=False, usetex=False)
 
 
+def as_array(values: Any) -> np.ndarray:
+    """float32 numpy from arrays, lists or tensors on any device and in any dtype."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu()
+    return np.asarray(values, dtype=np.float32)
+
+
+def normalise(values: Any) -> np.ndarray:
+    """Min-max to [0, 1] as float32 (a constant map becomes zeros)."""
+    values = as_array(values)
+    low, high = values.min(initial=np.inf), values.max(initial=-np.inf)
+    if not high > low:
+        return np.zeros_like(values)
+    unit = values - low  # one copy, scaled in place
+    unit /= high - low
+    return unit
+
+
 def explanation_figure(exp: "Explanation", cmap: str = "jet", alpha: float = 0.5,
                        cell_size: float = 2.6, pyplot: bool = False) -> Figure:
     """`pyplot=True` registers the figure with pyplot, whose show() only knows its own figures;
     the default keeps it out of pyplot, so figures made in a loop are freed with their last reference."""
+    from matplotlib.figure import Figure  # imported here: matplotlib costs `import clipx` a third of a second
+
     rows, cols = exp.n_images, exp.n_texts
     size = (cell_size * cols, (cell_size + 0.5) * rows)
     if pyplot:
@@ -51,6 +75,8 @@ def explanation_figure(exp: "Explanation", cmap: str = "jet", alpha: float = 0.5
 
 def draw_tokens(ax, tokens: list[str], values: torch.Tensor, cmap: str) -> None:
     """The caption's words under the image, coloured by relevance (BOS / EOS left out)."""
+    import matplotlib
+
     keep = [k for k, t in enumerate(tokens) if t not in SPECIAL]
     if not keep:
         return
