@@ -23,8 +23,8 @@ from PIL import Image
 
 import clipx
 from clipx import shapes
-from clipx.explain_run import explain_dataset
-from clipx.runs import init_distributed
+from clipx.runs.explain_dataset import explain_dataset
+from clipx.runs.runner import init_distributed
 
 CAPTIONS = ["a red circle", "a blue square", "a green star", "a yellow cross"]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import clipx
-from clipx.inputs import embed_texts
+from clipx.model.inputs import embed_texts
 from common import VIT_B_32, captions, cpu_name, random_checkpoint, time_alternately
 
 

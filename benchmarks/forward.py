@@ -16,7 +16,7 @@ import torch
 import transformers
 
 import clipx
-from clipx.hooks import HookPoint
+from clipx.model.hooks import HookPoint
 from common import VIT_B_32, cpu_name, model_inputs, random_checkpoint, time_alternately
 
 

@@ -21,9 +21,9 @@ import torch
 
 import clipx
 from clipx import shapes
-from clipx.inputs import encode_images, text_embeds
-from clipx.sweep import image_logits
-from clipx.training import single_object_set
+from clipx.model.inputs import encode_images, text_embeds
+from clipx.mech.sweep import image_logits
+from clipx.demo.training import single_object_set
 from common import cpu_name
 
 

@@ -18,8 +18,8 @@ import torch
 
 import clipx
 from clipx import shapes
-from clipx.inputs import text_embeds
-from clipx.textspan import text_directions, variance_share
+from clipx.model.inputs import text_embeds
+from clipx.mech.textspan import text_directions, variance_share
 from common import cpu_name
 
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 import clipx
 from clipx import shapes, templates
-from clipx.index import Index, faiss_index, faiss_top_k, top_k
-from clipx.training import single_object_set
+from clipx.apps.index import Index, faiss_index, faiss_top_k, top_k
+from clipx.demo.training import single_object_set
 from common import cpu_name, time_alternately
 
 SCENE_SEED = 50_000

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 import clipx
 from clipx import shapes
-from clipx.metrics import auroc
-from clipx.sae import SparseAutoencoder
-from clipx.sae_attach import splice_effect
-from clipx.sae_features import feature_activations
+from clipx.eval.metrics import auroc
+from clipx.mech.sae.autoencoder import SparseAutoencoder
+from clipx.mech.sae.attach import splice_effect
+from clipx.mech.sae.features import feature_activations
 
 HOOK = "vision.blocks.3.hook_resid_post"
 CONCEPTS = [("colour", c) for c in shapes.COLORS] + [("shape", s) for s in shapes.SHAPES]

@@ -42,10 +42,10 @@ from scoring import BASELINES, ROWS, baseline_maps, markdown_table, rows_named
 import clipx
 from clipx import segmentation, shapes, templates
 from clipx.assets import IMAGENET_CLASSES
-from clipx.runs import init_distributed, run
+from clipx.runs.runner import init_distributed, run
 from clipx.explain.embedding import explain_embedding
-from clipx.inputs import embed_images, prepare_images, scores
-from clipx.zeroshot import zeroshot_classifier
+from clipx.model.inputs import embed_images, prepare_images, scores
+from clipx.apps.zeroshot import zeroshot_classifier
 
 SIZE = 224  # ImageNet-segmentation's input: image and mask squashed to 224 x 224
 COLUMNS = ["pixel accuracy", "mIoU", "mAP"]

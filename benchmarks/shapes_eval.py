@@ -32,7 +32,7 @@ from scoring import BASELINES, ROWS, baseline_maps, markdown_table, method_of
 
 import clipx
 from clipx import metrics, shapes
-from clipx.runs import init_distributed, run
+from clipx.runs.runner import init_distributed, run
 
 COLUMNS = ["pointing", "energy", "discrimination", "deletion AUC", "insertion AUC"]
 

@@ -1,28 +1,31 @@
-"""clipx: a hookable CLIP for explainability research."""
+"""clipx: a hookable CLIP for explainability research.
 
-from .config import CLIPConfig, TextConfig, VisionConfig
+The package, top to bottom (each layer imports only those below it; pyproject.toml's import-linter
+contracts check it): cli, views, runs, apps, explain, eval / demo, mech, io, families, model, preprocess,
+and the ground (errors, files, assets, extras, version)."""
+
+import importlib
+
+from . import moved
+from .apps import templates
+from .apps.index import Hit, Hits, Index
+from .apps.zeroshot import ZeroShot, zeroshot, zeroshot_classifier
 from .errors import CheckpointError, CheckpointNotFoundError
-from .hooks import Cache, HookPoint
 from .explain import Explanation, explain, methods
-# Not lazy, unlike metrics and views: it needs only torch, and the module shares its name with the function
-# `clipx.decompose`, which only an import here rebinds over the submodule (as `clipx.explain`).
-from .decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
-from .ablation import ablate, ablate_heads, patch
-from .textspan import HeadDescription, describe_heads
-from .sae import SAEConfig, SparseAutoencoder
-from .sae_attach import attach_sae, splice_effect
-from .sae_training import train_sae
-from .loading import load
-from .explain_run import explain_dataset
-from .runs import RunResult
-from .sweep import HeadTable, patching_effect, sweep_heads
-from .model import CLIP, CLIPOutput, TowerOutput
-from . import templates
-# as with decompose: the function `clipx.zeroshot` rebinds the name over its module
-from .zeroshot import ZeroShot, zeroshot, zeroshot_classifier
-from .index import Hit, Hits, Index
-from .high_norm import HighNormTokens, high_norm_tokens
-
+from .io.loading import load
+from .mech.ablation import ablate, ablate_heads, patch
+from .mech.decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
+from .mech.high_norm import HighNormTokens, high_norm_tokens
+from .mech.sae.attach import attach_sae, splice_effect
+from .mech.sae.autoencoder import SAEConfig, SparseAutoencoder
+from .mech.sae.training import train_sae
+from .mech.sweep import HeadTable, patching_effect, sweep_heads
+from .mech.textspan import HeadDescription, describe_heads
+from .model.clip import CLIP, CLIPOutput, TowerOutput
+from .model.config import CLIPConfig, TextConfig, VisionConfig
+from .model.hooks import Cache, HookPoint
+from .runs.explain_dataset import explain_dataset
+from .runs.runner import RunResult
 from .version import __version__
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
@@ -36,12 +39,13 @@ __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "Chec
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
 # a script that scores captions uses neither them nor the metrics (nor the segmentation benchmarks' readers).
-_LAZY_SUBMODULES = ("metrics", "segmentation", "views")
+_LAZY_SUBMODULES = {"metrics": "eval.metrics", "segmentation": "eval.segmentation", "shapes": "demo.shapes",
+                    "views": "views"}
+
+moved.install()  # the flat layout's module paths, for a release
 
 
 def __getattr__(name: str):
     if name in _LAZY_SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f"{__name__}.{_LAZY_SUBMODULES[name]}")
     raise AttributeError(f"module 'clipx' has no attribute {name!r}")

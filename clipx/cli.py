@@ -13,8 +13,8 @@ from .version import DISTRIBUTION, __version__
 def score(args: argparse.Namespace) -> None:
     import torch
 
-    from .loading import load
-    from .processing import open_image
+    from .io.loading import load
+    from .preprocess.image import open_image
 
     image = open_image(_image(args.image))  # a bad image fails before the model loads
     model = load(args.model)
@@ -37,9 +37,9 @@ def score(args: argparse.Namespace) -> None:
 def explain(args: argparse.Namespace) -> None:
     from .explain import explain as run_explain
     from .explain import method_options
-    from .loading import load
-    from .processing import open_image
-    from .sources import SHARD_SUFFIXES
+    from .io.loading import load
+    from .preprocess.image import open_image
+    from .runs.sources import SHARD_SUFFIXES
 
     # everything the user gave is checked before the model loads and runs
     args.image = _image(args.image)
@@ -69,10 +69,10 @@ def explain(args: argparse.Namespace) -> None:
 def explain_run(args: argparse.Namespace) -> None:
     """A folder's images, WebDataset shards or a saved Hugging Face dataset, as a resumable run of shards in
     --out (the same command resumes it; under torchrun each process takes its share)."""
-    from .explain_run import explain_dataset
-    from .loading import load
-    from .runs import init_distributed
-    from .sources import as_source
+    from .runs.explain_dataset import explain_dataset
+    from .io.loading import load
+    from .runs.runner import init_distributed
+    from .runs.sources import as_source
 
     init_distributed()  # under torchrun: this entry point joins the process group
 
@@ -132,9 +132,9 @@ def _check_writable(out: Path) -> None:
 
 
 def classify(args: argparse.Namespace) -> None:
-    from .loading import load
-    from .processing import open_image
-    from .zeroshot import prompts, zeroshot
+    from .io.loading import load
+    from .preprocess.image import open_image
+    from .apps.zeroshot import prompts, zeroshot
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     templates = _templates(args.templates)
@@ -151,7 +151,7 @@ def classify(args: argparse.Namespace) -> None:
 
 def _templates(spec: str | None) -> list[str] | None:
     """--templates: a name of clipx.templates, or a file with one template per line."""
-    from .templates import NAMED
+    from .apps.templates import NAMED
 
     if spec is None:
         return None
@@ -164,8 +164,8 @@ def _templates(spec: str | None) -> list[str] | None:
 
 
 def index(args: argparse.Namespace) -> None:
-    from .index import MANIFEST, Index
-    from .loading import load
+    from .apps.index import MANIFEST, Index
+    from .io.loading import load
 
     out = Path(args.out)
     if (out / MANIFEST).exists():  # resume: only new and changed files are embedded
@@ -183,9 +183,9 @@ def index(args: argparse.Namespace) -> None:
 
 
 def search(args: argparse.Namespace) -> None:
-    from .index import Index
-    from .loading import load
-    from .processing import open_image
+    from .apps.index import Index
+    from .io.loading import load
+    from .preprocess.image import open_image
 
     from .explain import method_options
 

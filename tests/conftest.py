@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import clipx
-from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from clipx.tokenizer import Tokenizer
+from clipx.families.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from clipx.preprocess.bpe import Tokenizer
 from checkpoints import make_checkpoint
 
 

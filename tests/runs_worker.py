@@ -10,8 +10,8 @@ import signal
 import sys
 
 import clipx
-from clipx.explain_run import explain_dataset
-from clipx.runs import init_distributed
+from clipx.runs.explain_dataset import explain_dataset
+from clipx.runs.runner import init_distributed
 
 CAPTIONS = ["a red circle", "a blue square"]
 calls = 0

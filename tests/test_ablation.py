@@ -4,7 +4,7 @@ against weights edited by hand and against other hook points' recordings."""
 import pytest
 import torch
 
-from clipx.ablation import ablate, ablate_heads, patch
+from clipx.mech.ablation import ablate, ablate_heads, patch
 from floats import assert_float32_close
 from inputs import pixels
 from weight_edits import without_heads

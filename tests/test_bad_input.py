@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 import clipx
 from clipx.assets import demo_image
 from clipx.cli import main
-from clipx.processing import ImageProcessor
+from clipx.preprocess.image import ImageProcessor
 from clipx.views import AttentionView, Compare, Explorer, TokenPatchView
 
 PHOTO = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)  # a real photo matplotlib ships
@@ -121,7 +121,7 @@ def write_blank_png(path, width, height):
 
 
 def test_a_decompression_bomb_is_a_clear_error(tiny_model, tmp_path):
-    from clipx.processing import image_size, open_image
+    from clipx.preprocess.image import image_size, open_image
 
     bomb = write_blank_png(tmp_path / "bomb.png", 20_000, 20_000)
     assert bomb.stat().st_size < 100_000
@@ -149,9 +149,9 @@ def test_an_image_over_the_warning_limit_is_refused_too(tiny_model, tmp_path, mo
 
 @pytest.mark.parametrize("command", ["score", "explain"])
 def test_the_cli_refuses_a_decompression_bomb_before_the_model_loads(tmp_path, capsys, monkeypatch, command):
-    import clipx.loading
+    import clipx.io.loading
 
-    monkeypatch.setattr(clipx.loading, "load", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    monkeypatch.setattr(clipx.io.loading, "load", lambda *a, **k: pytest.fail("the model loaded before the check"))
     bomb = write_blank_png(tmp_path / "bomb.png", 20_000, 20_000)
     out = ["--out", str(tmp_path / "out")] if command == "explain" else ["--model", "demo"]
     assert main([command, str(bomb), "a cat", *out]) == 2
@@ -162,7 +162,7 @@ def test_the_cli_refuses_a_decompression_bomb_before_the_model_loads(tmp_path, c
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_an_image_file_opens_upright_and_its_size_says_so(tmp_path, orientation):
-    from clipx.processing import image_size, open_image
+    from clipx.preprocess.image import image_size, open_image
 
     stored = Image.new("RGB", (30, 20), (10, 20, 30))
     stored.paste((250, 0, 0), (0, 0, 5, 5))

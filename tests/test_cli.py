@@ -105,11 +105,11 @@ def test_explain_paints_an_exif_turned_photo_upright(tiny_checkpoint, tmp_path, 
 
 def _no_model_load(monkeypatch):
     """Makes loading a model fail the test: these errors must come before it."""
-    import clipx.loading
+    import clipx.io.loading
 
     def load(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was noticed")
-    monkeypatch.setattr(clipx.loading, "load", load)
+    monkeypatch.setattr(clipx.io.loading, "load", load)
 
 
 def test_explain_out_that_cannot_be_a_folder_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import clipx
-from clipx.explain.rollout import rollout_matrix
-from clipx.high_norm import high_norm_tokens
+from clipx.explain.method.rollout import rollout_matrix
+from clipx.mech.high_norm import high_norm_tokens
 from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
 from inputs import CAPTIONS, images

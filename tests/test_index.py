@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import clipx
-import clipx.index as index_module
-from clipx.index import EMBEDDINGS, MANIFEST, FileState, Index, top_k
+import clipx.apps.index as index_module
+from clipx.apps.index import EMBEDDINGS, MANIFEST, FileState, Index, top_k
 from checkpoints import make_checkpoint
 from floats import assert_float32_close
 

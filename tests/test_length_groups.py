@@ -2,7 +2,7 @@
 
 import torch
 
-from clipx.length_groups import FORWARD_COST, group_cost, length_groups
+from clipx.model.length_groups import FORWARD_COST, group_cost, length_groups
 
 
 def shapes(lengths):

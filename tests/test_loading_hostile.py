@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import clipx
-import clipx.loading
+import clipx.io.loading
 from clipx import CheckpointError, CheckpointNotFoundError
 from clipx.cli import main
 from open_clip_weights import hf_to_openai
@@ -189,7 +189,7 @@ def test_hostile_folder(tiny_checkpoint, tmp_path, monkeypatch, capsys, damage, 
     folder = tmp_path / "checkpoint"
     shutil.copytree(tiny_checkpoint[0], folder)
     damage(folder)
-    real_clip = clipx.loading.CLIP
+    real_clip = clipx.io.loading.CLIP
 
     def clip(config):  # never let an absurd config allocate, even on code that forgets to check
         towers = [t for t in (config.vision_config, config.text_config) if t is not None]
@@ -197,7 +197,7 @@ def test_hostile_folder(tiny_checkpoint, tmp_path, monkeypatch, capsys, damage, 
                    and getattr(t, "vocab_size", 0) <= 49408 for t in towers), "built a model from absurd sizes"
         return real_clip(config)
 
-    monkeypatch.setattr(clipx.loading, "CLIP", clip)
+    monkeypatch.setattr(clipx.io.loading, "CLIP", clip)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no torch UserWarning noise on top of the error

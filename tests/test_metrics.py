@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipx.metrics import (Curve, auc, average_precision, baseline_image, caption_logit, centre_prior, deletion_curve,
+from clipx.eval.metrics import (Curve, auc, average_precision, baseline_image, caption_logit, centre_prior, deletion_curve,
                            discrimination, energy_pointing_game, insertion_curve, localisation, pointing_game)
 from floats import assert_float32_close
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import clipx
-from clipx import open_clip
-from clipx.openai import OpenAIShapes
+from clipx.families import open_clip
+from clipx.families.openai import OpenAIShapes
 from clipx.errors import CheckpointError
 from floats import assert_float32_close, max_relative_error
 from open_clip_weights import open_clip_state

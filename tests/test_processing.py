@@ -15,7 +15,7 @@ import torch
 import transformers
 from PIL import Image
 
-from clipx.processing import ImageProcessor
+from clipx.preprocess.image import ImageProcessor
 
 HF = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 transformers.logging.set_verbosity_error()  # ambiguous-channel and torchvision-fallback notices

@@ -15,11 +15,11 @@ from PIL import Image
 from safetensors import safe_open
 
 import clipx
-from clipx import runs as runs_module
+from clipx.runs import runner as runs_module
 from clipx import shapes
 from clipx.errors import CheckpointError
-from clipx.explain_run import explain_dataset
-from clipx.runs import RunResult, run
+from clipx.runs.explain_dataset import explain_dataset
+from clipx.runs.runner import RunResult, run
 
 WORKER = Path(__file__).with_name("runs_worker.py")
 

@@ -15,11 +15,11 @@ from safetensors.torch import load_file, save_file
 
 import clipx
 import clipx.assets
-from clipx.metrics import auroc
-from clipx.sae import SAEConfig, SparseAutoencoder
-from clipx.sae_attach import attach_sae, splice_effect
-from clipx.sae_features import feature_activations, nearest_captions, readout_directions, top_patches
-from clipx.sae_training import fit, new_sae
+from clipx.eval.metrics import auroc
+from clipx.mech.sae.autoencoder import SAEConfig, SparseAutoencoder
+from clipx.mech.sae.attach import attach_sae, splice_effect
+from clipx.mech.sae.features import feature_activations, nearest_captions, readout_directions, top_patches
+from clipx.mech.sae.training import fit, new_sae
 from floats import assert_float32_close
 
 HOOK = "vision.blocks.1.hook_resid_post"  # the tiny checkpoint's last block: width 48, 1 + 16 tokens

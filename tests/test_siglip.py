@@ -14,7 +14,7 @@ import transformers
 import clipx
 import clipx.assets
 from clipx.errors import CheckpointError
-from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from clipx.families.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from checkpoints import SIGLIP_TEXT, SIGLIP_VISION, hf_siglip, save_siglip
 from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close

@@ -20,11 +20,11 @@ from PIL import Image
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-from clipx.processing import ImageProcessor
-from clipx.sentencepiece_tokenizer import SiglipTokenizer
-from clipx.tokenizer import Tokenizer
-from clipx.tokenizer_auto import load_tokenizer
-from clipx.tokenizer_text import Encoding
+from clipx.preprocess.image import ImageProcessor
+from clipx.preprocess.sentencepiece import SiglipTokenizer
+from clipx.preprocess.bpe import Tokenizer
+from clipx.preprocess.auto import load_tokenizer
+from clipx.preprocess.text import Encoding
 from floats import assert_float32_close
 from tokenizer_texts import varied_strings
 

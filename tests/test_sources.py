@@ -16,10 +16,11 @@ import webdataset
 from PIL import Image
 
 import clipx
-from clipx import shapes, sources
-from clipx.explain_run import explain_dataset
-from clipx.runs import RunResult
-from clipx.sources import HuggingFaceDataset, WebDatasetShards, as_source
+from clipx.demo import shapes
+from clipx.runs import sources
+from clipx.runs.explain_dataset import explain_dataset
+from clipx.runs.runner import RunResult
+from clipx.runs.sources import HuggingFaceDataset, WebDatasetShards, as_source
 
 SEEDS = range(61_000, 61_005)
 CAPTIONS = ["a red circle", "a blue square"]
@@ -267,8 +268,8 @@ for name in ("datasets", "webdataset", "braceexpand", "faiss"):
     sys.modules[name] = None  # as if not installed: importing them fails
 import torch
 import clipx
-from clipx.index import faiss_index
-from clipx.sources import HuggingFaceDataset, as_source
+from clipx.apps.index import faiss_index
+from clipx.runs.sources import HuggingFaceDataset, as_source
 for needs in (lambda: HuggingFaceDataset(None), lambda: as_source("s-{0..1}.tar"), lambda: faiss_index(torch.ones(1, 4))):
     try:
         needs()

@@ -105,8 +105,8 @@ def test_on_the_demo_the_heads_with_the_largest_direct_effect_matter_more_than_r
     import random
 
     from clipx import shapes
-    from clipx.inputs import text_embeds
-    from clipx.training import single_object_set
+    from clipx.model.inputs import text_embeds
+    from clipx.demo.training import single_object_set
 
     demo = clipx.load("demo")
     selection, selection_labels = single_object_set(200, 40_000, demo)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 import clipx
 from clipx import shapes
-from clipx.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from clipx.textspan import text_directions, text_span, variance_share
+from clipx.families.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from clipx.mech.textspan import text_directions, text_span, variance_share
 from inputs import pixels
 
 DIM = 64

@@ -11,8 +11,8 @@ import torch
 import transformers
 
 from clipx.assets import CLIP_BPE_DIR
-from clipx.tokenizer import Tokenizer
-from clipx.tokenizer_text import Encoding
+from clipx.preprocess.bpe import Tokenizer
+from clipx.preprocess.text import Encoding
 from tokenizer_texts import varied_strings
 
 TEXTS = varied_strings()

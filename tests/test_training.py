@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import clipx
-from clipx import metrics, shapes, training
-from clipx.tokenizer import BOS, EOS, Tokenizer
-from clipx.training import (Architecture, Recipe, build_model, contrastive_loss, lr_factor, save, train,
+from clipx.demo import shapes, training
+from clipx.eval import metrics
+from clipx.preprocess.bpe import BOS, EOS, Tokenizer
+from clipx.demo.training import (Architecture, Recipe, build_model, contrastive_loss, lr_factor, save, train,
                             train_tokenizer, true_of)
 
 TINY = Architecture(image_size=32, patch_size=8, width=32, layers=1, heads=2, projection_dim=16)

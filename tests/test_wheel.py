@@ -22,7 +22,7 @@ from PIL import Image
 import clipx
 from clipx.assets import demo_image
 from clipx.cli import main
-from clipx.processing import open_image
+from clipx.preprocess.image import open_image
 from clipx.version import DISTRIBUTION
 from floats import assert_float32_close
 from open_clip_weights import open_clip_state
@@ -43,7 +43,7 @@ import torch
 import clipx
 from clipx import SparseAutoencoder
 from clipx.assets import demo_image
-from clipx.processing import open_image
+from clipx.preprocess.image import open_image
 
 siglip = clipx.load("demo-siglip")
 scene = open_image(demo_image("shapes-scene"))

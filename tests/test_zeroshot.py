@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import clipx
-from clipx.zeroshot import prompts
+from clipx.apps.zeroshot import prompts
 from floats import assert_float32_close
 
 CLASSES = ["cat", "a red car", "dog"]

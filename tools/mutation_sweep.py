@@ -25,22 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name: (file, exact text, replacement); each text must occur exactly once in its file
 MUTATIONS = {
-    "gradcam-relu": ("clipx/explain/gradcam.py",
+    "gradcam-relu": ("clipx/explain/method/gradcam.py",
                      "((activations * weights[:, None]).sum(-1)).clamp(min=0) * keep",
                      "((activations * weights[:, None]).sum(-1)) * keep"),
-    "maskclip-ln1": ("clipx/explain/similarity.py",
+    "maskclip-ln1": ("clipx/explain/method/similarity.py",
                      "last.attn.v_proj(last.ln1(patches))", "last.attn.v_proj(patches)"),
-    "legrad-relu": ("clipx/explain/legrad.py", "g[0].clamp(min=0).mean(1)", "g[0].mean(1)"),
-    "rollout-identity": ("clipx/explain/rollout.py", "pattern.mean(1) + torch.eye(",
+    "legrad-relu": ("clipx/explain/method/legrad.py", "g[0].clamp(min=0).mean(1)", "g[0].mean(1)"),
+    "rollout-identity": ("clipx/explain/method/rollout.py", "pattern.mean(1) + torch.eye(",
                          "pattern.mean(1) + 0 * torch.eye("),
-    "relevance-relu": ("clipx/explain/relevance.py", "(grad * pattern).clamp(min=0)", "(grad * pattern)"),
-    "relevance-grad-sign": ("clipx/explain/relevance.py", "(grad * pattern).clamp(min=0)",
+    "relevance-relu": ("clipx/explain/method/relevance.py", "(grad * pattern).clamp(min=0)", "(grad * pattern)"),
+    "relevance-grad-sign": ("clipx/explain/method/relevance.py", "(grad * pattern).clamp(min=0)",
                             "(-grad * pattern).clamp(min=0)"),
     # the one place that turns embeddings into a score (forward, `inputs.scores`, the perturbation methods),
     # and the decomposition, which gives the bias as a part of its own
-    "bias-logits": ("clipx/model.py", "return logits + self.logit_bias.to(image_embeds.dtype)",
+    "bias-logits": ("clipx/model/clip.py", "return logits + self.logit_bias.to(image_embeds.dtype)",
                     "return logits"),
-    "bias-decompose": ("clipx/decompose.py", "            if model.logit_bias is not None:", "            if False:"),
+    "bias-decompose": ("clipx/mech/decompose.py", "            if model.logit_bias is not None:", "            if False:"),
 }
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from ..high_norm import check_ratio, keep_keys, resid_names
+from ..mech.high_norm import check_ratio, keep_keys, resid_names
 from ..errors import check_int
-from ..hooks import Cache
-from ..model import CLIP, CLIPOutput
+from ..model.hooks import Cache
+from ..model.clip import CLIP, CLIPOutput
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Inputs:
         return range(start, n)
 
     def keep_keys(self, cache: Cache, exclude_high_norm: float | None) -> torch.Tensor | None:
-        """[B, n] 1 for the vision tokens kept as attention keys, 0 for high-norm patches (`clipx.high_norm`);
+        """[B, n] 1 for the vision tokens kept as attention keys, 0 for high-norm patches (`clipx.mech.high_norm`);
         None where `exclude_high_norm` is None. `cache` holds `high_norm_names(exclude_high_norm)`."""
         return keep_keys(self.model, cache, exclude_high_norm)
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..model import CLIP
+from ..model.clip import CLIP
 from .explanation import Explanation
 from .registry import explain
 

@@ -13,8 +13,6 @@ import torch
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .explanation import Explanation
-
 # the special tokens of the tokenizers clipx reads (CLIP's; SigLIP's SentencePiece and Gemma ones)
 SPECIAL = ("<|startoftext|>", "<|endoftext|>", "</s>", "<s>", "<pad>", "<bos>", "<eos>")
 
@@ -41,10 +39,11 @@ def normalise(values: Any) -> np.ndarray:
     return unit
 
 
-def explanation_figure(exp: "Explanation", cmap: str = "jet", alpha: float = 0.5,
+def explanation_figure(exp: Any, cmap: str = "jet", alpha: float = 0.5,
                        cell_size: float = 2.6, pyplot: bool = False) -> Figure:
-    """`pyplot=True` registers the figure with pyplot, whose show() only knows its own figures;
-    the default keeps it out of pyplot, so figures made in a loop are freed with their last reference."""
+    """The figure of an Explanation `exp`. `pyplot=True` registers the figure with pyplot, whose show()
+    only knows its own figures; the default keeps it out of pyplot, so figures made in a loop are freed
+    with their last reference."""
     from matplotlib.figure import Figure  # imported here: matplotlib costs `import clipx` a third of a second
 
     rows, cols = exp.n_images, exp.n_texts

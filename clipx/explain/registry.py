@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import CLIP
-from ..inputs import prepare_images
+from ..model.clip import CLIP
+from ..model.inputs import prepare_images
 from .core import CAPTION_BLIND, METHODS, Inputs, Method
 from .explanation import Explanation
 from .neutral import subtract_neutral, with_neutral
@@ -28,7 +28,7 @@ def method_options(name: str) -> dict[str, Any]:
 def _resolve(method: Any) -> tuple[str, Method, dict[str, Any]]:
     """(name, function, options and defaults) of a registered method's name or a Captum attribution class."""
     if inspect.isclass(method):
-        from .captum_adapter import captum_method  # imported here: Captum costs `import clipx` half a second
+        from .method.captum_adapter import captum_method  # imported here: Captum costs `import clipx` half a second
 
         return captum_method(method)
     if not isinstance(method, str):

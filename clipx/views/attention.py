@@ -9,7 +9,7 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
-from ..model import CLIP
+from ..model.clip import CLIP
 from .base import View
 from .cache import Patterns
 from .render import mark_patch, matrix, token_html

@@ -18,7 +18,7 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
-from ..model import CLIP
+from ..model.clip import CLIP
 from .render import overlay, to_png
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..explain import Explanation, explain
-from ..model import CLIP
+from ..model.clip import CLIP
 
 Progress = Callable[[str], AbstractContextManager]
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..explain import method_options
 from ..explain import methods as registered
-from ..model import CLIP
+from ..model.clip import CLIP
 from .base import View
 from .cache import Explanations
 from .render import grid, token_html

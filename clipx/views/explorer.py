@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ..explain import method_options, methods
-from ..model import CLIP
+from ..model.clip import CLIP
 from .base import View
 from .cache import Explanations
 from .render import scores_table, token_html

@@ -11,9 +11,9 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image, ImageOps
 
-from ..model import CLIP
-from ..sae import SparseAutoencoder
-from ..sae_features import PatchActivation, caption_similarity, feature_activations, top_patches
+from ..model.clip import CLIP
+from ..mech.sae.autoencoder import SparseAutoencoder
+from ..mech.sae.features import PatchActivation, caption_similarity, feature_activations, top_patches
 from .base import View
 from .render import grid, mark_patch, to_png
 
@@ -38,7 +38,7 @@ def patch_strip(pictures: Sequence[Image.Image], patches: Sequence[PatchActivati
 class FeatureView(View):
     """Pick an SAE feature (slider) to see its top patches over all the images as a strip of crops, its
     activation over the chosen image as a heatmap, and, given `captions`, the captions nearest its decoder
-    direction (`clipx.sae_features`' readout approximation). Features are computed once, on creation."""
+    direction (`clipx.mech.sae.features`' readout approximation). Features are computed once, on creation."""
 
     def __init__(self, model: CLIP, sae: SparseAutoencoder, images: Any, captions: Sequence[str] | None = None,
                  top: int = 8, cmap: str = "jet", size: int = 224) -> None:

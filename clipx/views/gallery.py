@@ -11,7 +11,7 @@ import ipywidgets as widgets
 from PIL import Image, ImageDraw
 
 from ..explain import Explanation
-from ..index import Hits, Index
+from ..apps.index import Hits, Index
 from .explorer import Explorer
 from .render import _font, grid, overlay, to_png
 

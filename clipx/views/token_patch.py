@@ -9,8 +9,8 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
-from ..explain.similarity import VARIANTS, check_variant
-from ..model import CLIP
+from ..explain.method.similarity import VARIANTS, check_variant
+from ..model.clip import CLIP
 from .base import View
 from .cache import Explanations
 from .render import mark_patch, token_html

@@ -1,0 +1,168 @@
+"""Reading a checkpoint's weights: safetensors or a weights-only pickle (never code), checked against the
+config before any tensor is allocated, and loaded strictly (every key, every shape)."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..model.config import CLIPConfig, TextConfig, VisionConfig
+from ..errors import CheckpointError
+from ..files import check_readable, is_file
+from ..model.layout import JOINT_PARAMETERS, StateDict
+from ..model.clip import CLIP
+
+# Buffers some checkpoints carry that hold no weights.
+_IGNORED = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length|vocab_size)$")
+
+
+def read_weights(files: list[Path]) -> StateDict:
+    """All tensors of one checkpoint (one file or the shards of one), on the CPU."""
+    state: StateDict = {}
+    for path in files:
+        check_readable(path)
+        try:
+            part = load_file(path) if path.suffix == ".safetensors" else _read_pickle(path)
+        except CheckpointError:
+            raise
+        except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
+            raise CheckpointError(f"cannot read weights from {path}: {e}") from e
+        if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in part.items()):
+            raise CheckpointError(f"{path} does not hold a state dict of tensors")
+        state.update(part)
+    return {k.removeprefix("module."): v for k, v in state.items() if not _IGNORED.search(k)}
+
+def _read_pickle(path: Path) -> object:
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (as OpenAI's original ViT-*.pt downloads are); clipx "
+            "reads state dicts only: load it with OpenAI's clip package (jit=False) and save "
+            "torch.save(model.state_dict(), 'state.pt'), or use the hub's Hugging Face checkpoint")
+    try:
+        # weights_only: a pickle from the hub must not run code on load. (torch may first remark on the
+        # pickle protocol; silencing that would take global warning filters, which threads share.)
+        part = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is mostly advice to drop weights_only; keep the unpickler's own reason
+        reason = str(e)
+        for marker in ("trusted source.", "WeightsUnpickler error:"):
+            reason = reason.rpartition(marker)[2] or reason
+        reason = " ".join(reason.partition("Check the documentation")[0].split())
+        raise CheckpointError(
+            f"cannot read weights from {path}: it is not a pickled state dict of tensors (it holds other objects, "
+            f"which could run code when loaded and are refused, or is not a pickle at all): {reason}") from None
+    except Exception as e:  # noqa: BLE001
+        # bytes that are no pickle fail the unpickler in any number of ways; none means a bug of ours
+        raise CheckpointError(f"cannot read weights from {path}: not a PyTorch file "
+                              f"({type(e).__name__}: {e})") from None
+    return part.get("state_dict", part) if isinstance(part, dict) else part
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.save writes a zip with data.pkl; torch.jit.save adds constants.pkl and the code."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False  # torch.load will say what is wrong with it
+
+def _sized_by(tower: VisionConfig | TextConfig, prefix: str, projection_weight: str) -> list[tuple[str, int, str, int]]:
+    """(what config.json says, the size it implies, HF weight, dimension) for every size the tower allocates."""
+    def field(name: str) -> tuple[str, int]:
+        return f"{name}={getattr(tower, name)}", getattr(tower, name)
+
+    positions = f"{prefix}embeddings.position_embedding.weight"
+    if isinstance(tower, VisionConfig):
+        patches = f"{prefix}embeddings.patch_embedding.weight"
+        n = tower.grid_size ** 2 + tower.prefix_tokens
+        sizes = [(*field("hidden_size"), patches, 0), (*field("num_channels"), patches, 1),
+                 (*field("patch_size"), patches, 2),
+                 (f"image_size={tower.image_size} with patch_size={tower.patch_size}, which needs {n} positions",
+                  n, positions, 0)]
+    else:
+        tokens = f"{prefix}embeddings.token_embedding.weight"
+        sizes = [(*field("hidden_size"), tokens, 1), (*field("vocab_size"), tokens, 0),
+                 (*field("max_position_embeddings"), positions, 0)]
+    sizes.append((*field("intermediate_size"), f"{prefix}encoder.layers.0.mlp.fc1.weight", 0))
+    if tower.projection_dim is not None:
+        sizes.append((*field("projection_dim"), projection_weight, 0))
+    return sizes
+
+def check_config_against_weights(config: CLIPConfig, hf_state: StateDict, source: str) -> None:
+    """Every size the model would allocate, compared with the weights' shapes before the model is built:
+    a config.json that disagrees with its weights (or asks for absurd sizes) fails here at once, naming
+    the field, rather than in torch's allocator or after minutes of building a million layers."""
+    joint = config.vision_config is not None and config.text_config is not None
+    hf = config.layout().hf_key
+    wrong = []
+    for key, prefix, projection in (("vision_config", "vision_model.", hf("vision.proj.weight")),
+                                    ("text_config", "text_model.", hf("text.proj.weight"))):
+        tower = getattr(config, key)
+        if tower is None:
+            continue
+        where = f"{key}." if joint else ""
+        for says, size, weight, dim in _sized_by(tower, prefix, projection):
+            if weight not in hf_state:
+                raise CheckpointError(f"the weights in {source} have no {weight}, so config.json's "
+                                      f"{where}{says.partition('=')[0]} cannot be checked against them")
+            shape = tuple(hf_state[weight].shape)
+            if len(shape) <= dim or shape[dim] != size:
+                wrong.append(f"config.json says {where}{says} but the weights have "
+                             f"{shape[dim] if len(shape) > dim else 'no such dimension'} ({weight}: {shape})")
+        layer = re.compile(re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+        n_layers = len({m.group(1) for k in hf_state if (m := layer.match(k))})
+        if n_layers != tower.num_hidden_layers:
+            wrong.append(f"config.json says {where}num_hidden_layers={tower.num_hidden_layers} but the weights "
+                         f"have {n_layers}")
+    if wrong:
+        raise CheckpointError(f"config.json does not fit the weights in {source}:\n  " + "\n  ".join(wrong))
+
+def add_tower_prefix(state: StateDict, config: CLIPConfig) -> StateDict:
+    """Bare `CLIPVisionModel` / `CLIPTextModel` checkpoints have no `vision_model.` prefix."""
+    if config.vision_config is not None and config.text_config is not None:
+        return state
+    prefix = "vision_model." if config.vision_config is not None else "text_model."
+    bare = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.", "final_layer_norm.", "head.")
+    return {prefix + k if k.startswith(bare) else k: v for k, v in state.items()}
+
+def load_into(model: CLIP, hf_state: StateDict, source: str) -> None:
+    """Load an HF-layout state dict strictly: every key must match, and every shape."""
+    own = model.state_dict()
+    layout = model.config.layout()
+    hf_state = layout.from_hf(hf_state)
+    expected = {layout.hf_key(k): k for k in own}
+    if model.vision is None or model.text is None:
+        for key in JOINT_PARAMETERS:  # tower-only checkpoints have none; the model keeps its default
+            expected.pop(key, None)
+    missing = sorted(set(expected) - set(hf_state))
+    unexpected = sorted(set(hf_state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"the weights in {source} do not fit this model:\n"
+                              f"  missing keys ({len(missing)}): {_listing(missing)}\n"
+                              f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[expected[k]].shape)}"
+             for k, v in hf_state.items() if v.shape != own[expected[k]].shape]
+    if wrong:
+        raise CheckpointError(f"the weights in {source} have other shapes than config.json says:\n  "
+                              + _listing(wrong, sep="\n  "))
+    model.load_state_dict({expected[k]: v for k, v in hf_state.items()}, strict=False)  # checked above
+
+def _listing(items: list[str], sep: str = ", ", limit: int = 12) -> str:
+    if not items:
+        return "none"
+    more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
+
+def read_config(folder: Path) -> CLIPConfig | None:
+    path = folder / "config.json"
+    if is_file(path):
+        return CLIPConfig.from_json_file(path)
+    return None

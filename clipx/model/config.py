@@ -1,0 +1,233 @@
+"""Model configuration, read from and written to Hugging Face's `config.json` layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import CheckpointError
+from ..files import read_json
+from .layout import CLIP_LAYOUT, Layout
+
+# Fields that size the model: a float (1e9), a string or a bool in their place is an error, not a guess.
+_POSITIVE_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_channels", "image_size", "patch_size", "vocab_size", "max_position_embeddings")
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_projection_dim(value: Any) -> None:
+    if value is not None:
+        _check_int("projection_dim", value)
+
+
+@dataclass
+class TowerConfig:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    projection_dim: int | None = 512
+
+    projection_bias = False  # the final projection has a bias (SigLIP's text head)
+
+    def __post_init__(self) -> None:
+        for name in _POSITIVE_INTS:
+            if hasattr(self, name):
+                _check_int(name, getattr(self, name))
+        for name in _TOKEN_IDS:
+            if hasattr(self, name) and (getattr(self, name) is not None or name == "eos_token_id"):
+                _check_int(name, getattr(self, name), minimum=0)
+        _check_projection_dim(self.projection_dim)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} does not divide "
+                             f"hidden_size={self.hidden_size}")
+        if not isinstance(self.hidden_act, str):
+            raise ValueError(f"hidden_act must be a string such as 'quick_gelu', got {self.hidden_act!r}")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
+                or not 0 < self.layer_norm_eps < 1:
+            raise ValueError(f"layer_norm_eps must be a number between 0 and 1, got {self.layer_norm_eps!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> "TowerConfig":
+        """`where`: the key path of `d` in config.json ("vision_config."), to name a bad field exactly."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except ValueError as e:
+            raise ValueError(where + str(e)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model_type"] = self.model_type
+        return d
+
+
+@dataclass
+class VisionConfig(TowerConfig):
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 32
+
+    model_type = "clip_vision_model"
+    # The readout: how the tower's tokens become its embedding (a family's config class overrides these).
+    pooling = "class"        # "class": a class token through ln_post; "attention": a probe attends over the tokens
+    pre_layernorm = True     # ln_pre after the embeddings
+    patch_bias = False       # the patch embedding has a bias
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token a class-token readout needs, else none."""
+        return 1 if self.pooling == "class" else 0
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class TextConfig(TowerConfig):
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    vocab_size: int = 49408
+    max_position_embeddings: int = 77
+    # OpenAI's hub configs say eos_token_id=2 (a historical mistake transformers keeps): pooling then
+    # takes argmax(input_ids), which is the real EOS 49407 because it is the largest id.
+    bos_token_id: int = 49406
+    eos_token_id: int = 49407
+    pad_token_id: int = 1
+
+    model_type = "clip_text_model"
+    causal = True            # each token sees only those before it
+    pooling = "eos"          # "eos": at the EOS token (by id, or argmax for OpenAI's configs); "last": the last position
+    pad_to_max_length = False  # whether the tower was trained on captions always padded to its context
+
+
+@dataclass
+class CLIPConfig:
+    """A joint config; either tower may be None for a tower-only checkpoint."""
+
+    text_config: TextConfig | None = field(default_factory=TextConfig)
+    vision_config: VisionConfig | None = field(default_factory=VisionConfig)
+    projection_dim: int = 512
+    logit_scale_init_value: float = 2.6592
+
+    scoring = "softmax"      # logits = exp(scale) * cos, compared across captions by a softmax
+    logit_bias = False       # SigLIP adds a learned bias and scores each pair by a sigmoid
+
+    def __post_init__(self) -> None:
+        if self.text_config is None and self.vision_config is None:
+            raise ValueError("a CLIPConfig needs a text_config, a vision_config or both")
+        _check_projection_dim(self.projection_dim)
+        scale = self.logit_scale_init_value
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"logit_scale_init_value must be a finite number, got {scale!r}")
+
+    # the model_type values of config.json this family reads, and the tower each one holds (None: both)
+    model_types = {"clip": None, "clip_vision_model": "vision", "clip_text_model": "text"}
+    # Every other family: defining a subclass with its own model_types registers it (its module, under
+    # clipx/families/, is imported with clipx), so config.json's model_type finds it.
+    _families: ClassVar[list[type[CLIPConfig]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model_types" in cls.__dict__:
+            CLIPConfig._families.append(cls)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CLIPConfig":
+        """The config of whichever family config.json's model_type names (CLIP, SigLIP, ...).
+        Raises ValueError naming the bad field by its key path ("vision_config.hidden_size")."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object {{...}}, got a {type(d).__name__}")
+        model_type = d.get("model_type", "clip")
+        families = [CLIPConfig, *CLIPConfig._families]
+        for family in families:
+            if model_type in family.model_types:
+                return family.read(d, family.model_types[model_type])
+        known = ", ".join(repr(t) for family in families for t in family.model_types)
+        raise ValueError(f"model_type is {model_type!r}; clipx reads {known}")
+
+    @classmethod
+    def read(cls, d: dict[str, Any], tower: str | None) -> "CLIPConfig":
+        """This family's config from config.json's dict; `tower`: "vision" or "text" for a tower-only one."""
+        if tower == "vision":
+            return cls(text_config=None, vision_config=VisionConfig.from_dict(d),
+                       projection_dim=d.get("projection_dim", 512))
+        if tower == "text":
+            return cls(text_config=TextConfig.from_dict(d), vision_config=None,
+                       projection_dim=d.get("projection_dim", 512))
+        projection_dim = d.get("projection_dim", 512)
+        _check_projection_dim(projection_dim)  # before the towers, which would name it as their own field
+        towers = {}
+        for key, tower_cls in (("text_config", TextConfig), ("vision_config", VisionConfig)):
+            # the joint value rules; sub-configs carry a stale default
+            towers[key] = tower_cls.from_dict({**_sub_config(d, key), "projection_dim": projection_dim},
+                                              where=f"{key}.")
+        return cls(**towers, projection_dim=projection_dim,
+                   logit_scale_init_value=d.get("logit_scale_init_value", 2.6592))
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "CLIPConfig":
+        try:
+            return cls.from_dict(read_json(Path(path)))
+        except CheckpointError:
+            raise
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+
+    def default_processor(self) -> dict[str, Any]:
+        """preprocessor_config.json for checkpoints that ship none: the family's recipe at the model's
+        size (CLIP's: shortest edge, centre crop, OpenAI's mean and std)."""
+        n = self.vision_config.image_size
+        return {"size": {"shortest_edge": n}, "crop_size": {"height": n, "width": n}}
+
+    @classmethod
+    def layout(cls) -> Layout:
+        """How this family's checkpoints name and shape the weights."""
+        return CLIP_LAYOUT
+
+    def to_dict(self) -> dict[str, Any]:
+        """HF's layout, so transformers loads a folder clipx saved."""
+        if self.vision_config is None or self.text_config is None:
+            tower = self.vision_config or self.text_config
+            arch = "CLIPVisionModelWithProjection" if self.vision_config else "CLIPTextModelWithProjection"
+            return {**tower.to_dict(), "architectures": [arch], "projection_dim": self.projection_dim}
+        return {
+            "architectures": ["CLIPModel"],
+            "model_type": "clip",
+            "projection_dim": self.projection_dim,
+            "logit_scale_init_value": self.logit_scale_init_value,
+            "text_config": self.text_config.to_dict(),
+            "vision_config": self.vision_config.to_dict(),
+        }
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _sub_config(d: dict[str, Any], key: str) -> dict[str, Any]:
+    sub = d.get(key) or {}
+    if not isinstance(sub, dict):
+        raise ValueError(f"{key} must be a JSON object {{...}}, got a {type(sub).__name__}")
+    return sub
