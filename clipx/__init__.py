@@ -21,9 +21,10 @@ from .mech.sae.autoencoder import SAEConfig, SparseAutoencoder
 from .mech.sae.training import train_sae
 from .mech.sweep import HeadTable, patching_effect, sweep_heads
 from .mech.textspan import HeadDescription, describe_heads
-from .model.clip import CLIP, CLIPOutput, TowerOutput
+from .model.clip import CLIP, CLIPOutput
 from .model.config import CLIPConfig, TextConfig, VisionConfig
 from .model.hooks import Cache, HookPoint
+from .model.towers import TowerOutput
 from .runs.explain_dataset import explain_dataset
 from .runs.runner import RunResult
 from .version import __version__

@@ -113,7 +113,7 @@ def config_from_openai(shapes: OpenAIShapes, vision_heads: int, text_heads: int,
                           num_hidden_layers=shapes.text_layers, num_attention_heads=text_heads,
                           vocab_size=shapes.vocab_size, max_position_embeddings=shapes.context_length,
                           hidden_act=hidden_act, projection_dim=shapes.embed_dim,
-                          eos_token_id=2)  # pool at argmax(input_ids), as OpenAI and open_clip do for any vocabulary
+                          eos_token_id=2, pooling="eos_argmax")  # as OpenAI and open_clip pool, for any vocabulary
     except ValueError as e:  # e.g. a width that gives no heads
         raise CheckpointError(f"the shapes in {source} do not make a ViT CLIP: {e}") from None
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=shapes.embed_dim)

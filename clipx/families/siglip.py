@@ -30,11 +30,11 @@ class SiglipVisionConfig(VisionConfig):
     hidden_act: str = "gelu_pytorch_tanh"
     layer_norm_eps: float = 1e-6
     projection_dim: int | None = None  # the pooling head's output is the embedding
+    pooling: str = "attention"
+    pre_layernorm: bool = False
+    patch_bias: bool = True
 
     model_type = "siglip_vision_model"
-    pooling = "attention"
-    pre_layernorm = False
-    patch_bias = True
 
 
 @dataclass
@@ -47,12 +47,12 @@ class SiglipTextConfig(TextConfig):
     hidden_act: str = "gelu_pytorch_tanh"
     layer_norm_eps: float = 1e-6
     projection_dim: int | None = None  # the head's width (config.json's projection_size): hidden_size if unset
+    projection_bias: bool = True
+    causal: bool = False
+    pooling: str = "last"
+    pad_to_max_length: bool = True
 
     model_type = "siglip_text_model"
-    causal = False
-    pooling = "last"
-    projection_bias = True
-    pad_to_max_length = True
 
     def __post_init__(self) -> None:
         if self.projection_dim is None:
@@ -79,9 +79,9 @@ class SiglipConfig(CLIPConfig):
     projection_dim: int = 768  # not in SigLIP's config.json: the embeddings' width, for reference
     logit_scale_init_value: float = math.log(10.0)  # SigLIP's initial temperature 10 and bias -10
     logit_bias_init_value: float = -10.0
+    scoring: str = "sigmoid"
+    logit_bias: bool = True
 
-    scoring = "sigmoid"
-    logit_bias = True
     model_types = {"siglip": None, "siglip_vision_model": "vision", "siglip_text_model": "text"}
 
     def __post_init__(self) -> None:
@@ -101,7 +101,7 @@ class SiglipConfig(CLIPConfig):
                        projection_dim=one.projection_dim or one.hidden_size)
         towers = {key: config_cls.from_dict(_tower_dict(_sub_config(d, key)), where=f"{key}.")
                   for key, config_cls in (("text_config", SiglipTextConfig), ("vision_config", SiglipVisionConfig))}
-        return cls(**towers, projection_dim=towers["vision_config"].hidden_size)
+        return cls(**towers, projection_dim=towers["vision_config"].hidden_size, **cls.joint_fields(d))
 
     def default_processor(self) -> dict[str, Any]:
         """SigLIP's recipe: the whole image resized to the model's size (no crop), mean = std = 0.5."""
@@ -129,7 +129,7 @@ class SiglipConfig(CLIPConfig):
         if len(towers) == 1:
             (key, d), = towers.items()
             return {**d, "architectures": ["SiglipVisionModel" if key == "vision_config" else "SiglipTextModel"]}
-        return {"architectures": ["SiglipModel"], "model_type": "siglip", **towers}
+        return {"architectures": ["SiglipModel"], "model_type": "siglip", **towers, **self.joint_modes()}
 
 
 def hf_key(key: str) -> str:

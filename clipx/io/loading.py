@@ -90,7 +90,7 @@ def _tokenizer(folder: Path, config):
     try:
         return load_tokenizer(folder, context_length=context)
     except FileNotFoundError:
-        if config.text_config.vocab_size == CLIP_VOCAB_SIZE and config.text_config.pooling == "eos":
+        if config.text_config.vocab_size == CLIP_VOCAB_SIZE and config.text_config.pooling in ("eos", "eos_argmax"):
             return Tokenizer.default(context_length=context)  # OpenAI state dicts ship no tokenizer files
         warnings.warn(f"{folder} has no tokenizer files and a vocabulary of {config.text_config.vocab_size} "
                       "tokens, not CLIP's: model.tokenize() is unavailable; pass input_ids yourself")

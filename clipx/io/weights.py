@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -74,27 +75,36 @@ def _is_torchscript(path: Path) -> bool:
     except zipfile.BadZipFile:
         return False  # torch.load will say what is wrong with it
 
-def _sized_by(tower: VisionConfig | TextConfig, prefix: str, projection_weight: str) -> list[tuple[str, int, str, int]]:
-    """(what config.json says, the size it implies, HF weight, dimension) for every size the tower allocates."""
+def _sized_by(tower: VisionConfig | TextConfig, name: str, hf: Callable[[str], str]) -> list[tuple[str, int, str, int]]:
+    """(what config.json says, the size it implies, HF weight, dimension) for every size the tower allocates;
+    `hf` names the tower's weights (`name`: "vision" or "text") as the family's checkpoints do."""
     def field(name: str) -> tuple[str, int]:
         return f"{name}={getattr(tower, name)}", getattr(tower, name)
 
-    positions = f"{prefix}embeddings.position_embedding.weight"
+    positions = hf(f"{name}.position_embedding.weight")
     if isinstance(tower, VisionConfig):
-        patches = f"{prefix}embeddings.patch_embedding.weight"
+        patches = hf(f"{name}.patch_embedding.weight")
         n = tower.grid_size ** 2 + tower.prefix_tokens
         sizes = [(*field("hidden_size"), patches, 0), (*field("num_channels"), patches, 1),
                  (*field("patch_size"), patches, 2),
                  (f"image_size={tower.image_size} with patch_size={tower.patch_size}, which needs {n} positions",
                   n, positions, 0)]
     else:
-        tokens = f"{prefix}embeddings.token_embedding.weight"
+        tokens = hf(f"{name}.token_embedding.weight")
         sizes = [(*field("hidden_size"), tokens, 1), (*field("vocab_size"), tokens, 0),
                  (*field("max_position_embeddings"), positions, 0)]
-    sizes.append((*field("intermediate_size"), f"{prefix}encoder.layers.0.mlp.fc1.weight", 0))
+    mlp_in = "gate_proj" if tower.mlp_type == "swiglu" else "fc1"
+    sizes.append((*field("intermediate_size"), hf(f"{name}.blocks.0.mlp.{mlp_in}.weight"), 0))
     if tower.projection_dim is not None:
-        sizes.append((*field("projection_dim"), projection_weight, 0))
+        sizes.append((*field("projection_dim"), hf(f"{name}.proj.weight"), 0))
     return sizes
+
+
+def _block_prefix(hf: Callable[[str], str], name: str) -> str:
+    """What the checkpoint's key of every block of a tower starts with, up to the block's index."""
+    first, other = hf(f"{name}.blocks.0.attn.k_proj.weight"), hf(f"{name}.blocks.9.attn.k_proj.weight")
+    return first[:next(i for i, (a, b) in enumerate(zip(first, other)) if a != b)]
+
 
 def check_config_against_weights(config: CLIPConfig, hf_state: StateDict, source: str) -> None:
     """Every size the model would allocate, compared with the weights' shapes before the model is built:
@@ -103,13 +113,12 @@ def check_config_against_weights(config: CLIPConfig, hf_state: StateDict, source
     joint = config.vision_config is not None and config.text_config is not None
     hf = config.layout().hf_key
     wrong = []
-    for key, prefix, projection in (("vision_config", "vision_model.", hf("vision.proj.weight")),
-                                    ("text_config", "text_model.", hf("text.proj.weight"))):
+    for key, name in (("vision_config", "vision"), ("text_config", "text")):
         tower = getattr(config, key)
         if tower is None:
             continue
         where = f"{key}." if joint else ""
-        for says, size, weight, dim in _sized_by(tower, prefix, projection):
+        for says, size, weight, dim in _sized_by(tower, name, hf):
             if weight not in hf_state:
                 raise CheckpointError(f"the weights in {source} have no {weight}, so config.json's "
                                       f"{where}{says.partition('=')[0]} cannot be checked against them")
@@ -117,7 +126,7 @@ def check_config_against_weights(config: CLIPConfig, hf_state: StateDict, source
             if len(shape) <= dim or shape[dim] != size:
                 wrong.append(f"config.json says {where}{says} but the weights have "
                              f"{shape[dim] if len(shape) > dim else 'no such dimension'} ({weight}: {shape})")
-        layer = re.compile(re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+        layer = re.compile(re.escape(_block_prefix(hf, name)) + r"(\d+)\.")
         n_layers = len({m.group(1) for k in hf_state if (m := layer.match(k))})
         if n_layers != tower.num_hidden_layers:
             wrong.append(f"config.json says {where}num_hidden_layers={tower.num_hidden_layers} but the weights "

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from ..model.inputs import encode_images, prepare_images, scores, text_embeds
-from ..model.clip import CLIP, Tower, _normalize
+from ..model.clip import CLIP, _normalize
+from ..model.towers import Tower
 from ..preprocess.text import check_texts
 
 _BLOCK = re.compile(r"^(\w+\.blocks\.\d+)\.")

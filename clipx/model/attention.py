@@ -66,7 +66,12 @@ def flash_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | 
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int) -> None:
+    """`bias`: of q, k, v (and of the output projection unless `output_bias` says otherwise).
+    `query_projection=False`: the queries are the input itself (AIMv2's pooling head, whose probe is
+    the query), and `q_proj` is an identity."""
+
+    def __init__(self, hidden_size: int, num_heads: int, bias: bool = True, query_projection: bool = True,
+                 output_bias: bool | None = None) -> None:
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
@@ -74,10 +79,10 @@ class Attention(nn.Module):
         self.head_dim = hidden_size // num_heads
         self.scale = self.head_dim ** -0.5
         self.backend = "sdpa"
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(hidden_size, hidden_size)
-        self.v_proj = nn.Linear(hidden_size, hidden_size)
-        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias) if query_projection else nn.Identity()
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias if output_bias is None else output_bias)
         self.hook_q = HookPoint()        # [batch, pos, head, d_head]
         self.hook_k = HookPoint()
         self.hook_v = HookPoint()
@@ -120,7 +125,8 @@ class Attention(nn.Module):
         z = self.hook_z(z)
         if self.hook_result.active:
             # split out_proj by head only when asked: [pos, head, d_model] per token costs head x the memory
-            out = self.hook_result(self.head_results(z)).sum(2) + self.out_proj.bias
+            out = self.hook_result(self.head_results(z)).sum(2)
+            out = out if self.out_proj.bias is None else out + self.out_proj.bias
         else:
             out = self.out_proj(z.reshape(b, n, -1))
         return self.hook_out(out), pattern

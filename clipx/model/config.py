@@ -17,11 +17,26 @@ from .layout import CLIP_LAYOUT, Layout
 _POSITIVE_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_channels", "image_size", "patch_size", "vocab_size", "max_position_embeddings")
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+NORM_TYPES = ("layernorm", "rmsnorm")
+MLP_TYPES = ("mlp", "swiglu")
+VISION_POOLING = ("class", "attention", "probe")
+TEXT_POOLING = ("eos", "eos_argmax", "last", "first")
+_JOINT_MODES = ("scoring", "logit_bias", "logit_bias_init_value", "max_logit_scale")
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _check_projection_dim(value: Any) -> None:
@@ -38,10 +53,21 @@ class TowerConfig:
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     projection_dim: int | None = 512
-
-    projection_bias = False  # the final projection has a bias (SigLIP's text head)
+    # The blocks, as data (timm's norm_layer / mlp_layer / attn options): each family sets its own, and
+    # config.json carries them, so a saved config describes its model whole.
+    norm_type: str = "layernorm"       # "layernorm", or "rmsnorm" (AIMv2: no mean, no bias)
+    norm_position: str = "pre"         # "pre": x + f(norm(x)) (CLIP); "post": norm(x + f(x)) (BERT)
+    mlp_type: str = "mlp"              # "mlp": fc2(act(fc1(x))); "swiglu": down(act(gate(x)) * up(x))
+    attention_bias: bool = True        # biases of q, k, v and the output projection
+    mlp_bias: bool = True
+    projection_bias: bool = False      # the final projection's (SigLIP's text head has one)
 
     def __post_init__(self) -> None:
+        _check_choice("norm_type", self.norm_type, NORM_TYPES)
+        _check_choice("norm_position", self.norm_position, ("pre", "post"))
+        _check_choice("mlp_type", self.mlp_type, MLP_TYPES)
+        for name in ("attention_bias", "mlp_bias", "projection_bias"):
+            _check_bool(name, getattr(self, name))
         for name in _POSITIVE_INTS:
             if hasattr(self, name):
                 _check_int(name, getattr(self, name))
@@ -87,11 +113,21 @@ class VisionConfig(TowerConfig):
     image_size: int = 224
     patch_size: int = 32
 
+    # The readout: how the tower's tokens become its embedding.
+    pooling: str = "class"       # "class": a class token through ln_post; "attention": a learned probe's query
+                                 # attends over the tokens, then an MLP (SigLIP); "probe": the probe is the query
+                                 # itself, then the output projection alone (AIMv2)
+    pre_layernorm: bool = True   # ln_pre after the embeddings
+    patch_bias: bool = False     # the patch embedding has a bias
+    patch_norm: bool = False     # a norm on the patch tokens before the positions are added (AIMv2)
+
     model_type = "clip_vision_model"
-    # The readout: how the tower's tokens become its embedding (a family's config class overrides these).
-    pooling = "class"        # "class": a class token through ln_post; "attention": a probe attends over the tokens
-    pre_layernorm = True     # ln_pre after the embeddings
-    patch_bias = False       # the patch embedding has a bias
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("pooling", self.pooling, VISION_POOLING)
+        for name in ("pre_layernorm", "patch_bias", "patch_norm"):
+            _check_bool(name, getattr(self, name))
 
     @property
     def prefix_tokens(self) -> int:
@@ -111,16 +147,28 @@ class TextConfig(TowerConfig):
     num_attention_heads: int = 8
     vocab_size: int = 49408
     max_position_embeddings: int = 77
-    # OpenAI's hub configs say eos_token_id=2 (a historical mistake transformers keeps): pooling then
-    # takes argmax(input_ids), which is the real EOS 49407 because it is the largest id.
     bos_token_id: int = 49406
     eos_token_id: int = 49407
     pad_token_id: int = 1
 
+    causal: bool = True          # each token sees only those before it
+    # where a caption is pooled: "eos": its first eos_token_id; "eos_argmax": its largest id (OpenAI's CLIP,
+    # whose EOS 49407 is the largest id: what transformers does for configs that say eos_token_id=2);
+    # "last": the last position (SigLIP); "first": the first ([CLS], BERT)
+    pooling: str = "eos"
+    pad_to_max_length: bool = False  # trained on captions always padded to the context (SigLIP)
+    final_norm: bool = True      # ln_final after the blocks
+    embedding_norm: bool = False  # a norm on token + position embeddings, before the blocks (BERT)
+    type_vocab_size: int = 0     # token-type embeddings (BERT's segment ids); 0: none
+
     model_type = "clip_text_model"
-    causal = True            # each token sees only those before it
-    pooling = "eos"          # "eos": at the EOS token (by id, or argmax for OpenAI's configs); "last": the last position
-    pad_to_max_length = False  # whether the tower was trained on captions always padded to its context
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("pooling", self.pooling, TEXT_POOLING)
+        for name in ("causal", "pad_to_max_length", "final_norm", "embedding_norm"):
+            _check_bool(name, getattr(self, name))
+        _check_int("type_vocab_size", self.type_vocab_size, minimum=0)
 
 
 @dataclass
@@ -132,12 +180,21 @@ class CLIPConfig:
     projection_dim: int = 512
     logit_scale_init_value: float = 2.6592
 
-    scoring = "softmax"      # logits = exp(scale) * cos, compared across captions by a softmax
-    logit_bias = False       # SigLIP adds a learned bias and scores each pair by a sigmoid
+    # how two embeddings make a logit, and how logits are compared
+    scoring: str = "softmax"     # "softmax" across captions (CLIP); "sigmoid": each pair by itself (SigLIP)
+    logit_bias: bool = False     # a learned bias on every logit (SigLIP)
+    logit_bias_init_value: float = 0.0
+    max_logit_scale: float | None = None  # exp(logit_scale) is clamped at this (AIMv2: 100)
 
     def __post_init__(self) -> None:
         if self.text_config is None and self.vision_config is None:
             raise ValueError("a CLIPConfig needs a text_config, a vision_config or both")
+        _check_choice("scoring", self.scoring, ("softmax", "sigmoid"))
+        _check_bool("logit_bias", self.logit_bias)
+        if self.max_logit_scale is not None and not (isinstance(self.max_logit_scale, (int, float))
+                                                     and not isinstance(self.max_logit_scale, bool)
+                                                     and self.max_logit_scale > 0):
+            raise ValueError(f"max_logit_scale must be a positive number or None, got {self.max_logit_scale!r}")
         _check_projection_dim(self.projection_dim)
         scale = self.logit_scale_init_value
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
@@ -175,17 +232,22 @@ class CLIPConfig:
             return cls(text_config=None, vision_config=VisionConfig.from_dict(d),
                        projection_dim=d.get("projection_dim", 512))
         if tower == "text":
-            return cls(text_config=TextConfig.from_dict(d), vision_config=None,
+            return cls(text_config=TextConfig.from_dict(_eos_pooling(d)), vision_config=None,
                        projection_dim=d.get("projection_dim", 512))
         projection_dim = d.get("projection_dim", 512)
         _check_projection_dim(projection_dim)  # before the towers, which would name it as their own field
         towers = {}
         for key, tower_cls in (("text_config", TextConfig), ("vision_config", VisionConfig)):
             # the joint value rules; sub-configs carry a stale default
-            towers[key] = tower_cls.from_dict({**_sub_config(d, key), "projection_dim": projection_dim},
-                                              where=f"{key}.")
+            sub = {**_sub_config(d, key), "projection_dim": projection_dim}
+            towers[key] = tower_cls.from_dict(_eos_pooling(sub) if key == "text_config" else sub, where=f"{key}.")
         return cls(**towers, projection_dim=projection_dim,
-                   logit_scale_init_value=d.get("logit_scale_init_value", 2.6592))
+                   logit_scale_init_value=d.get("logit_scale_init_value", 2.6592), **cls.joint_fields(d))
+
+    @classmethod
+    def joint_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """The scoring fields config.json carries (clipx writes them), else the family's own."""
+        return {name: d[name] for name in _JOINT_MODES if name in d}
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "CLIPConfig":
@@ -218,12 +280,24 @@ class CLIPConfig:
             "model_type": "clip",
             "projection_dim": self.projection_dim,
             "logit_scale_init_value": self.logit_scale_init_value,
+            **self.joint_modes(),
             "text_config": self.text_config.to_dict(),
             "vision_config": self.vision_config.to_dict(),
         }
 
+    def joint_modes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _JOINT_MODES}
+
     def save(self, folder: str | Path) -> None:
         Path(folder, "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _eos_pooling(d: dict[str, Any]) -> dict[str, Any]:
+    """transformers' rule for CLIP text configs: eos_token_id=2 (OpenAI's hub configs carry it, a historical
+    mistake) pools at argmax(input_ids), which is the real EOS 49407 as the largest id."""
+    if "pooling" not in d and d.get("eos_token_id") == 2:
+        return {**d, "pooling": "eos_argmax"}
+    return d
 
 
 def _sub_config(d: dict[str, Any], key: str) -> dict[str, Any]:

@@ -24,6 +24,9 @@ TOWER_RENAMES = {
     "ln_pre": "pre_layrnorm", "ln_post": "post_layernorm", "ln_final": "final_layer_norm",
     "token_embedding": "embeddings.token_embedding", "position_embedding": "embeddings.position_embedding",
     "patch_embedding": "embeddings.patch_embedding", "class_embedding": "embeddings.class_embedding",
+    # modules transformers' CLIP has not (a clipx config may ask for them): named as their families name them
+    "patch_norm": "embeddings.patch_norm", "token_type_embedding": "embeddings.token_type_embedding",
+    "ln_embed": "embeddings.layer_norm", "head": "head",
 }
 
 # the joint model's own parameters, which tower-only checkpoints lack

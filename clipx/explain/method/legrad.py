@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...model.clip import VisionTower
+from ...model.towers import VisionTower
 from ..core import Inputs, Maps, drop_keys, per_caption, register
 
 

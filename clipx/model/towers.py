@@ -1,0 +1,242 @@
+"""The two towers and what they share: the block stack and its hook points, the embeddings, and the readout
+each config describes (how the tokens become one embedding). Every method, view and metric asks a tower
+these questions (its prefix tokens, its patch grid, where a caption is pooled, each patch's own feature)
+rather than assuming OpenAI's CLIP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TextConfig, TowerConfig, VisionConfig
+from .hooks import HookPoint
+from .layers import AttentionPool, Block, norm
+from .length_groups import length_groups
+
+
+def _module_hooked(root: nn.Module) -> bool:
+    """Whether a torch module hook (Captum's, say) may see the modules under `root`: one on any of
+    them, or one registered for every module (register_module_forward_hook)."""
+    from torch.nn.modules import module
+
+    if getattr(module, "_global_forward_hooks", None) or getattr(module, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in root.modules())
+
+
+@dataclass
+class TowerOutput:
+    """One tower's outputs, named as in transformers' `BaseModelOutputWithPooling`."""
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+    embeds: torch.Tensor  # projected pooler_output (the pooler_output itself if the tower has no projection)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class Tower(nn.Module):
+    """What both towers share: the block stack, the final projection and their hook points."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.proj = (nn.Linear(config.hidden_size, config.projection_dim, bias=config.projection_bias)
+                     if config.projection_dim else None)
+        self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.hook_pooled = HookPoint()
+        self.hook_projected = HookPoint()
+
+    def run_blocks(self, x: torch.Tensor, output_hidden_states: bool, output_attentions: bool,
+                   **attn_kwargs: Any) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        overwrite = self.may_overwrite()
+        for block in self.blocks:
+            x, pattern = block(x, overwrite, force_eager=output_attentions, **attn_kwargs)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:
+                attentions.append(pattern)
+        return (x, None if hidden_states is None else tuple(hidden_states),
+                None if attentions is None else tuple(attentions))
+
+    def may_overwrite(self) -> bool:
+        """In inference, with no torch module hook anywhere (Captum's, say, which may keep a sublayer's
+        output), the blocks compute activations and residual sums in place: one large allocation and
+        its page faults fewer per sum and activation. Outputs are bit for bit the same."""
+        return not torch.is_grad_enabled() and not _module_hooked(self)
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        pooled = self.hook_pooled(pooled)
+        return self.hook_projected(self.proj(pooled) if self.proj is not None else pooled)
+
+
+class VisionTower(Tower):
+    config: VisionConfig
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__(config)
+        d = config.hidden_size
+        self.patch_embedding = nn.Conv2d(config.num_channels, d, config.patch_size, config.patch_size,
+                                         bias=config.patch_bias)
+        self.patch_norm = norm(config) if config.patch_norm else None
+        self.class_embedding = nn.Parameter(torch.zeros(d)) if config.prefix_tokens else None
+        self.position_embedding = nn.Embedding(config.grid_size ** 2 + config.prefix_tokens, d)
+        self.ln_pre = norm(config) if config.pre_layernorm else None
+        self.ln_post = norm(config)
+        self.head = None if config.pooling == "class" else AttentionPool(config)
+
+    @property
+    def prefix_tokens(self) -> int:
+        """How many tokens (a class token) precede the patches."""
+        return self.config.prefix_tokens
+
+    def patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        """(grid_h, grid_w): the patches of pixel_values [..., H, W], as the patch embedding cuts them."""
+        patch = self.config.patch_size
+        return pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+
+    def position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """[1, prefix + grid_h * grid_w, d]; bicubic resampling of the patch positions for other grids
+        (transformers' `interpolate_pos_encoding`)."""
+        weight, p = self.position_embedding.weight, self.prefix_tokens
+        n = self.config.grid_size
+        if (grid_h, grid_w) == (n, n):
+            return weight[None]
+        patch = weight[p:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
+        patch = F.interpolate(patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return torch.cat([weight[None, :p], patch.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], dim=1)
+
+    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last block's tokens -> (last_hidden_state, pooled), as transformers names them: the class
+        token through ln_post (last_hidden_state stays before it), or every token through ln_post and
+        then the attention-pooling head."""
+        if self.head is None:
+            return x, self.ln_post(x[:, 0])
+        x = self.ln_post(x)
+        return x, self.head(x)
+
+    def patch_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Block-output tokens [batch, n, d] (patches only, or any) -> each one's own feature in the joint
+        space, as the readout would make it from that token alone (for dense similarity maps)."""
+        x = self.ln_post(tokens)
+        if self.head is not None:
+            return self.head.each(x)
+        return self.proj(x) if self.proj is not None else x
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
+        size = self.config.image_size
+        if pixel_values.shape[-2:] != (size, size) and not interpolate_pos_encoding:
+            raise ValueError(f"pixel_values are {tuple(pixel_values.shape[-2:])} but the model takes "
+                             f"{size}x{size}; pass interpolate_pos_encoding=True to run at another size")
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        grid_h, grid_w = patches.shape[-2:]
+        x = patches.flatten(2).transpose(1, 2)
+        if self.patch_norm is not None:
+            x = self.patch_norm(x)
+        if self.class_embedding is not None:
+            x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        x = self.hook_embed(x)
+        x = x + self.hook_pos_embed(self.position_embeddings(grid_h, grid_w))
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
+        x, hidden_states, attentions = self.run_blocks(x, output_hidden_states, output_attentions)
+        last, pooled = self.pool(x)
+        return TowerOutput(last, pooled, self.project(pooled), hidden_states, attentions)
+
+
+class TextTower(Tower):
+    config: TextConfig
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__(config)
+        d = config.hidden_size
+        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, d)
+        self.token_type_embedding = nn.Embedding(config.type_vocab_size, d) if config.type_vocab_size else None
+        self.ln_embed = norm(config) if config.embedding_norm else None
+        self.ln_final = norm(config) if config.final_norm else None
+
+    def pooled_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[T] the position each caption is pooled at, as `config.pooling` says: its first EOS by id, its
+        largest id (OpenAI's EOS), the last position (SigLIP) or the first ([CLS])."""
+        pooling = self.config.pooling
+        if pooling in ("last", "first"):
+            at = input_ids.shape[1] - 1 if pooling == "last" else 0
+            return torch.full(input_ids.shape[:1], at, dtype=torch.long, device=input_ids.device)
+        if pooling == "eos_argmax":
+            return input_ids.argmax(dim=-1)
+        return (input_ids == self.config.eos_token_id).int().argmax(dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
+        if not (output_hidden_states or output_attentions) and self._skippable_padding(attention_mask):
+            lengths = attention_mask.sum(1)
+            groups = length_groups(lengths)
+            if len(groups) > 1 or int(lengths.max()) < input_ids.shape[1]:
+                return self._forward_by_length(input_ids, attention_mask, groups)
+        return self._forward(input_ids, attention_mask, output_hidden_states, output_attentions)
+
+    def _skippable_padding(self, attention_mask: torch.Tensor | None) -> bool:
+        """In inference under a fused backend, with right padding and nothing hooked (ours or
+        torch module hooks, as Captum sets), padding is pure waste: no real token attends to it."""
+        if not (self.config.causal and self.config.pooling in ("eos", "eos_argmax")):
+            return False  # a token attends to the padding after it, or the pooled position is padding
+        if attention_mask is None or torch.is_grad_enabled() or bool(attention_mask.all()):
+            return False
+        if any(block.attn.backend_in_use == "eager" for block in self.blocks) or _module_hooked(self):
+            return False
+        if any(isinstance(m, HookPoint) and m.active for m in self.modules()):
+            return False
+        return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+    def _forward_by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           groups: list[torch.Tensor]) -> TowerOutput:
+        """Each group of captions cut to its own longest caption (`length_groups` chooses them).
+        Pooled and projected outputs are those of the padded batch; last_hidden_state is zero past
+        the longest caption of each group (padding that was not computed)."""
+        last = torch.zeros(*input_ids.shape, self.config.hidden_size, dtype=self.token_embedding.weight.dtype,
+                           device=input_ids.device)
+        pooled = embeds = None
+        for group in groups:
+            n = int(attention_mask[group].sum(1).max())
+            out = self._forward(input_ids[group, :n], attention_mask[group, :n], False, False)
+            if pooled is None:
+                pooled = out.pooler_output.new_empty(input_ids.shape[0], out.pooler_output.shape[-1])
+                embeds = out.embeds.new_empty(input_ids.shape[0], out.embeds.shape[-1])
+            last[group, :n] = out.last_hidden_state
+            pooled[group], embeds[group] = out.pooler_output, out.embeds
+        return TowerOutput(last, pooled, embeds)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 output_hidden_states: bool, output_attentions: bool) -> TowerOutput:
+        n = input_ids.shape[1]
+        x = self.token_embedding(input_ids)
+        if self.token_type_embedding is not None:  # segment 0 throughout: one caption is one segment
+            x = x + self.token_type_embedding.weight[0]
+        x = self.hook_embed(x)
+        x = x + self.hook_pos_embed(self.position_embedding.weight[None, :n])
+        if self.ln_embed is not None:
+            x = self.ln_embed(x)
+        key_padding, right_padded = None, True
+        if attention_mask is not None and not bool(attention_mask.all()):
+            key_padding = attention_mask == 0
+            right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+        x, hidden_states, attentions = self.run_blocks(
+            x, output_hidden_states, output_attentions,
+            causal=self.config.causal, key_padding=key_padding, right_padded=right_padded)
+        if self.ln_final is not None:
+            x = self.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), self.pooled_positions(input_ids)]
+        return TowerOutput(x, pooled, self.project(pooled), hidden_states, attentions)
+
+
