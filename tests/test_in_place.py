@@ -21,9 +21,9 @@ def run(model, grad: bool, **kwargs):
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_in_place_inference_gives_the_same_bits(tiny_model, backend):
     tiny_model.set_attention(backend)
-    assert tiny_model.vision.may_overwrite() is False  # grad on
+    assert tiny_model.vision.fast_path() is False  # grad on
     with torch.no_grad():
-        assert tiny_model.vision.may_overwrite() is True
+        assert tiny_model.vision.fast_path() is True
     fast, plain = run(tiny_model, grad=False), run(tiny_model, grad=True)
     assert torch.equal(fast.logits_per_image, plain.logits_per_image)
     for tower in ("vision_model_output", "text_model_output"):
@@ -52,7 +52,7 @@ def test_what_torch_module_hooks_keep_is_never_overwritten(tiny_model):
                for name, m in modules.items()]
     try:
         with torch.no_grad():
-            assert not tiny_model.vision.may_overwrite()
+            assert not tiny_model.vision.fast_path()
             tiny_model(**inputs())
     finally:
         for h in handles:
@@ -61,3 +61,16 @@ def test_what_torch_module_hooks_keep_is_never_overwritten(tiny_model):
         for name, module in modules.items():
             arg, out = kept[name]
             assert torch.equal(module(arg), out), name
+
+
+def test_the_fast_path_is_one_switch_on_the_model(tiny_model):
+    with torch.no_grad():
+        fast = tiny_model(**inputs())
+        tiny_model.fast_inference = False
+        assert not tiny_model.fast_inference
+        assert not tiny_model.vision.fast_path() and not tiny_model.text.fast_path()
+        assert not tiny_model.text.skips_padding(inputs()["attention_mask"])
+        slow = tiny_model(**inputs())
+    assert torch.equal(fast.logits_per_image, slow.logits_per_image)
+    with pytest.raises(TypeError, match="fast_inference is True or False"):
+        tiny_model.fast_inference = 1

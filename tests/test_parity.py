@@ -201,27 +201,32 @@ def test_vit_b_parity(tmp_path, patch):
 
 
 def test_fused_backends_skip_padding_with_the_same_results(tiny_checkpoint):
-    """Under sdpa a right-padded batch whose padding is worth skipping runs in length groups;
-    pooled outputs stay HF's."""
+    """Under sdpa a right-padded batch whose padding is worth skipping runs in length groups when only its
+    pooled outputs are asked for (encode_text); pooled outputs stay HF's. A full forward computes the
+    padding too: its last_hidden_state equals the eager one everywhere, padding included."""
     folder, hf = tiny_checkpoint
     model = clipx.load(folder, attention="sdpa")
     lengths = (3,) * 30 + (4,) * 10 + (40, 25)
     ids, mask = texts_to_ids(len(lengths), seed=4, lengths=lengths)
+    seen = []
+    real_forward = model.text._forward
+    model.text._forward = lambda input_ids, *a: seen.append(input_ids.shape) or real_forward(input_ids, *a)
     with torch.no_grad():
         ref = hf.text_model(input_ids=ids, attention_mask=mask)
-        seen = []
-        with model.hooks(fwd_hooks=[("text.blocks.0.hook_resid_pre", lambda t, h: seen.append(t.shape))]):
-            model.text(ids, mask)
-        grouped = model.text(ids, mask)
+        with model.hooks(fwd_hooks=[("text.blocks.0.hook_resid_pre", lambda t, h: None)]):
+            model.text(ids, mask, pooled_only=True)
+        grouped = model.text(ids, mask, pooled_only=True)
+        full = model.text(ids, mask)
         with model.attention("eager"):
             padded = model.text(ids, mask)
-    assert seen == [ids.shape + (32,)]  # a hooked tower runs the padded batch as it is
+    # a hooked tower runs the padded batch as it is; then the groups: the 40 captions of 3-4 tokens cut at 4
+    # positions, the other two at 40; then the full forward and the eager one, padded
+    assert seen == [ids.shape, (40, 4), (2, 40), ids.shape, ids.shape]
+    assert grouped.last_hidden_state is None  # never a partial tensor
     assert_float32_close(grouped.pooler_output, padded.pooler_output, floor=1)
     assert_float32_close(grouped.pooler_output, ref.pooler_output, floor=1)
-    keep = mask.bool()
-    assert_float32_close(grouped.last_hidden_state[keep], ref.last_hidden_state[keep], floor=1)
-    # groups: the 40 captions of 3-4 tokens cut at 4 positions, the other two at 40
-    assert grouped.last_hidden_state[:40, 4:].abs().sum() == 0 and grouped.last_hidden_state[:40, 3].abs().sum() > 0
+    assert_float32_close(full.last_hidden_state, padded.last_hidden_state, floor=1)
+    assert_float32_close(full.last_hidden_state, ref.last_hidden_state, floor=1)
 
 
 def test_trailing_padding_is_cut_without_splitting(tiny_checkpoint):

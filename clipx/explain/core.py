@@ -85,7 +85,7 @@ class Inputs:
         """Block indices from `start_layer` (negative counts from the end: -1 = last) to the last;
         `name` is the option the user passed it as, for the errors."""
         start_layer = check_int(name, start_layer)
-        n = len(getattr(self.model, tower).blocks)
+        n = getattr(self.model, tower).n_layers
         start = start_layer + n if start_layer < 0 else start_layer
         if not 0 <= start < n:
             raise ValueError(f"{name} {start_layer} is outside the {tower} tower's {n} blocks "

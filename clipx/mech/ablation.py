@@ -51,8 +51,7 @@ def sites(model: CLIP, parts: Iterable[str] | str) -> list[Site]:
             raise ValueError(f"{part!r} is not a part label: use '{{tower}}.blocks.{{layer}}.attn.head.{{head}}' or "
                              "'{tower}.blocks.{layer}.mlp', tower 'vision' or 'text' (clipx.decompose's labels)")
         tower, layer, head, mlp = match.groups()
-        blocks = model._tower(tower).blocks
-        n_layers, n_heads = len(blocks), blocks[0].attn.num_heads
+        n_layers, n_heads = model._tower(tower).n_layers, model._tower(tower).n_heads
         layer = int(layer)
         if not -n_layers <= layer < n_layers:
             raise ValueError(f"{part!r}: layer {layer} is outside the {tower} tower's {n_layers} layers")

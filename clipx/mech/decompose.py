@@ -155,10 +155,8 @@ def decompose(model: CLIP, images: Any, per_position: bool = False) -> Decomposi
     embedding, every attention head and every MLP (see `Decomposition`). images: PIL images, paths,
     arrays, or preprocessed pixel_values [B, 3, H, W]. One forward, no gradients."""
     tower = model._tower("vision")
-    if tower.head is not None:
-        raise ValueError(f"decompose reads the image at a class token, but this model pools through an "
-                         f"attention head (vision pooling={tower.config.pooling!r}), which is nonlinear in the "
-                         "tokens: the parts would not sum to the embedding. clipx.logit_lens works for it")
+    if tower.cannot_decompose():
+        raise ValueError(f"decompose cannot take this image embedding apart: {tower.cannot_decompose()}")
     pixel_values, _ = prepare_images(model, images)
     pooled = torch.zeros(pixel_values.shape[0], dtype=torch.long, device=pixel_values.device)  # the class token
     return _decompose(model, "vision", lambda: encode_images(model, pixel_values), pooled, per_position)
@@ -168,6 +166,8 @@ def decompose_text(model: CLIP, texts: str | list[str], per_position: bool = Fal
     """Take each caption's embedding (`model.encode_text`) apart, at its pooled position (EOS, or the last
     position), as `decompose` does an image's; the embedding part is the token plus position embedding."""
     tower = model._tower("text")
+    if tower.cannot_decompose():
+        raise ValueError(f"decompose_text cannot take this text embedding apart: {tower.cannot_decompose()}")
     enc = model.tokenize(check_texts(texts))
     return _decompose(model, "text", lambda: model.encode_text(enc.input_ids, enc.attention_mask),
                       tower.pooled_positions(enc.input_ids), per_position)
@@ -182,7 +182,7 @@ def logit_lens(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor) 
     pixel_values, _ = prepare_images(model, images)
     text = text_embeds(model, texts)
     names = ["vision.blocks.0.hook_resid_pre"]
-    names += [f"vision.blocks.{i}.hook_resid_post" for i in range(len(tower.blocks))]
+    names += [f"vision.blocks.{i}.hook_resid_post" for i in range(tower.n_layers)]
     with torch.no_grad():
         with model.recording(names) as cache:
             encode_images(model, pixel_values)
@@ -195,7 +195,7 @@ def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Ten
     """`run` one forward of tower `name` recording what the parts need, then take the residual at the
     `pooled` positions [n_items] apart and through the fixed readout."""
     tower: Tower = getattr(model, name)
-    blocks = [f"{name}.blocks.{i}" for i in range(len(tower.blocks))]
+    blocks = [f"{name}.blocks.{i}" for i in range(tower.n_layers)]
     names = [f"{blocks[0]}.hook_resid_pre", f"{blocks[-1]}.hook_resid_post"]
     names += [f"{b}.{point}" for b in blocks for point in ("attn.hook_z", "hook_mlp_out")]
     if per_position:
@@ -213,42 +213,16 @@ def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Ten
         for block, label in zip(tower.blocks, blocks):
             attn = block.attn
             z = at_pooled(f"{label}.attn.hook_z")  # [items, head, d_head]
-            parts += [attn.head_results(z),
-                      attn.out_proj.bias.float().expand(len(items), 1, -1),
-                      at_pooled(f"{label}.hook_mlp_out")[:, None]]
+            bias = attn.out_proj.bias  # a part of its own; a layer without one (AIMv2) adds nothing
+            bias = z.new_zeros(attn.out_proj.out_features) if bias is None else bias.float()
+            parts += [attn.head_results(z), bias.expand(len(items), 1, -1), at_pooled(f"{label}.hook_mlp_out")[:, None]]
             labels += [f"{label}.attn.head.{h}" for h in range(attn.num_heads)] + [f"{label}.attn.bias", f"{label}.mlp"]
             if per_position:
                 pattern = cache[f"{label}.attn.hook_pattern"][items, :, pooled].float()  # [items, head, key]
                 value_vectors = cache[f"{label}.attn.hook_v"].float()  # [items, key, head, d_head]
                 by_key = pattern.transpose(1, 2)[..., None] * value_vectors  # [items, key, head, d_head]
                 heads.append(attn.head_results(by_key).transpose(1, 2))  # [items, head, key, d]
-        readout = _Readout(tower, name, at_pooled(names[1]))
+        readout = tower.linear_readout(at_pooled(names[1]))
         values = torch.cat([readout(torch.cat(parts, dim=1)), *readout.bias_parts(len(items))], dim=1)
         per_position_parts = readout(torch.stack(heads, dim=1)) if per_position else None
     return Decomposition(values, labels + readout.bias_labels, per_position_parts)
-
-
-class _Readout:
-    """The tower's final LayerNorm, its scale fixed at the full residual's, then the projection: linear in
-    each part (the biases are parts of their own)."""
-
-    def __init__(self, tower: Tower, name: str, residual: torch.Tensor) -> None:
-        ln_name = "ln_post" if name == "vision" else "ln_final"
-        self.ln, self.proj = getattr(tower, ln_name), tower.proj
-        self.std = (residual.var(-1, unbiased=False) + self.ln.eps).sqrt()  # [items], as the LayerNorm computes it
-        self.bias_labels = [f"{name}.{ln_name}.bias"] + ([f"{name}.proj.bias"] if self._proj_bias() is not None else [])
-
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.proj is None else x @ self.proj.weight.float().T
-
-    def _proj_bias(self) -> torch.Tensor | None:
-        return None if self.proj is None or self.proj.bias is None else self.proj.bias.float()
-
-    def __call__(self, parts: torch.Tensor) -> torch.Tensor:
-        """[items, ..., d] residual parts -> [items, ..., dim] in the joint space."""
-        std = self.std.view(-1, *[1] * (parts.dim() - 1))
-        return self._project((parts - parts.mean(-1, keepdim=True)) / std * self.ln.weight.float())
-
-    def bias_parts(self, n_items: int) -> list[torch.Tensor]:
-        biases = [self._project(self.ln.bias.float())] + [b for b in [self._proj_bias()] if b is not None]
-        return [b.expand(n_items, 1, -1) for b in biases]

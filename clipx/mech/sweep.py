@@ -84,8 +84,8 @@ def sweep_heads(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor,
     pixel_values, _ = prepare_images(model, images)
     reference_pixels = pixel_values if reference is None else run_inputs(model, reference)["pixel_values"]
     text = text_embeds(model, texts)
-    blocks = model._tower("vision").blocks
-    labels = [f"vision.blocks.{layer}.attn.head.{h}" for layer in range(len(blocks)) for h in range(blocks[0].attn.num_heads)]
+    vision = model._tower("vision")
+    labels = [f"vision.blocks.{layer}.attn.head.{h}" for layer in range(vision.n_layers) for h in range(vision.n_heads)]
 
     if effect == "direct":
         parts = decompose(model, pixel_values)
@@ -108,7 +108,7 @@ def sweep_heads(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor,
     target = _targets(targets, clean)
     rows = torch.arange(len(target))
     changes = torch.stack([(logits - clean)[rows, target].mean() for logits in ablated])
-    return HeadTable(changes.view(len(blocks), -1).cpu(), "vision", effect, mode)
+    return HeadTable(changes.view(vision.n_layers, -1).cpu(), "vision", effect, mode)
 
 
 def patching_effect(model: CLIP, parts: str | list[str], source: Any, target: Any,

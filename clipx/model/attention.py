@@ -97,6 +97,14 @@ class Attention(nn.Module):
         """`backend`, or the one a `model.attention(...)` block of this thread switched to."""
         return _SWITCHED.get().get(self, self.backend)
 
+    def backend_for_call(self, force_eager: bool = False) -> str:
+        """The one rule for which backend a call runs: eager where the call asks for patterns
+        (`output_attentions`, `force_eager`) or a hook point needs them (`hook_attn_scores`, `hook_pattern`),
+        else `backend_in_use` (the layer's own, or what a `model.attention(...)` block switched it to)."""
+        if force_eager or self.hook_attn_scores.active or self.hook_pattern.active:
+            return "eager"
+        return self.backend_in_use
+
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, causal: bool = False,
                 key_padding: torch.Tensor | None = None, right_padded: bool = False,
                 force_eager: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -115,8 +123,8 @@ class Attention(nn.Module):
         k = self.hook_k(self.k_proj(context).view(b, m, self.num_heads, self.head_dim))
         v = self.hook_v(self.v_proj(context).view(b, m, self.num_heads, self.head_dim))
 
-        backend = self.backend_in_use
-        if force_eager or backend == "eager" or self.hook_attn_scores.active or self.hook_pattern.active:
+        backend = self.backend_for_call(force_eager)
+        if backend == "eager":
             z, pattern = self._eager(q, k, v, causal, key_padding)
         else:
             if causal and right_padded:

@@ -83,7 +83,7 @@ class CLIP(HookedModule):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Projected text features, not normalised (transformers' `get_text_features`)."""
-        return self._text_forward(input_ids, attention_mask).embeds
+        return self._text_forward(input_ids, attention_mask, pooled_only=True).embeds
 
     get_image_features = encode_image
     get_text_features = encode_text
@@ -168,6 +168,21 @@ class CLIP(HookedModule):
             logits_per_image = self.hook_logits_per_image(self.logits(image_embeds, text_embeds))
             logits_per_text = logits_per_image.T
         return CLIPOutput(logits_per_image, logits_per_text, image_embeds, text_embeds, vision, text)
+
+    @property
+    def fast_inference(self) -> bool:
+        """The inference fast path (`Tower.fast_path`): in place residual sums and activations, and padding
+        skipped by `encode_text`, where no gradient is recorded and nothing could see the difference.
+        On by default; set False to run every call as a training-mode forward would."""
+        return all(tower.fast_inference for tower in (self.vision, self.text) if tower is not None)
+
+    @fast_inference.setter
+    def fast_inference(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise TypeError(f"fast_inference is True or False, got {on!r}")
+        for tower in (self.vision, self.text):
+            if tower is not None:
+                tower.fast_inference = on
 
     def logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """logits_per_image [n_images, n_texts] between unit embeddings, as this model scores a pair:

@@ -136,7 +136,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, overwrite: bool = False,
                 **attn_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`overwrite`: the sublayers' fresh outputs may take the residual sums in place (see
-        `Tower.may_overwrite`), where no hook point holds them."""
+        `Tower.fast_path`), where no hook point holds them."""
         x = self.hook_resid_pre(x)
         attn_out, pattern = self.attn(x if self.post_norm else self.ln1(x), **attn_kwargs)
         attn_out = self.hook_attn_out(attn_out)

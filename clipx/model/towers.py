@@ -17,6 +17,7 @@ from .config import TextConfig, TowerConfig, VisionConfig
 from .hooks import HookPoint
 from .layers import AttentionPool, Block, norm
 from .length_groups import length_groups
+from .readout import LinearReadout
 
 
 def _module_hooked(root: nn.Module) -> bool:
@@ -33,7 +34,7 @@ def _module_hooked(root: nn.Module) -> bool:
 class TowerOutput:
     """One tower's outputs, named as in transformers' `BaseModelOutputWithPooling`."""
 
-    last_hidden_state: torch.Tensor
+    last_hidden_state: torch.Tensor | None  # None only from a pooled-only call that skipped padding
     pooler_output: torch.Tensor
     embeds: torch.Tensor  # projected pooler_output (the pooler_output itself if the tower has no projection)
     hidden_states: tuple[torch.Tensor, ...] | None = None
@@ -42,6 +43,10 @@ class TowerOutput:
 
 class Tower(nn.Module):
     """What both towers share: the block stack, the final projection and their hook points."""
+
+    # The inference fast path: on unless switched off (`CLIP.fast_inference` sets it for the whole model).
+    # Where it applies, see `fast_path`.
+    fast_inference = True
 
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
@@ -58,7 +63,7 @@ class Tower(nn.Module):
                    **attn_kwargs: Any) -> tuple[torch.Tensor, tuple | None, tuple | None]:
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
-        overwrite = self.may_overwrite()
+        overwrite = self.fast_path()
         for block in self.blocks:
             x, pattern = block(x, overwrite, force_eager=output_attentions, **attn_kwargs)
             if output_hidden_states:
@@ -68,19 +73,54 @@ class Tower(nn.Module):
         return (x, None if hidden_states is None else tuple(hidden_states),
                 None if attentions is None else tuple(attentions))
 
-    def may_overwrite(self) -> bool:
-        """In inference, with no torch module hook anywhere (Captum's, say, which may keep a sublayer's
-        output), the blocks compute activations and residual sums in place: one large allocation and
-        its page faults fewer per sum and activation. Outputs are bit for bit the same."""
-        return not torch.is_grad_enabled() and not _module_hooked(self)
+    def fast_path(self) -> bool:
+        """Whether a call takes the inference fast path. Its conditions, all of them: it is switched on, no
+        gradient is being recorded, and no torch module hook sits under the tower (Captum's, say, which may
+        keep a sublayer's output). On it, the blocks compute activations and residual sums in place, sparing
+        an allocation and its page faults per sum, with bit-for-bit the same outputs (what a hook point
+        holds is never overwritten); and a text tower asked for its embeddings alone skips padding
+        (`TextTower.skips_padding`)."""
+        return self.fast_inference and not torch.is_grad_enabled() and not _module_hooked(self)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         pooled = self.hook_pooled(pooled)
         return self.hook_projected(self.proj(pooled) if self.proj is not None else pooled)
 
+    # --- what methods ask a tower -----------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def final_norm(self) -> nn.Module | None:
+        """The norm between the last block and the readout (ln_post, ln_final), if the tower has one."""
+        raise NotImplementedError
+
+    def cannot_decompose(self) -> str | None:
+        """Why the embedding is not a sum of per-block parts through a linearised readout; None where it is."""
+        if self.config.norm_position == "post":
+            return (f"the {self.name} tower's blocks are post-norm (norm_position='post'): each norm rescales the "
+                    "whole residual, so no block's output reaches the embedding by itself")
+        return None
+
+    def linear_readout(self, residual: torch.Tensor) -> LinearReadout:
+        """The readout from the last residual [items, d] (at the pooled positions) to the joint space,
+        linearised at that residual; a ValueError saying why for a tower where no such readout exists."""
+        reason = self.cannot_decompose()
+        if reason:
+            raise ValueError(reason)
+        norm_name = next(name for name, module in self.named_children() if module is self.final_norm) \
+            if self.final_norm is not None else "norm"
+        return LinearReadout(self.final_norm, self.proj, residual, (f"{self.name}.{norm_name}", f"{self.name}.proj"))
+
 
 class VisionTower(Tower):
     config: VisionConfig
+    name = "vision"
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__(config)
@@ -124,6 +164,41 @@ class VisionTower(Tower):
         x = self.ln_post(x)
         return x, self.head(x)
 
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.ln_post
+
+    def cannot_decompose(self) -> str | None:
+        if self.head is not None:
+            return (f"the vision tower pools through an attention head (pooling={self.config.pooling!r}), which is "
+                    "nonlinear in the tokens: the parts would not sum to the embedding. clipx.logit_lens works for it")
+        return super().cannot_decompose()
+
+    def readout(self, tokens: torch.Tensor, class_token: torch.Tensor | None = None) -> torch.Tensor:
+        """Block-output tokens [batch, n, d] -> embeddings [batch, dim] as the readout makes them: through the
+        pooling head where the tower has one, else `class_token` [batch, d] (default: the first token)
+        through ln_post and the projection."""
+        if self.head is not None:
+            pooled = self.pool(tokens)[1]
+        else:
+            pooled = self.ln_post(tokens[:, 0] if class_token is None else class_token)
+        return self.proj(pooled) if self.proj is not None else pooled
+
+    def cannot_value_path(self) -> str | None:
+        """Why the last block has no value path (MaskCLIP's out_proj(v_proj(ln1(x)))), or None."""
+        if self.config.norm_position == "post":
+            return "the vision tower's blocks are post-norm: the last block's values are not read from ln1(x)"
+        return None
+
+    def value_path(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens entering the last block [batch, n, d] -> what its attention would write for each token if
+        every query attended to that token alone: out_proj(v_proj(ln1(x))) (MaskCLIP)."""
+        reason = self.cannot_value_path()
+        if reason:
+            raise ValueError(reason)
+        last = self.blocks[-1]
+        return last.attn.out_proj(last.attn.v_proj(last.ln1(tokens)))
+
     def patch_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Block-output tokens [batch, n, d] (patches only, or any) -> each one's own feature in the joint
         space, as the readout would make it from that token alone (for dense similarity maps)."""
@@ -156,6 +231,7 @@ class VisionTower(Tower):
 
 class TextTower(Tower):
     config: TextConfig
+    name = "text"
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__(config)
@@ -165,6 +241,14 @@ class TextTower(Tower):
         self.token_type_embedding = nn.Embedding(config.type_vocab_size, d) if config.type_vocab_size else None
         self.ln_embed = norm(config) if config.embedding_norm else None
         self.ln_final = norm(config) if config.final_norm else None
+
+    @property
+    def final_norm(self) -> nn.Module | None:
+        return self.ln_final
+
+    def token_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """last_hidden_state [T, L, d] -> each position's own feature in the joint space [T, L, dim]."""
+        return self.proj(hidden) if self.proj is not None else hidden
 
     def pooled_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[T] the position each caption is pooled at, as `config.pooling` says: its first EOS by id, its
@@ -178,47 +262,47 @@ class TextTower(Tower):
         return (input_ids == self.config.eos_token_id).int().argmax(dim=-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
-        if not (output_hidden_states or output_attentions) and self._skippable_padding(attention_mask):
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                pooled_only: bool = False) -> TowerOutput:
+        """`pooled_only`: the caller reads only the pooled output and the embeddings (`encode_text`), so
+        the fast path may skip padding; last_hidden_state is then None, never a partial tensor."""
+        if pooled_only and not (output_hidden_states or output_attentions) and self.skips_padding(attention_mask):
             lengths = attention_mask.sum(1)
             groups = length_groups(lengths)
             if len(groups) > 1 or int(lengths.max()) < input_ids.shape[1]:
                 return self._forward_by_length(input_ids, attention_mask, groups)
-        return self._forward(input_ids, attention_mask, output_hidden_states, output_attentions)
+        return self._forward(input_ids, attention_mask, output_hidden_states, output_attentions, pooled_only)
 
-    def _skippable_padding(self, attention_mask: torch.Tensor | None) -> bool:
-        """In inference under a fused backend, with right padding and nothing hooked (ours or
-        torch module hooks, as Captum sets), padding is pure waste: no real token attends to it."""
+    def skips_padding(self, attention_mask: torch.Tensor | None) -> bool:
+        """On the fast path, under a fused backend, with right padding and none of our hook points active,
+        padding is pure waste for the pooled output: no real token of a causal tower attends to it."""
         if not (self.config.causal and self.config.pooling in ("eos", "eos_argmax")):
             return False  # a token attends to the padding after it, or the pooled position is padding
-        if attention_mask is None or torch.is_grad_enabled() or bool(attention_mask.all()):
-            return False
-        if any(block.attn.backend_in_use == "eager" for block in self.blocks) or _module_hooked(self):
+        if attention_mask is None or bool(attention_mask.all()) or not self.fast_path():
             return False
         if any(isinstance(m, HookPoint) and m.active for m in self.modules()):
+            return False
+        if any(block.attn.backend_for_call() == "eager" for block in self.blocks):
             return False
         return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
     def _forward_by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            groups: list[torch.Tensor]) -> TowerOutput:
         """Each group of captions cut to its own longest caption (`length_groups` chooses them).
-        Pooled and projected outputs are those of the padded batch; last_hidden_state is zero past
-        the longest caption of each group (padding that was not computed)."""
-        last = torch.zeros(*input_ids.shape, self.config.hidden_size, dtype=self.token_embedding.weight.dtype,
-                           device=input_ids.device)
+        Pooled and projected outputs are those of the padded batch; no last_hidden_state (its padding was
+        not computed)."""
         pooled = embeds = None
         for group in groups:
             n = int(attention_mask[group].sum(1).max())
-            out = self._forward(input_ids[group, :n], attention_mask[group, :n], False, False)
+            out = self._forward(input_ids[group, :n], attention_mask[group, :n], False, False, True)
             if pooled is None:
                 pooled = out.pooler_output.new_empty(input_ids.shape[0], out.pooler_output.shape[-1])
                 embeds = out.embeds.new_empty(input_ids.shape[0], out.embeds.shape[-1])
-            last[group, :n] = out.last_hidden_state
             pooled[group], embeds[group] = out.pooler_output, out.embeds
-        return TowerOutput(last, pooled, embeds)
+        return TowerOutput(None, pooled, embeds)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 output_hidden_states: bool, output_attentions: bool) -> TowerOutput:
+                 output_hidden_states: bool, output_attentions: bool, pooled_only: bool = False) -> TowerOutput:
         n = input_ids.shape[1]
         x = self.token_embedding(input_ids)
         if self.token_type_embedding is not None:  # segment 0 throughout: one caption is one segment
@@ -227,10 +311,12 @@ class TextTower(Tower):
         x = x + self.hook_pos_embed(self.position_embedding.weight[None, :n])
         if self.ln_embed is not None:
             x = self.ln_embed(x)
-        key_padding, right_padded = None, True
+        key_padding, right_padded = None, pooled_only
         if attention_mask is not None and not bool(attention_mask.all()):
             key_padding = attention_mask == 0
-            right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+            # only the pooled output is read: a fused backend may drop the mask of right padding, which
+            # changes the padding's own outputs alone
+            right_padded = pooled_only and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
         x, hidden_states, attentions = self.run_blocks(
             x, output_hidden_states, output_attentions,
             causal=self.config.causal, key_padding=key_padding, right_padded=right_padded)

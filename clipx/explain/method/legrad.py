@@ -21,8 +21,7 @@ def layer_embedding(vision: VisionTower, tokens: torch.Tensor) -> torch.Tensor:
     """An intermediate layer's tokens [B, n, d] as an image embedding [B, D]: through the model's
     attention-pooling head where it has one; for a class-token model, the mean of the tokens through
     ln_post (LeGrad's choice: an intermediate class token has not gathered the image yet)."""
-    pooled = vision.pool(tokens)[1] if vision.head is not None else vision.ln_post(tokens.mean(1))
-    return vision.proj(pooled) if vision.proj is not None else pooled
+    return vision.readout(tokens, class_token=tokens.mean(1))
 
 
 @register("legrad")

@@ -29,15 +29,16 @@ def check_variant(variant: str) -> None:
 def similarity(x: Inputs, variant: str = "tokens") -> Maps:
     check_variant(variant)
     vision, text = x.model.vision, x.model.text
-    last = vision.blocks[-1]
-    name = f"vision.blocks.{len(vision.blocks) - 1}." + ("hook_resid_pre" if variant == "maskclip" else "hook_resid_post")
+    if variant == "maskclip" and vision.cannot_value_path():
+        raise ValueError(f"similarity variant 'maskclip' needs the last block's value path: {vision.cannot_value_path()}")
+    name = f"vision.blocks.{vision.n_layers - 1}." + ("hook_resid_pre" if variant == "maskclip" else "hook_resid_post")
     with torch.no_grad():
         out, cache = x.run([name])
         patches = cache[name][:, x.prefix:]
         if variant == "maskclip":
-            patches = last.attn.out_proj(last.attn.v_proj(last.ln1(patches)))
+            patches = vision.value_path(patches)
         patches = F.normalize(vision.patch_features(patches), dim=-1)          # [B, N, D]
-        words = F.normalize(text.proj(out.text_model_output.last_hidden_state), dim=-1)  # [T, L, D]
+        words = F.normalize(text.token_features(out.text_model_output.last_hidden_state), dim=-1)  # [T, L, D]
         words = words * x.attention_mask[..., None]  # padding matches nothing
         image = torch.einsum("bnd,td->btn", patches, out.text_embeds)
         text_map = torch.einsum("tld,bd->btl", words, out.image_embeds)

@@ -64,16 +64,13 @@ def readout_directions(model: CLIP, sae: SparseAutoencoder) -> torch.Tensor:
     """Each feature's decoder direction taken into the joint space as the module docstring says:
     [d_sae, projection_dim]."""
     tower = model.vision
-    if tower.head is not None:
-        raise ValueError("readout_directions follows a class-token readout (ln_post and the projection); this "
-                         "model pools through an attention head, where no direction survives linearly")
-    width = tower.ln_post.weight.shape[0]
+    if tower.cannot_decompose():
+        raise ValueError(f"readout_directions follows the readout linearly, but {tower.cannot_decompose()}")
+    width = tower.config.hidden_size
     if sae.config.d_in != width:
         raise ValueError(f"the SAE's decoder is {sae.config.d_in}-wide but this model's residual is {width}-wide")
     with torch.no_grad():
-        d = sae.W_dec.float()
-        d = (d - d.mean(1, keepdim=True)) * tower.ln_post.weight.float()
-        return d @ tower.proj.weight.float().T if tower.proj is not None else d
+        return tower.linear_readout(sae.W_dec.float()).directions(sae.W_dec.float())
 
 
 def caption_similarity(model: CLIP, sae: SparseAutoencoder, captions: str | list[str]) -> torch.Tensor:
