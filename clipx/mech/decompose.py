@@ -179,6 +179,7 @@ def logit_lens(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor) 
     projection), normalised and scored as the model scores; the last layer is `logits_per_image`.
     texts: captions, or text embeddings [n_texts, dim]."""
     tower = model._tower("vision")
+    check_linear_stream(tower, "vision", "logit_lens")
     pixel_values, _ = prepare_images(model, images)
     text = text_embeds(model, texts)
     names = ["vision.blocks.0.hook_resid_pre"]
@@ -190,11 +191,22 @@ def logit_lens(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor) 
         return scores(model, _normalize(embeds), text)
 
 
+def check_linear_stream(tower: Tower, name: str, method: str) -> None:
+    """Refuse a tower whose blocks are post-norm (BERT's `norm(x + f(x))`): each block normalises the
+    residual stream, so what the readout sees is no sum of the sublayers' outputs, and neither are its
+    earlier states the later ones' partial sums."""
+    if tower.config.norm_position == "post":
+        raise ValueError(f"{method} takes the {name} tower's residual stream apart as a sum of its sublayers' "
+                         f"outputs, but its blocks are post-norm ({name} norm_position='post'): every block "
+                         "normalises the stream, so the parts would not add up to the embedding")
+
+
 def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Tensor,
                per_position: bool) -> Decomposition:
     """`run` one forward of tower `name` recording what the parts need, then take the residual at the
     `pooled` positions [n_items] apart and through the fixed readout."""
     tower: Tower = getattr(model, name)
+    check_linear_stream(tower, name, "decompose" if name == "vision" else "decompose_text")
     blocks = [f"{name}.blocks.{i}" for i in range(len(tower.blocks))]
     names = [f"{blocks[0]}.hook_resid_pre", f"{blocks[-1]}.hook_resid_post"]
     names += [f"{b}.{point}" for b in blocks for point in ("attn.hook_z", "hook_mlp_out")]
