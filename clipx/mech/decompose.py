@@ -179,6 +179,9 @@ def logit_lens(model: CLIP, images: Any, texts: str | list[str] | torch.Tensor) 
     projection), normalised and scored as the model scores; the last layer is `logits_per_image`.
     texts: captions, or text embeddings [n_texts, dim]."""
     tower = model._tower("vision")
+    if tower.config.norm_position == "post":
+        raise ValueError("logit_lens reads each block's residual as the last one is read, but the vision tower's "
+                         "blocks are post-norm (norm_position='post'): every block normalises the stream anew")
     pixel_values, _ = prepare_images(model, images)
     text = text_embeds(model, texts)
     names = ["vision.blocks.0.hook_resid_pre"]

@@ -1,5 +1,6 @@
-"""Byte-level BPE tokenizers through the `tokenizers` library: CLIP's (the ids of transformers'
-CLIPTokenizerFast) and SigLIP 2's Gemma BPE (GemmaTokenizer / Siglip2Tokenizer)."""
+"""Tokenizers through the `tokenizers` library: CLIP's byte-level BPE (the ids of transformers'
+CLIPTokenizerFast), SigLIP 2's Gemma BPE (GemmaTokenizer / Siglip2Tokenizer), and any tokenizer.json
+whose pipeline is complete, read as it is (XLM-R's SentencePiece Unigram, BERT's WordPiece)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
-from tokenizers.models import BPE
+from tokenizers.models import BPE, Unigram
 
 from ..assets import CLIP_BPE_DIR
 from ..errors import CheckpointError
@@ -74,6 +75,31 @@ def gemma_tokenizer(folder: Path, tokenizer_class: str, context_length: int | No
                      fixed_length=True, padding_side=padding_side, tokenizer_class=tokenizer_class)
 
 
+def pipeline_tokenizer(folder: Path, tokenizer_class: str, context_length: int | None) -> Tokenizer:
+    """A tokenizer.json whose pipeline is complete (normaliser, pre-tokenizer, model, and a post-processor
+    that adds the special tokens), as transformers writes it for `tokenizer_class`: read as it is, with
+    tokenizer_config.json's special tokens, padding side and model_max_length."""
+    path, config_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    if not is_file(path):
+        raise FileNotFoundError(f"{folder}: a {tokenizer_class} folder needs tokenizer.json")
+    backend = read_backend(Backend.from_file, path)
+    if isinstance(backend.model, Unigram):
+        # transformers builds the Unigram model from the file's vocabulary; built so, the lattice breaks
+        # ties between equally likely segmentations ("xxxx" as two "xx" or four "x") its way
+        model = read_json(path)["model"]
+        backend.model = Unigram([tuple(piece) for piece in model["vocab"]], model.get("unk_id"),
+                                model.get("byte_fallback", False))
+    config = read_json(config_path)
+    tokens, max_length = read_special_tokens(folder)
+    missing = [key for key in SPECIAL_KEYS if key not in tokens]
+    if missing:
+        raise CheckpointError(f"{config_path} names no {' / '.join(missing)}: a {tokenizer_class} needs them "
+                              "to pad and to mark where captions end")
+    return Tokenizer(backend, context_length_or_default(context_length, max_length, DEFAULT_CONTEXT_LENGTH),
+                     **tokens, padding_side=config.get("padding_side") or "right", tokenizer_class=tokenizer_class,
+                     source_config=config)
+
+
 def read_backend(read, *paths: Path) -> Backend:
     """`read(*paths)` through the tokenizers library, whose errors (plain Exceptions) do not name the file."""
     for path in paths:
@@ -92,7 +118,8 @@ class Tokenizer:
 
     def __init__(self, backend: Backend, context_length: int = DEFAULT_CONTEXT_LENGTH, bos_token: str = BOS,
                  eos_token: str = EOS, pad_token: str = EOS, unk_token: str = EOS, *, fixed_length: bool = False,
-                 padding_side: str = "right", tokenizer_class: str = "CLIPTokenizer"):
+                 padding_side: str = "right", tokenizer_class: str = "CLIPTokenizer",
+                 source_config: dict | None = None):
         if context_length < 2:
             raise ValueError(f"context_length must leave room for BOS and EOS, got {context_length}")
         if padding_side not in ("left", "right"):
@@ -109,6 +136,9 @@ class Tokenizer:
         self.pad_token_id = backend.token_to_id(pad_token)
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.fixed_length, self.padding_side, self.tokenizer_class = fixed_length, padding_side, tokenizer_class
+        # the tokenizer_config.json it was read from, written back whole: transformers rebuilds some classes'
+        # pipelines from its settings (BERT's do_lower_case) rather than from tokenizer.json
+        self._source_config = source_config
         self._special_ids = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
 
     @classmethod
@@ -169,6 +199,8 @@ class Tokenizer:
             return token
         if self.tokenizer_class == "CLIPTokenizer":
             return _BYTES.decode([token.removesuffix("</w>")])
+        if isinstance(self._backend.decoder, decoders.Metaspace):  # SentencePiece: "▁cat" -> " cat"
+            return token.replace(self._backend.decoder.replacement, " ")
         return self._backend.decode([token_id])  # Gemma: "▁cat" -> " cat", a lone byte "<0xE6>" -> "\ufffd"
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
@@ -191,8 +223,9 @@ class Tokenizer:
         self._backend.save(str(folder / "tokenizer.json"))
         if self.tokenizer_class == "CLIPTokenizer":
             self._backend.model.save(str(folder))  # vocab.json + merges.txt, for readers of the slow format
-        config = {"tokenizer_class": self.tokenizer_class, "model_max_length": self.context_length,
-                  **{key: getattr(self, key) for key in SPECIAL_KEYS}}
+        config = self._source_config or {"tokenizer_class": self.tokenizer_class,
+                                         **{key: getattr(self, key) for key in SPECIAL_KEYS}}
+        config = {**config, "model_max_length": self.context_length}
         if self.fixed_length:  # SigLIP 2's side, which its class would otherwise default to left
             config["padding_side"] = self.padding_side
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

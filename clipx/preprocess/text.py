@@ -21,6 +21,7 @@ from ..files import is_file, read_json
 DEFAULT_CONTEXT_LENGTH = 77
 SIGLIP_CONTEXT_LENGTH = 64  # SigLIP and SigLIP 2 were trained on 64 tokens
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+_MARKERS = {"cls_token": "bos_token", "sep_token": "eos_token"}  # read as the BOS / EOS where those are not given
 
 
 @dataclass
@@ -56,13 +57,14 @@ def context_length_or_default(given: int | None, max_length, default: int) -> in
 
 def read_special_tokens(folder: Path) -> tuple[dict[str, str], int | None]:
     """Special tokens and model_max_length from tokenizer_config.json, overridden by special_tokens_map.json
-    (the order transformers reads them in). Tokens may be strings or serialised AddedTokens."""
+    (the order transformers reads them in). Tokens may be strings or serialised AddedTokens. A tokenizer
+    that names no BOS / EOS but a CLS / SEP (BERT's) opens and closes captions with those."""
     tokens, max_length = {}, None
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if is_file(folder / name):
             config = read_json(folder / name)
             max_length = config.get("model_max_length", max_length)
-            for key in SPECIAL_KEYS:
+            for key in (*SPECIAL_KEYS, *_MARKERS):
                 value = config.get(key)
                 if isinstance(value, dict):
                     value = value.get("content")
@@ -72,6 +74,9 @@ def read_special_tokens(folder: Path) -> tuple[dict[str, str], int | None]:
                     raise CheckpointError(f"{folder / name}: {key} must be a token string or an object with "
                                           f"one in 'content', got {config.get(key)!r}")
                 tokens[key] = value
+    for marker, key in _MARKERS.items():
+        if marker in tokens:
+            tokens.setdefault(key, tokens.pop(marker))
     return tokens, max_length
 
 
