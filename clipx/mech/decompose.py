@@ -5,7 +5,7 @@ The pooled residual of a pre-LN tower is a plain sum: the embedding that enters 
 attention layer's output (a sum over its heads plus out_proj's bias) and every MLP's output. The final
 LayerNorm is linear once its scale is fixed, and TextSpan (Gandelsman et al., 2024) fixes it at the full
 residual's: ln(x) = (x - mean x) / std(x) * gamma + beta, so part c contributes (c - mean c) / std(x) * gamma
-and beta is a part of its own. The projection is linear. So the parts, each taken through that fixed
+and beta is a part of its own (an RMSNorm, x / rms(x) * gamma, neither centres nor has a beta). The projection is linear. So the parts, each taken through that fixed
 readout, sum to the model's embedding up to float rounding.
 
 Only a readout linear in the residual comes apart this way: a class token (CLIP's image), a pooled
@@ -24,6 +24,7 @@ import torch
 
 from ..model.inputs import encode_images, prepare_images, scores, text_embeds
 from ..model.clip import CLIP, _normalize
+from ..model.layers import RMSNorm
 from ..model.towers import Tower
 from ..preprocess.text import check_texts
 
@@ -75,8 +76,9 @@ class Decomposition(Parts):
 
     Parts, in order: `{tower}.embed`; for each block i, `{tower}.blocks.{i}.attn.head.{h}` for every head,
     `{tower}.blocks.{i}.attn.bias` (out_proj's bias, its own part rather than split over heads, so that
-    a head's part is exactly what its hook_z writes), `{tower}.blocks.{i}.mlp`; then the final
-    LayerNorm's bias (`vision.ln_post.bias`, `text.ln_final.bias`) and the projection's, where it has one.
+    a head's part is exactly what its hook_z writes; absent where out_proj has no bias), `{tower}.blocks.{i}.mlp`;
+    then the final norm's bias (`vision.ln_post.bias`, `text.ln_final.bias`; an RMSNorm has none) and the
+    projection's, where it has one.
 
     `per_position` (with per_position=True) [n_items, n_layers, n_heads, n_tokens, dim]: each head's part
     split by the token it reads from (the pooled token's attention to it times its value through
@@ -213,10 +215,13 @@ def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Ten
         for block, label in zip(tower.blocks, blocks):
             attn = block.attn
             z = at_pooled(f"{label}.attn.hook_z")  # [items, head, d_head]
-            parts += [attn.head_results(z),
-                      attn.out_proj.bias.float().expand(len(items), 1, -1),
-                      at_pooled(f"{label}.hook_mlp_out")[:, None]]
-            labels += [f"{label}.attn.head.{h}" for h in range(attn.num_heads)] + [f"{label}.attn.bias", f"{label}.mlp"]
+            parts.append(attn.head_results(z))
+            labels += [f"{label}.attn.head.{h}" for h in range(attn.num_heads)]
+            if attn.out_proj.bias is not None:  # AIMv2's attention has none
+                parts.append(attn.out_proj.bias.float().expand(len(items), 1, -1))
+                labels.append(f"{label}.attn.bias")
+            parts.append(at_pooled(f"{label}.hook_mlp_out")[:, None])
+            labels.append(f"{label}.mlp")
             if per_position:
                 pattern = cache[f"{label}.attn.hook_pattern"][items, :, pooled].float()  # [items, head, key]
                 value_vectors = cache[f"{label}.attn.hook_v"].float()  # [items, key, head, d_head]
@@ -229,14 +234,19 @@ def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Ten
 
 
 class _Readout:
-    """The tower's final LayerNorm, its scale fixed at the full residual's, then the projection: linear in
-    each part (the biases are parts of their own)."""
+    """The tower's final norm, its scale fixed at the full residual's, then the projection: linear in
+    each part (the biases, where there are any, are parts of their own). A LayerNorm centres each part and
+    divides by the residual's std; an RMSNorm (AIMv2) divides by its root mean square and has no bias."""
 
     def __init__(self, tower: Tower, name: str, residual: torch.Tensor) -> None:
         ln_name = "ln_post" if name == "vision" else "ln_final"
         self.ln, self.proj = getattr(tower, ln_name), tower.proj
-        self.std = (residual.var(-1, unbiased=False) + self.ln.eps).sqrt()  # [items], as the LayerNorm computes it
-        self.bias_labels = [f"{name}.{ln_name}.bias"] + ([f"{name}.proj.bias"] if self._proj_bias() is not None else [])
+        self.centred = not isinstance(self.ln, RMSNorm)
+        spread = residual.var(-1, unbiased=False) if self.centred else residual.pow(2).mean(-1)
+        self.std = (spread + self.ln.eps).sqrt()  # [items], as the norm computes it
+        self.ln_bias = getattr(self.ln, "bias", None)
+        self.bias_labels = ([f"{name}.{ln_name}.bias"] if self.ln_bias is not None else []) \
+            + ([f"{name}.proj.bias"] if self._proj_bias() is not None else [])
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.proj is None else x @ self.proj.weight.float().T
@@ -247,8 +257,11 @@ class _Readout:
     def __call__(self, parts: torch.Tensor) -> torch.Tensor:
         """[items, ..., d] residual parts -> [items, ..., dim] in the joint space."""
         std = self.std.view(-1, *[1] * (parts.dim() - 1))
-        return self._project((parts - parts.mean(-1, keepdim=True)) / std * self.ln.weight.float())
+        if self.centred:
+            parts = parts - parts.mean(-1, keepdim=True)
+        return self._project(parts / std * self.ln.weight.float())
 
     def bias_parts(self, n_items: int) -> list[torch.Tensor]:
-        biases = [self._project(self.ln.bias.float())] + [b for b in [self._proj_bias()] if b is not None]
+        biases = [self._project(self.ln_bias.float())] if self.ln_bias is not None else []
+        biases += [b for b in [self._proj_bias()] if b is not None]
         return [b.expand(n_items, 1, -1) for b in biases]
