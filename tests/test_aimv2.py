@@ -107,7 +107,10 @@ def check_parity(hf, model, px, ids, mask):
         with model.recording("vision.head.attn.hook_pattern") as cache:
             out = model(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
                         output_attentions=True)
-    assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
+        # without outputs asked for, the model's own backend runs (output_attentions runs every layer eagerly)
+        plain = model(pixel_values=px, input_ids=ids, attention_mask=mask)
+    for logits in (out.logits_per_image, plain.logits_per_image):
+        assert_float32_close(logits, ref.logits_per_image, rtol=1e-4, floor=1)
     assert_float32_close(out.logits_per_text, ref.logits_per_text, rtol=1e-4, floor=1)
     assert_float32_close(out.image_embeds, ref.image_embeds, floor=1)
     assert_float32_close(out.text_embeds, ref.text_embeds, floor=1)
@@ -396,10 +399,12 @@ def test_decomposition_refuses_the_image_and_takes_the_text_apart(model):
     assert_float32_close(parts.total(), embeds)
     assert not any(label.endswith(".bias") for label in parts.labels)
     assert parts.labels[-1] == "text.blocks.1.mlp" and len(parts.labels) == 1 + 2 * (4 + 1)
-    lens = clipx.logit_lens(model, inputs(2)[0], CAPTIONS)
     with torch.no_grad():
-        logits = model(pixel_values=inputs(2)[0], input_ids=enc.input_ids, attention_mask=enc.attention_mask)
-    assert_float32_close(lens[-1], logits.logits_per_image, floor=1)
+        out = model(pixel_values=inputs(2)[0], input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+    # against image embeddings, the parts' direct logits sum to logits_per_text: the scale clamped at 100
+    assert_float32_close(parts.logits(model, out.image_embeds).total(), out.logits_per_text, floor=1)
+    lens = clipx.logit_lens(model, inputs(2)[0], CAPTIONS)  # the image's layers read through the head
+    assert_float32_close(lens[-1], out.logits_per_image, floor=1)
 
 
 def test_the_processor_and_tokenizer_are_clips(model):

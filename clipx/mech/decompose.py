@@ -144,7 +144,7 @@ class Decomposition(Parts):
                              f"{self.values.shape[-1]}-dimensional: pass the same model's captions or embeddings")
         with torch.no_grad():
             norm = self.total().norm(dim=-1)[:, None, None]
-            values = self.values @ text.T * model.logit_scale.exp().float() / norm
+            values = model.logits(self.values / norm, text, bias=False)  # the scale as the model clamps it
             labels = list(self.labels)
             if model.logit_bias is not None:
                 bias = model.logit_bias.float().expand(values.shape[0], 1, values.shape[-1])
