@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from ..model.config import CLIPConfig, TextConfig, VisionConfig
 from ..errors import CheckpointError
 from ..files import check_readable, is_file
-from ..model.layout import JOINT_PARAMETERS, StateDict
+from ..model.layout import JOINT_PARAMETERS, PROJECTION, TOWER_PREFIX, StateDict
 from ..model.clip import CLIP
 
 # Buffers some checkpoints carry that hold no weights.
@@ -135,12 +135,15 @@ def check_config_against_weights(config: CLIPConfig, hf_state: StateDict, source
         raise CheckpointError(f"config.json does not fit the weights in {source}:\n  " + "\n  ".join(wrong))
 
 def add_tower_prefix(state: StateDict, config: CLIPConfig) -> StateDict:
-    """Bare `CLIPVisionModel` / `CLIPTextModel` checkpoints have no `vision_model.` prefix."""
+    """Bare `CLIPVisionModel` / `CLIPTextModel` checkpoints have no `vision_model.` prefix: in a one-tower
+    checkpoint every key outside the tower's prefix, its projection and the joint parameters is the
+    tower's own, whatever the family names its modules (`post_layernorm`, AIMv2's `rms_norm`, ...)."""
     if config.vision_config is not None and config.text_config is not None:
         return state
-    prefix = "vision_model." if config.vision_config is not None else "text_model."
-    bare = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.", "final_layer_norm.", "head.")
-    return {prefix + k if k.startswith(bare) else k: v for k, v in state.items()}
+    tower = "vision" if config.vision_config is not None else "text"
+    prefix = TOWER_PREFIX[tower] + "."
+    own = (prefix, PROJECTION[tower] + ".")
+    return {k if k.startswith(own) or k in JOINT_PARAMETERS else prefix + k: v for k, v in state.items()}
 
 def load_into(model: CLIP, hf_state: StateDict, source: str) -> None:
     """Load an HF-layout state dict strictly: every key must match, and every shape."""

@@ -5,7 +5,8 @@ The pooled residual of a pre-LN tower is a plain sum: the embedding that enters 
 attention layer's output (a sum over its heads plus out_proj's bias) and every MLP's output. The final
 LayerNorm is linear once its scale is fixed, and TextSpan (Gandelsman et al., 2024) fixes it at the full
 residual's: ln(x) = (x - mean x) / std(x) * gamma + beta, so part c contributes (c - mean c) / std(x) * gamma
-and beta is a part of its own. The projection is linear. So the parts, each taken through that fixed
+and beta is a part of its own (an RMSNorm, x / rms(x) * gamma, neither centres nor has a beta; the
+readout is `model/readout.py`). The projection is linear. So the parts, each taken through that fixed
 readout, sum to the model's embedding up to float rounding.
 
 Only a readout linear in the residual comes apart this way: a class token (CLIP's image), a pooled
@@ -75,8 +76,9 @@ class Decomposition(Parts):
 
     Parts, in order: `{tower}.embed`; for each block i, `{tower}.blocks.{i}.attn.head.{h}` for every head,
     `{tower}.blocks.{i}.attn.bias` (out_proj's bias, its own part rather than split over heads, so that
-    a head's part is exactly what its hook_z writes), `{tower}.blocks.{i}.mlp`; then the final
-    LayerNorm's bias (`vision.ln_post.bias`, `text.ln_final.bias`) and the projection's, where it has one.
+    a head's part is exactly what its hook_z writes; absent where out_proj has no bias), `{tower}.blocks.{i}.mlp`;
+    then the final norm's bias (`vision.ln_post.bias`, `text.ln_final.bias`; an RMSNorm has none) and the
+    projection's, where it has one.
 
     `per_position` (with per_position=True) [n_items, n_layers, n_heads, n_tokens, dim]: each head's part
     split by the token it reads from (the pooled token's attention to it times its value through
@@ -142,7 +144,7 @@ class Decomposition(Parts):
                              f"{self.values.shape[-1]}-dimensional: pass the same model's captions or embeddings")
         with torch.no_grad():
             norm = self.total().norm(dim=-1)[:, None, None]
-            values = self.values @ text.T * model.logit_scale.exp().float() / norm
+            values = model.logits(self.values / norm, text, bias=False)  # the scale as the model clamps it
             labels = list(self.labels)
             if model.logit_bias is not None:
                 bias = model.logit_bias.float().expand(values.shape[0], 1, values.shape[-1])
@@ -216,10 +218,13 @@ def _decompose(model: CLIP, name: str, run: Callable[[], Any], pooled: torch.Ten
         for block, label in zip(tower.blocks, blocks):
             attn = block.attn
             z = at_pooled(f"{label}.attn.hook_z")  # [items, head, d_head]
-            bias = attn.out_proj.bias  # a part of its own; a layer without one (AIMv2) adds nothing
-            bias = z.new_zeros(attn.out_proj.out_features) if bias is None else bias.float()
-            parts += [attn.head_results(z), bias.expand(len(items), 1, -1), at_pooled(f"{label}.hook_mlp_out")[:, None]]
-            labels += [f"{label}.attn.head.{h}" for h in range(attn.num_heads)] + [f"{label}.attn.bias", f"{label}.mlp"]
+            parts.append(attn.head_results(z))
+            labels += [f"{label}.attn.head.{h}" for h in range(attn.num_heads)]
+            if attn.out_proj.bias is not None:  # AIMv2's attention has none
+                parts.append(attn.out_proj.bias.float().expand(len(items), 1, -1))
+                labels.append(f"{label}.attn.bias")
+            parts.append(at_pooled(f"{label}.hook_mlp_out")[:, None])
+            labels.append(f"{label}.mlp")
             if per_position:
                 pattern = cache[f"{label}.attn.hook_pattern"][items, :, pooled].float()  # [items, head, key]
                 value_vectors = cache[f"{label}.attn.hook_v"].float()  # [items, key, head, d_head]

@@ -201,10 +201,12 @@ class VisionTower(Tower):
 
     def patch_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Block-output tokens [batch, n, d] (patches only, or any) -> each one's own feature in the joint
-        space, as the readout would make it from that token alone (for dense similarity maps)."""
+        space, as the readout would make it from that token alone (for dense similarity maps): through
+        ln_post, the pooling head where there is one, and the projection where there is one (AIMv2 has
+        both; SigLIP's head output is its embedding)."""
         x = self.ln_post(tokens)
         if self.head is not None:
-            return self.head.each(x)
+            x = self.head.each(x)
         return self.proj(x) if self.proj is not None else x
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False,

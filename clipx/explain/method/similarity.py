@@ -1,10 +1,11 @@
 """Token-to-patch similarity: which patches match the caption, and which match each word.
 
 `tokens` (default): every patch token of the last layer in the joint space as the readout would
-put it alone (`VisionTower.patch_features`: through ln_post and the visual projection, or through
-an attention-pooling head attending to that patch only), cosine with the caption embedding (image
-map); every caption token's final hidden state through the text projection, cosine with the image
-embedding (text map) and with every patch (`token_maps`, [n_images, n_texts, L, grid_h, grid_w]).
+put it alone (`VisionTower.patch_features`: through ln_post, an attention-pooling head attending to
+that patch only where there is one, and the visual projection where there is one), cosine with the
+caption embedding (image map); every caption token's final hidden state through the text
+projection, cosine with the image embedding (text map) and with every patch (`token_maps`,
+[n_images, n_texts, L, grid_h, grid_w]).
 `maskclip` (Zhou, Loy & Dai, "Extract Free Dense Labels from CLIP", ECCV 2022): the patch
 features instead come through the last block's value path alone, out_proj(v_proj(ln1(x))),
 skipping the query-key attention, the residual and the MLP, which keeps them local.
