@@ -130,6 +130,11 @@ def test_parity_on_images_of_different_grids(checkpoint, model, backend):
             assert_float32_close(a, b, floor=1)
     for attention in out.vision_model_output.attentions:  # padding is no key
         assert attention.masked_select(~mask.bool()[:, None, None]).abs().max() == 0
+    if backend == "sdpa":  # asking for attentions ran the blocks eagerly: now the fused kernel, masked
+        with torch.no_grad(), model.attention(backend):
+            fused = model(**inputs)
+        assert_float32_close(fused.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
+        assert_float32_close(fused.image_embeds, ref.image_embeds, floor=1)
     if backend == "eager":  # only eager records patterns
         pattern, pooled = pooling_head_by_hand(hf, ref.vision_model_output.last_hidden_state, mask)
         assert_float32_close(pooled, ref.vision_model_output.pooler_output, floor=1)  # the reference is right
@@ -387,3 +392,10 @@ def test_images_of_different_grids_are_explained_apart(model):
     same_ratio = [images[0], images[0].resize((140, 80))]
     exp = clipx.explain(model, same_ratio, CAPTIONS, method="relevance")
     assert exp.image.shape == (2, 3, 3, 6)
+
+
+def test_views_show_a_naflex_image_on_its_grid(model):
+    from clipx.views import AttentionView
+
+    view = AttentionView(model, pictures()[0], CAPTIONS[:1])
+    assert view.grid == (3, 6) and view.pixel_values.shape == (1, 3, 12, 24)
