@@ -175,6 +175,7 @@ def test_positions_resize_per_image_like_transformers(checkpoint, model):
 
 
 @pytest.mark.parametrize("change, message", [
+    (dict(spatial_shapes=None), "spatial_shapes must be an integer tensor"),  # patches without their shapes
     (dict(spatial_shapes=SPATIAL[:2]), "spatial_shapes must be an integer tensor"),
     (dict(spatial_shapes=SPATIAL * 3), "at most the 20 patches"),
     (dict(spatial_shapes=SPATIAL.float()), "spatial_shapes must be an integer tensor"),

@@ -102,7 +102,8 @@ class CLIP(HookedModule):
                                  "pixel_values (as model.preprocess gives them) or as arguments, not both")
             pixel_values, pixel_attention_mask, spatial_shapes = (
                 pixel_values.get(k) for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes"))
-        if spatial_shapes is not None or isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 3:
+        patched = isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 3
+        if spatial_shapes is not None or patched and tower.config.patch_embedding == "linear":
             pixel_attention_mask = _check_patches(tower.config, pixel_values, pixel_attention_mask, spatial_shapes)
             self._check_pixel_range(pixel_values)
             return tower(pixel_values, output_hidden_states=kwargs.get("output_hidden_states", False),
