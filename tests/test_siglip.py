@@ -211,7 +211,7 @@ def test_positions_interpolate_like_transformers(checkpoint, model):
 @pytest.mark.parametrize("change, message", [
     ({"vision_config": {**SIGLIP_VISION, "vision_use_head": False}}, "vision_use_head"),
     ({"text_config": {**SIGLIP_TEXT, "projection_size": 40}}, "same width"),
-    ({"model_type": "siglip2"}, "model_type is 'siglip2'"),
+    ({"model_type": "siglip3"}, "model_type is 'siglip3'"),  # siglip2 is a family of its own (NaFlex)
     ({"vision_config": {**SIGLIP_VISION, "patch_size": 7}}, "patch_size"),
 ])
 def test_bad_configs_are_refused_by_name(checkpoint, tmp_path, change, message):

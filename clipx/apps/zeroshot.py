@@ -121,7 +121,7 @@ def zeroshot(model: CLIP, images: Any, classnames: Sequence[str], templates: Seq
         items = image_list(images)
     if len(items) == 0:
         raise ValueError("no images given: got an empty tensor")
-    embeds = torch.cat([embed_images(model, prepare_images(model, items[s:s + batch_size])[0])
+    embeds = torch.cat([embed_images(model, prepare_images(model, items[s:s + batch_size], as_images=False)[0])
                         for s in range(0, len(items), batch_size)])
     logits = scores(model, embeds, classifier)
     return ZeroShot(logits, model.probabilities(logits), list(classnames), classifier, model, items)

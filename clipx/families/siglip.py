@@ -11,7 +11,6 @@ with a bias; logits exp(scale) * cos + bias, each pair scored by a sigmoid.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +82,9 @@ class SiglipConfig(CLIPConfig):
     logit_bias: bool = True
 
     model_types = {"siglip": None, "siglip_vision_model": "vision", "siglip_text_model": "text"}
+    # what a subclass (SigLIP 2 NaFlex) changes: the towers' configs and transformers' class names
+    tower_configs = {"text_config": SiglipTextConfig, "vision_config": SiglipVisionConfig}
+    architectures = {None: "SiglipModel", "vision_config": "SiglipVisionModel", "text_config": "SiglipTextModel"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,12 +97,12 @@ class SiglipConfig(CLIPConfig):
     @classmethod
     def read(cls, d: dict[str, Any], tower: str | None) -> SiglipConfig:
         if tower is not None:
-            config_cls = SiglipVisionConfig if tower == "vision" else SiglipTextConfig
+            config_cls = cls.tower_configs[f"{tower}_config"]
             one = config_cls.from_dict(_tower_dict(d))
             return cls(text_config=one if tower == "text" else None, vision_config=one if tower == "vision" else None,
                        projection_dim=one.projection_dim or one.hidden_size)
         towers = {key: config_cls.from_dict(_tower_dict(_sub_config(d, key)), where=f"{key}.")
-                  for key, config_cls in (("text_config", SiglipTextConfig), ("vision_config", SiglipVisionConfig))}
+                  for key, config_cls in cls.tower_configs.items()}
         return cls(**towers, projection_dim=towers["vision_config"].hidden_size, **cls.joint_fields(d))
 
     def default_processor(self) -> dict[str, Any]:
@@ -119,8 +121,7 @@ class SiglipConfig(CLIPConfig):
         for key, tower in (("text_config", self.text_config), ("vision_config", self.vision_config)):
             if tower is None:
                 continue
-            d = {k: v for k, v in dataclasses.asdict(tower).items() if k != "projection_dim"}
-            d["model_type"] = tower.model_type
+            d = {k: v for k, v in tower.to_dict().items() if k != "projection_dim"}
             if key == "text_config":
                 d["projection_size"] = tower.projection_dim
             else:
@@ -128,8 +129,9 @@ class SiglipConfig(CLIPConfig):
             towers[key] = d
         if len(towers) == 1:
             (key, d), = towers.items()
-            return {**d, "architectures": ["SiglipVisionModel" if key == "vision_config" else "SiglipTextModel"]}
-        return {"architectures": ["SiglipModel"], "model_type": "siglip", **towers, **self.joint_modes()}
+            return {**d, "architectures": [self.architectures[key]]}
+        model_type = next(iter(self.model_types))
+        return {"architectures": [self.architectures[None]], "model_type": model_type, **towers, **self.joint_modes()}
 
 
 def hf_key(key: str) -> str:

@@ -85,8 +85,13 @@ def _sized_by(tower: VisionConfig | TextConfig, name: str, hf: Callable[[str], s
     if isinstance(tower, VisionConfig):
         patches = hf(f"{name}.patch_embedding.weight")
         n = tower.grid_size ** 2 + tower.prefix_tokens
-        sizes = [(*field("hidden_size"), patches, 0), (*field("num_channels"), patches, 1),
-                 (*field("patch_size"), patches, 2),
+        if tower.patch_embedding == "linear":  # [d, p * p * C]
+            flat = tower.patch_size ** 2 * tower.num_channels
+            shape = [(f"patch_size={tower.patch_size} with num_channels={tower.num_channels}, which take "
+                      f"{flat} inputs", flat, patches, 1)]
+        else:  # a convolution's [d, C, p, p]
+            shape = [(*field("num_channels"), patches, 1), (*field("patch_size"), patches, 2)]
+        sizes = [(*field("hidden_size"), patches, 0), *shape,
                  (f"image_size={tower.image_size} with patch_size={tower.patch_size}, which needs {n} positions",
                   n, positions, 0)]
     else:

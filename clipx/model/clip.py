@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +77,14 @@ class CLIP(HookedModule):
             raise ValueError(f"this checkpoint has no {name} tower (it holds only the {other} tower)")
         return tower
 
-    def encode_image(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Projected image features, not normalised (transformers' `get_image_features`)."""
-        return self._vision_forward(pixel_values, interpolate_pos_encoding).embeds
+    def encode_image(self, pixel_values: torch.Tensor | Mapping, interpolate_pos_encoding: bool = False, *,
+                     pixel_attention_mask: torch.Tensor | None = None,
+                     spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected image features, not normalised (transformers' `get_image_features`). pixel_values:
+        images [B, C, H, W], or what `model.preprocess` gives (patches with their mask and shapes, for a
+        linear patch embedding: see `VisionTower.forward`)."""
+        return self._vision_forward(pixel_values, interpolate_pos_encoding, pixel_attention_mask=pixel_attention_mask,
+                                    spatial_shapes=spatial_shapes).embeds
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Projected text features, not normalised (transformers' `get_text_features`)."""
@@ -88,8 +93,25 @@ class CLIP(HookedModule):
     get_image_features = encode_image
     get_text_features = encode_text
 
-    def _vision_forward(self, pixel_values, interpolate_pos_encoding=False, **kwargs) -> TowerOutput:
+    def _vision_forward(self, pixel_values, interpolate_pos_encoding=False, *, pixel_attention_mask=None,
+                        spatial_shapes=None, **kwargs) -> TowerOutput:
         tower = self._tower("vision")
+        if isinstance(pixel_values, Mapping):  # model.preprocess's patches, mask and shapes (NaFlex)
+            if pixel_attention_mask is not None or spatial_shapes is not None:
+                raise ValueError("pass the patches' pixel_attention_mask and spatial_shapes either inside "
+                                 "pixel_values (as model.preprocess gives them) or as arguments, not both")
+            pixel_values, pixel_attention_mask, spatial_shapes = (
+                pixel_values.get(k) for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes"))
+        patched = isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 3
+        if spatial_shapes is not None or patched and tower.config.patch_embedding == "linear":
+            pixel_attention_mask = _check_patches(tower.config, pixel_values, pixel_attention_mask, spatial_shapes)
+            self._check_pixel_range(pixel_values)
+            return tower(pixel_values, output_hidden_states=kwargs.get("output_hidden_states", False),
+                         output_attentions=kwargs.get("output_attentions", False),
+                         pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes)
+        if pixel_attention_mask is not None:
+            raise ValueError("pixel_attention_mask goes with patches and their spatial_shapes, not with images "
+                             "[batch, channels, height, width]")
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 \
                 or pixel_values.shape[1] != tower.config.num_channels or not pixel_values.is_floating_point():
             raise ValueError(
@@ -151,15 +173,22 @@ class CLIP(HookedModule):
             raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab})")
         return tower(input_ids, attention_mask, **kwargs)
 
-    def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+    def forward(self, pixel_values: torch.Tensor | Mapping | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, *, interpolate_pos_encoding: bool = False,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> CLIPOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                pixel_attention_mask: torch.Tensor | None = None,
+                spatial_shapes: torch.Tensor | None = None) -> CLIPOutput:
+        """pixel_values: images [B, C, H, W]; or, for a linear patch embedding (NaFlex), patches
+        [B, L, p*p*C] with `spatial_shapes` and `pixel_attention_mask` (transformers' names), or those three
+        in one mapping as `model.preprocess` gives them."""
         if pixel_values is None and input_ids is None:
             raise ValueError("pass pixel_values, input_ids, or both")
         flags = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         vision = text = image_embeds = text_embeds = logits_per_image = logits_per_text = None
         if pixel_values is not None:
-            vision = self._vision_forward(pixel_values, interpolate_pos_encoding, **flags)
+            vision = self._vision_forward(pixel_values, interpolate_pos_encoding,
+                                          pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes,
+                                          **flags)
             image_embeds = _normalize(vision.embeds)
         if input_ids is not None:
             text = self._text_forward(input_ids, attention_mask, **flags)
@@ -258,8 +287,9 @@ class CLIP(HookedModule):
         param = next(self.parameters())
         return param.device, param.dtype
 
-    def preprocess(self, images: Any) -> torch.Tensor:
-        """Images (PIL, paths, arrays, or a preprocessed tensor) -> pixel_values on the model's device."""
+    def preprocess(self, images: Any) -> torch.Tensor | Mapping:
+        """Images (PIL, paths, arrays, or a preprocessed tensor) -> pixel_values on the model's device (for a
+        NaFlex processor, the patches with their mask and shapes: pass them as pixel_values all the same)."""
         if self.processor is None:
             raise ValueError("this model has no image processor; load it with clipx.load() or set model.processor")
         device, dtype = self._device_dtype()
@@ -295,6 +325,37 @@ def _caller_level() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
         level, frame = level + 1, frame.f_back
     return level
+
+
+def _check_patches(config, pixel_values: Any, mask: torch.Tensor | None,
+                   spatial_shapes: Any) -> torch.Tensor | None:
+    """Patches [B, L, p*p*C] with their spatial_shapes [B, 2] and pixel_attention_mask [B, L] (None: the
+    first rows * cols of each image are real), checked against each other: a mask that disagrees with the
+    shapes would mix padding into an image silently. Returns the mask."""
+    p, c = config.patch_size, config.num_channels
+    if config.patch_embedding != "linear":
+        raise ValueError("this vision tower embeds images with a convolution: pixel_values must be images "
+                         f"[batch, {c}, height, width], not patches with spatial_shapes")
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 3 or pixel_values.shape[-1] != p * p * c \
+            or not pixel_values.is_floating_point() or 0 in pixel_values.shape:
+        raise ValueError(f"patches must be a float tensor [batch, patches, {p * p * c}] (patch_size^2 x channels), "
+                         f"got {_describe(pixel_values)}; model.preprocess(images) makes them")
+    b, n = pixel_values.shape[:2]
+    if not isinstance(spatial_shapes, torch.Tensor) or spatial_shapes.shape != (b, 2) \
+            or spatial_shapes.is_floating_point() or spatial_shapes.dtype == torch.bool:
+        raise ValueError(f"spatial_shapes must be an integer tensor [{b}, 2], each image's (rows, cols) of patches, "
+                         f"got {_describe(spatial_shapes)}")
+    counts = spatial_shapes.prod(-1)
+    if int(spatial_shapes.min()) < 1 or int(counts.max()) > n:
+        raise ValueError(f"spatial_shapes {spatial_shapes.tolist()} must be at least 1 x 1 and hold at most the "
+                         f"{n} patches each image has")
+    real = torch.arange(n, device=pixel_values.device) < counts.to(pixel_values.device)[:, None]
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != (b, n)
+                             or not torch.equal(mask.to(real.device) != 0, real) or not ((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"pixel_attention_mask must be 1 for each image's first rows x cols patches (its "
+                         f"spatial_shapes) and 0 for the padding after them, shaped [{b}, {n}]; got "
+                         f"{_describe(mask) if not isinstance(mask, torch.Tensor) or mask.shape != (b, n) else 'another'}")
+    return mask
 
 
 def _describe(x: Any) -> str:

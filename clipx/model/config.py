@@ -20,6 +20,8 @@ _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 NORM_TYPES = ("layernorm", "rmsnorm")
 MLP_TYPES = ("mlp", "swiglu")
 VISION_POOLING = ("class", "attention", "probe")
+PATCH_EMBEDDINGS = ("conv", "linear")
+POSITION_RESIZES = ("bicubic", "bilinear_antialias")
 TEXT_POOLING = ("eos", "eos_argmax", "last", "first")
 _JOINT_MODES = ("scoring", "logit_bias", "logit_bias_init_value", "max_logit_scale")
 
@@ -120,12 +122,21 @@ class VisionConfig(TowerConfig):
     pre_layernorm: bool = True   # ln_pre after the embeddings
     patch_bias: bool = False     # the patch embedding has a bias
     patch_norm: bool = False     # a norm on the patch tokens before the positions are added (AIMv2)
+    # "conv": a Conv2d over images [B, C, H, W]; "linear": a Linear over patches flattened (row, column,
+    # channel), which takes images too, or patches [B, L, p*p*C] of images of any grid with their
+    # spatial_shapes and padding mask (NaFlex): such a tower runs at any resolution
+    patch_embedding: str = "conv"
+    # how the learned positions (a square grid of image_size / patch_size) are resized to another grid:
+    # "bicubic" (CLIP's interpolate_pos_encoding), or "bilinear_antialias" (in float32, per image: NaFlex)
+    position_resize: str = "bicubic"
 
     model_type = "clip_vision_model"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("pooling", self.pooling, VISION_POOLING)
+        _check_choice("patch_embedding", self.patch_embedding, PATCH_EMBEDDINGS)
+        _check_choice("position_resize", self.position_resize, POSITION_RESIZES)
         for name in ("pre_layernorm", "patch_bias", "patch_norm"):
             _check_bool(name, getattr(self, name))
 
@@ -136,7 +147,13 @@ class VisionConfig(TowerConfig):
 
     @property
     def grid_size(self) -> int:
+        """The side of the learned position grid."""
         return self.image_size // self.patch_size
+
+    @property
+    def any_resolution(self) -> bool:
+        """Whether the tower takes any grid as it is (no interpolate_pos_encoding to ask for)."""
+        return self.patch_embedding == "linear"
 
 
 @dataclass

@@ -15,17 +15,27 @@ from PIL import Image
 
 from .clip import CLIP, _describe, _normalize
 from ..preprocess.image import check_pixel_values, image_list, image_size
+from ..preprocess.naflex import PatchedImages
 from ..preprocess.text import check_texts
 
 
-def prepare_images(model: CLIP, images: Any) -> tuple[torch.Tensor, list[tuple[int, int] | None] | None]:
+def prepare_images(model: CLIP, images: Any, as_images: bool = True
+                   ) -> tuple[torch.Tensor | PatchedImages, list[tuple[int, int] | None] | None]:
     """Images (PIL, paths, arrays) or preprocessed pixel_values -> (pixel_values on the model's device, each
-    image's (width, height) as given, or None for a tensor)."""
+    image's (width, height) as given, or None for a tensor).
+
+    A NaFlex processor cuts each image into patches on a grid of its own aspect ratio: `as_images` (for
+    what perturbs pixels or maps patches) gives the batch as images [B, 3, H, W], which it is where
+    every image has one grid (and a ValueError saying so where not); as_images=False keeps the patches
+    (`PatchedImages`), which only `model.encode_image` and `model(...)` take."""
     if isinstance(images, torch.Tensor):
         images = check_pixel_values(images, "images")  # float [B, 3, H, W], not uint8 pixels cast silently
         return images.to(*model._device_dtype()).clone(), None  # a normal copy of what may be an inference tensor
     images = image_list(images)
-    return model.preprocess(images), [_size(im, i) for i, im in enumerate(images)]
+    pixel_values = model.preprocess(images)
+    if as_images and isinstance(pixel_values, PatchedImages):
+        pixel_values = pixel_values.images(model._tower("vision").config.patch_size)
+    return pixel_values, [_size(im, i) for i, im in enumerate(images)]
 
 
 def _size(image: Any, i: int) -> tuple[int, int] | None:

@@ -169,9 +169,9 @@ class AttentionPool(nn.Module):
         self.hook_attn_out = HookPoint()  # [batch, 1, d_model]
         self.hook_mlp_out = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[batch, tokens, d] -> [batch, d]"""
-        attn_out, _ = self.attn(self.probe.expand(x.shape[0], -1, -1), context=x)
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """[batch, tokens, d] -> [batch, d]; `key_padding` [batch, tokens]: True for tokens to ignore."""
+        attn_out, _ = self.attn(self.probe.expand(x.shape[0], -1, -1), context=x, key_padding=key_padding)
         return self._after_attention(self.hook_attn_out(attn_out))[:, 0]
 
     def each(self, x: torch.Tensor) -> torch.Tensor:

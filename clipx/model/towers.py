@@ -18,6 +18,7 @@ from .hooks import HookPoint
 from .layers import AttentionPool, Block, norm
 from .length_groups import length_groups
 from .readout import LinearReadout
+from ..preprocess.naflex import patchify
 
 
 def _module_hooked(root: nn.Module) -> bool:
@@ -125,8 +126,10 @@ class VisionTower(Tower):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__(config)
         d = config.hidden_size
-        self.patch_embedding = nn.Conv2d(config.num_channels, d, config.patch_size, config.patch_size,
-                                         bias=config.patch_bias)
+        p = config.patch_size
+        self.patch_embedding = (nn.Linear(p * p * config.num_channels, d, bias=config.patch_bias)
+                                if config.patch_embedding == "linear"
+                                else nn.Conv2d(config.num_channels, d, p, p, bias=config.patch_bias))
         self.patch_norm = norm(config) if config.patch_norm else None
         self.class_embedding = nn.Parameter(torch.zeros(d)) if config.prefix_tokens else None
         self.position_embedding = nn.Embedding(config.grid_size ** 2 + config.prefix_tokens, d)
@@ -145,24 +148,61 @@ class VisionTower(Tower):
         return pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
 
     def position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """[1, prefix + grid_h * grid_w, d]; bicubic resampling of the patch positions for other grids
-        (transformers' `interpolate_pos_encoding`)."""
+        """[1, prefix + grid_h * grid_w, d]; the patch positions resampled for other grids as
+        `config.position_resize` says: bicubic (transformers' `interpolate_pos_encoding`), or bilinear with
+        antialiasing computed in float32 (NaFlex's, which resizes every image's positions to its grid)."""
         weight, p = self.position_embedding.weight, self.prefix_tokens
         n = self.config.grid_size
         if (grid_h, grid_w) == (n, n):
             return weight[None]
         patch = weight[p:].reshape(1, n, n, -1).permute(0, 3, 1, 2)
-        patch = F.interpolate(patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        if self.config.position_resize == "bilinear_antialias":
+            patch = F.interpolate(patch.float(), size=(grid_h, grid_w), mode="bilinear", align_corners=False,
+                                  antialias=True).to(weight.dtype)
+        else:
+            patch = F.interpolate(patch, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
         return torch.cat([weight[None, :p], patch.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], dim=1)
 
-    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded_position_embeddings(self, spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
+        """[B, length, d]: each image's positions on its own (rows, cols) grid, then, on its padding, the
+        first patch's (as transformers fills them: padding is masked out as a key, its value is moot)."""
+        positions = self.position_embedding.weight.new_empty(len(spatial_shapes), length,
+                                                             self.config.hidden_size)
+        shapes = [tuple(s) for s in spatial_shapes.tolist()]
+        for rows, cols in set(shapes):
+            grid = self.position_embeddings(rows, cols)[0, self.prefix_tokens:]
+            for b in (b for b, shape in enumerate(shapes) if shape == (rows, cols)):
+                positions[b, :rows * cols] = grid
+                positions[b, rows * cols:] = grid[0]
+        return positions
+
+    def embed_patches(self, pixel_values: torch.Tensor,
+                      spatial_shapes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patch tokens [B, n, d], their positions [1 or B, n, d]) of images [B, C, H, W], or, with
+        `spatial_shapes` [B, 2], of patches [B, L, p*p*C] each image cut on its own grid (a linear patch
+        embedding's, see `config.patch_embedding`)."""
+        pixel_values = pixel_values.to(self.patch_embedding.weight.dtype)
+        if spatial_shapes is not None:
+            return (self.patch_embedding(pixel_values),
+                    self.padded_position_embeddings(spatial_shapes, pixel_values.shape[1]))
+        if isinstance(self.patch_embedding, nn.Linear):
+            grid_h, grid_w = self.patch_grid(pixel_values)
+            p = self.config.patch_size
+            x = self.patch_embedding(patchify(pixel_values[..., :grid_h * p, :grid_w * p], p))
+        else:
+            patches = self.patch_embedding(pixel_values)
+            grid_h, grid_w = patches.shape[-2:]
+            x = patches.flatten(2).transpose(1, 2)
+        return x, self.position_embeddings(grid_h, grid_w)
+
+    def pool(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The last block's tokens -> (last_hidden_state, pooled), as transformers names them: the class
         token through ln_post (last_hidden_state stays before it), or every token through ln_post and
-        then the attention-pooling head."""
+        then the attention-pooling head (which ignores the `key_padding` tokens)."""
         if self.head is None:
             return x, self.ln_post(x[:, 0])
         x = self.ln_post(x)
-        return x, self.head(x)
+        return x, self.head(x, key_padding)
 
     @property
     def final_norm(self) -> nn.Module:
@@ -210,25 +250,46 @@ class VisionTower(Tower):
         return self.proj(x) if self.proj is not None else x
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> TowerOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False, *,
+                pixel_attention_mask: torch.Tensor | None = None,
+                spatial_shapes: torch.Tensor | None = None) -> TowerOutput:
+        """pixel_values: images [B, C, H, W]; or, for a linear patch embedding, patches [B, L, p*p*C] with
+        `spatial_shapes` [B, 2] (each image's rows and cols of patches, its first rows * cols patches) and
+        `pixel_attention_mask` [B, L] (1 for real patches; None: the first rows * cols of each image)."""
         size = self.config.image_size
-        if pixel_values.shape[-2:] != (size, size) and not interpolate_pos_encoding:
+        if spatial_shapes is None and not self.config.any_resolution \
+                and pixel_values.shape[-2:] != (size, size) and not interpolate_pos_encoding:
             raise ValueError(f"pixel_values are {tuple(pixel_values.shape[-2:])} but the model takes "
                              f"{size}x{size}; pass interpolate_pos_encoding=True to run at another size")
-        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
-        grid_h, grid_w = patches.shape[-2:]
-        x = patches.flatten(2).transpose(1, 2)
+        x, positions = self.embed_patches(pixel_values, spatial_shapes)
         if self.patch_norm is not None:
             x = self.patch_norm(x)
         if self.class_embedding is not None:
             x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
         x = self.hook_embed(x)
-        x = x + self.hook_pos_embed(self.position_embeddings(grid_h, grid_w))
+        x = x + self.hook_pos_embed(positions)
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        x, hidden_states, attentions = self.run_blocks(x, output_hidden_states, output_attentions)
-        last, pooled = self.pool(x)
+        key_padding = self._key_padding(pixel_attention_mask, spatial_shapes, x.shape[1])
+        x, hidden_states, attentions = self.run_blocks(x, output_hidden_states, output_attentions,
+                                                       key_padding=key_padding)
+        last, pooled = self.pool(x, key_padding)
         return TowerOutput(last, pooled, self.project(pooled), hidden_states, attentions)
+
+    def _key_padding(self, pixel_attention_mask: torch.Tensor | None, spatial_shapes: torch.Tensor | None,
+                     n: int) -> torch.Tensor | None:
+        """[B, n] True for the padding patches no token may attend to (prefix tokens are real); None where
+        there are none."""
+        if spatial_shapes is None:
+            return None
+        p = self.prefix_tokens
+        if pixel_attention_mask is None:
+            real = torch.arange(n - p, device=spatial_shapes.device) < spatial_shapes.prod(-1)[:, None]
+        else:
+            real = pixel_attention_mask.bool()
+        if bool(real.all()):
+            return None
+        return F.pad(~real, (p, 0), value=False)
 
 
 class TextTower(Tower):

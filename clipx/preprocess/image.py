@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,6 +50,16 @@ class ImageProcessor:
     image_std: tuple = OPENAI_CLIP_STD
     do_convert_rgb: bool = True
 
+    # Another recipe registers itself by subclassing with the image_processor_type values it reads (as
+    # model families do), so from_dict finds it by preprocessor_config.json's type.
+    processor_types: ClassVar[tuple[str, ...]] = ()
+    _recipes: ClassVar[list[type[ImageProcessor]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "processor_types" in cls.__dict__:
+            ImageProcessor._recipes.append(cls)
+
     def __post_init__(self):
         # old files store plain integers: `size: 224` is a shortest edge (CLIP resizes without
         # squashing), `crop_size: 224` a square
@@ -75,7 +85,11 @@ class ImageProcessor:
     @classmethod
     def from_dict(cls, d: dict) -> ImageProcessor:
         """Settings from a preprocessor_config.json dict; keys that do not concern CLIP are ignored.
-        A SiglipImageProcessor's missing keys take SigLIP's defaults, and it never crops."""
+        A SiglipImageProcessor's missing keys take SigLIP's defaults, and it never crops; a type another
+        recipe registered is that recipe's."""
+        for recipe in ImageProcessor._recipes:
+            if cls is ImageProcessor and d.get("image_processor_type") in recipe.processor_types:
+                return recipe.from_dict(d)
         names = {f.name for f in fields(cls)}
         settings = {k: v for k, v in d.items() if k in names}
         if d.get("image_processor_type") in SIGLIP_TYPES:

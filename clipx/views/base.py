@@ -19,6 +19,7 @@ import ipywidgets as widgets
 from PIL import Image
 
 from ..model.clip import CLIP
+from ..model.inputs import prepare_images
 from .render import overlay, to_png
 
 
@@ -30,7 +31,7 @@ class View(widgets.VBox):
         self.texts = list(dict.fromkeys([texts] if isinstance(texts, str) else texts))
         if not self.texts:  # the caption dropdown would hold nothing to render
             raise ValueError(f"no captions given to {type(self).__name__}: pass a caption or a non-empty list")
-        self.pixel_values = model.preprocess(images)
+        self.pixel_values = prepare_images(model, images)[0]  # images [B, 3, H, W], NaFlex patches included
         self.pictures = [p.resize((size, size), Image.BILINEAR) for p in model.processor.to_pil(self.pixel_values)]
         self.grid = model.vision.patch_grid(self.pixel_values)
         names = _names(images, len(self.pictures))
