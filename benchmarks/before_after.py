@@ -62,8 +62,10 @@ def main() -> None:
     ap.add_argument("--column", required=True, help="the header of the seconds column to compare")
     ap.add_argument("--key", type=int, default=1, help="how many leading cells name a row")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
-    ap.add_argument("args", nargs="*", help="the script's own arguments (after --)")
-    opts = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    opts = ap.parse_args(argv[:cut])
+    opts.args = argv[cut + 1:]  # the script's own arguments, after --
     times: dict[str, dict[tuple, list[float]]] = {"base": {}, "here": {}}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"base": export(opts.base, Path(tmp)), "here": ROOT}

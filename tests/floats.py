@@ -10,7 +10,7 @@ an absolute number tuned on one machine.
 `rtol` 1e-5 is about 80 float32 ulps of the scale: rounding along a few dozen differently
 ordered operations stays an order of magnitude below it on every CPU we have seen (the largest
 seen is ~5 ulps), while a real bug (a wrong scale, a dropped head, a wrong activation) moves
-results by 1e-4 of the scale or more; `tests/test_floats.py` checks both sides.
+results by 1e-4 of the scale or more; `tests/model/test_floats.py` checks both sides.
 """
 
 from __future__ import annotations

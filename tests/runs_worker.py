@@ -1,4 +1,4 @@
-"""A dataset run as a process of its own, for tests/test_runs.py: the demo model explains every image of
+"""A dataset run as a process of its own, for tests/runs/test_runs.py: the demo model explains every image of
 FOLDER into OUT, against fixed captions or (MODE=function) a caption function. With CRASH_AFTER=n the
 caption function SIGKILLs the process when asked for its n-th image: a crash mid-shard, mid-run.
 

@@ -21,6 +21,7 @@ from clipx.mech.sae.attach import attach_sae, splice_effect
 from clipx.mech.sae.features import feature_activations, nearest_captions, readout_directions, top_patches
 from clipx.mech.sae.training import fit, new_sae
 from floats import assert_float32_close
+from paths import ROOT
 
 HOOK = "vision.blocks.1.hook_resid_post"  # the tiny checkpoint's last block: width 48, 1 + 16 tokens
 
@@ -284,7 +285,7 @@ def test_shipped_sae_loads_by_name():
 def test_shipped_sae_concept_features_on_fresh_scenes():
     """The concept features recorded in the asset's concepts.json, re-scored on scenes that neither the SAE
     nor the feature selection saw (test split, seed 1): within 0.03 of the recorded AUROC."""
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     spec = importlib.util.spec_from_file_location("sae_shapes", root / "benchmarks" / "sae_shapes.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

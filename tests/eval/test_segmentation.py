@@ -17,8 +17,8 @@ from PIL import Image
 import clipx
 from clipx import segmentation, shapes
 from clipx.eval.segmentation import SegmentationScores, aggregate, segmentation_scores
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MATLAB_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
 
 

@@ -13,6 +13,7 @@ import clipx
 from checkpoints import hf_siglip, save_siglip
 from floats import assert_float32_close, max_relative_error
 from inputs import CAPTIONS, pixels
+from paths import ROOT
 
 N_LAYERS = 2  # the tiny model's blocks, in each tower
 
@@ -155,7 +156,7 @@ def test_every_mutation_of_the_sweep_still_finds_its_text():
     import importlib.util
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     spec = importlib.util.spec_from_file_location("mutation_sweep", root / "tools" / "mutation_sweep.py")
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)

@@ -20,8 +20,9 @@ from clipx import shapes
 from clipx.errors import CheckpointError
 from clipx.runs.explain_dataset import explain_dataset
 from clipx.runs.runner import RunResult, run
+from paths import TESTS
 
-WORKER = Path(__file__).with_name("runs_worker.py")
+WORKER = TESTS / "runs_worker.py"
 
 
 def squares(batch):

@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from paths import ROOT, TESTS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 NOTEBOOK = REPO / "notebooks" / "01-quickstart.ipynb"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = TESTS / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
