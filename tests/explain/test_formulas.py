@@ -154,7 +154,6 @@ def test_every_mutation_of_the_sweep_still_finds_its_text():
     """tools/mutation_sweep.py breaks each formula by an exact text replacement: a refactor that moves the
     text must move the mutation with it, or the sweep would stop guarding that formula."""
     import importlib.util
-    from pathlib import Path
 
     root = ROOT
     spec = importlib.util.spec_from_file_location("mutation_sweep", root / "tools" / "mutation_sweep.py")
