@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.config import CLIPConfig, TextConfig, VisionConfig, _sub_config
+from ..model.config import CLIPConfig, TextConfig, VisionConfig
 from ..model.layout import JOINT_PARAMETERS, PROJECTION, TOWER_PREFIX, Layout
 
 # config.json's names for the clipx fields they fill
@@ -99,21 +99,20 @@ class Aimv2Config(CLIPConfig):
     max_logit_scale: float | None = 100.0
 
     model_types = {"aimv2": None, "aimv2_vision_model": "vision", "aimv2_text_model": "text"}
+    tower_configs = {"text_config": Aimv2TextConfig, "vision_config": Aimv2VisionConfig}
 
     @classmethod
     def read(cls, d: dict[str, Any], tower: str | None) -> Aimv2Config:
-        if tower is not None:
-            # Aimv2VisionModel / Aimv2TextModel: no projection (the pooled output is the embedding)
-            config_cls = Aimv2VisionConfig if tower == "vision" else Aimv2TextConfig
-            one = config_cls.from_dict({**_tower_dict(d), "projection_dim": None})
-            return cls(text_config=one if tower == "text" else None, vision_config=one if tower == "vision" else None,
-                       projection_dim=one.hidden_size)
-        projection_dim = d.get("projection_dim", 512)
-        towers = {key: config_cls.from_dict({**_tower_dict(_sub_config(d, key), f"{key}."),
-                                             "projection_dim": projection_dim}, where=f"{key}.")
-                  for key, config_cls in (("text_config", Aimv2TextConfig), ("vision_config", Aimv2VisionConfig))}
-        return cls(**towers, projection_dim=projection_dim,
-                   logit_scale_init_value=d.get("logit_scale_init_value", 2.6592), **cls.joint_fields(d))
+        if tower is None:
+            return super().read(d, tower)
+        # Aimv2VisionModel / Aimv2TextModel: no projection (the pooled output is the embedding)
+        key = f"{tower}_config"
+        one = cls.tower_configs[key].from_dict({**_tower_dict(d), "projection_dim": None})
+        return cls(**{k: one if k == key else None for k in cls.tower_configs}, projection_dim=one.hidden_size)
+
+    @classmethod
+    def tower_dict(cls, d: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+        return _tower_dict(d, where)
 
     @classmethod
     def layout(cls) -> Layout:

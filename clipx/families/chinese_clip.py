@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.config import CLIPConfig, TextConfig, VisionConfig, _check_projection_dim, _sub_config
+from ..model.config import CLIPConfig, TextConfig, VisionConfig
 from ..model.layout import Layout
 from ..model.layout import hf_key as clip_hf_key
 
@@ -61,17 +61,15 @@ class ChineseCLIPTextConfig(TextConfig):
     model_type = "chinese_clip_text_model"
 
 
-def _text_dict(d: dict[str, Any]) -> dict[str, Any]:
-    """config.json's text fields as clipx's: transformers writes token ids it does not use as null."""
-    return {k: v for k, v in d.items() if not (k in _TOKEN_IDS and v is None)}
-
-
 @dataclass
 class ChineseCLIPConfig(CLIPConfig):
     text_config: TextConfig | None = field(default_factory=ChineseCLIPTextConfig)
     vision_config: VisionConfig | None = field(default_factory=ChineseCLIPVisionConfig)
 
     model_types = {"chinese_clip": None, "chinese_clip_vision_model": "vision", "chinese_clip_text_model": "text"}
+    tower_configs = {"text_config": ChineseCLIPTextConfig, "vision_config": ChineseCLIPVisionConfig}
+    architectures = {None: "ChineseCLIPModel", "vision_config": "ChineseCLIPVisionModel",
+                     "text_config": "ChineseCLIPTextModel"}
 
     @classmethod
     def read(cls, d: dict[str, Any], tower: str | None) -> ChineseCLIPConfig:
@@ -79,30 +77,16 @@ class ChineseCLIPConfig(CLIPConfig):
             raise ValueError("a ChineseCLIPTextModel checkpoint is BERT with its own pooler (dense + tanh), which "
                              "is no part of Chinese-CLIP's text embedding (the [CLS] state through "
                              "text_projection): clipx reads the text tower from a whole ChineseCLIPModel")
-        projection_dim = d.get("projection_dim", 512)
-        if tower == "vision":
-            return cls(text_config=None, vision_config=ChineseCLIPVisionConfig.from_dict(d),
-                       projection_dim=projection_dim)
-        _check_projection_dim(projection_dim)
-        towers = {key: config_cls.from_dict({**_text_dict(_sub_config(d, key)), "projection_dim": projection_dim},
-                                            where=f"{key}.")
-                  for key, config_cls in (("text_config", ChineseCLIPTextConfig),
-                                          ("vision_config", ChineseCLIPVisionConfig))}
-        return cls(**towers, projection_dim=projection_dim,
-                   logit_scale_init_value=d.get("logit_scale_init_value", 2.6592), **cls.joint_fields(d))
+        return super().read(d, tower)
+
+    @classmethod
+    def tower_dict(cls, d: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+        """config.json's tower fields as clipx's: transformers writes token ids it does not use as null."""
+        return {k: v for k, v in d.items() if not (k in _TOKEN_IDS and v is None)}
 
     @classmethod
     def layout(cls) -> Layout:
         return LAYOUT
-
-    def to_dict(self) -> dict[str, Any]:
-        """transformers' ChineseCLIPConfig layout: CLIP's, under this family's names."""
-        d = super().to_dict()
-        if d.get("model_type") == "clip":
-            d["model_type"] = "chinese_clip"
-        d["architectures"] = [name.replace("CLIP", "ChineseCLIP", 1).replace("WithProjection", "")
-                              for name in d["architectures"]]
-        return d
 
 
 def hf_key(key: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.config import CLIPConfig, TextConfig, VisionConfig, _sub_config
+from ..model.config import CLIPConfig, TextConfig, VisionConfig
 
 
 @dataclass
@@ -30,37 +30,18 @@ class MetaClip2TextConfig(TextConfig):
     model_type = "metaclip_2_text_model"
 
 
-def _pooled_at_eos(d: dict[str, Any]) -> dict[str, Any]:
-    """A text config that pools at its first eos_token_id, whatever that id is, unless it says otherwise."""
-    return {"pooling": "eos", **d}
-
-
 @dataclass
 class MetaClip2Config(CLIPConfig):
     text_config: TextConfig | None = field(default_factory=MetaClip2TextConfig)
     vision_config: VisionConfig | None = field(default_factory=MetaClip2VisionConfig)
 
     model_types = {"metaclip_2": None, "metaclip_2_vision_model": "vision", "metaclip_2_text_model": "text"}
+    tower_configs = {"text_config": MetaClip2TextConfig, "vision_config": MetaClip2VisionConfig}
+    architectures = {None: "MetaClip2Model", "vision_config": "MetaClip2VisionModelWithProjection",
+                     "text_config": "MetaClip2TextModelWithProjection"}
 
     @classmethod
-    def read(cls, d: dict[str, Any], tower: str | None) -> MetaClip2Config:
-        """CLIP's reading, with the text pooled by id (CLIP's eos_token_id=2 rule left out)."""
-        if tower == "text":
-            d = _pooled_at_eos(d)
-        elif tower is None:
-            d = {**d, "text_config": _pooled_at_eos(_sub_config(d, "text_config"))}
-        config = super().read(d, tower)
-        # the towers as this family's, so they write back their own model_type
-        for key, tower_cls in (("text_config", MetaClip2TextConfig), ("vision_config", MetaClip2VisionConfig)):
-            one = getattr(config, key)
-            if one is not None:
-                setattr(config, key, tower_cls(**vars(one)))
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        """transformers' MetaClip2Config layout: CLIP's, under this family's names."""
-        d = super().to_dict()
-        if d.get("model_type") == "clip":
-            d["model_type"] = "metaclip_2"
-        d["architectures"] = [name.replace("CLIP", "MetaClip2") for name in d["architectures"]]
-        return d
+    def tower_dict(cls, d: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+        """CLIP's reading, with the text pooled at its first eos_token_id, whatever that id is, unless the
+        config says otherwise (CLIP's eos_token_id=2 rule left out)."""
+        return {"pooling": "eos", **d} if key == "text_config" else d

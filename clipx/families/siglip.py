@@ -82,7 +82,6 @@ class SiglipConfig(CLIPConfig):
     logit_bias: bool = True
 
     model_types = {"siglip": None, "siglip_vision_model": "vision", "siglip_text_model": "text"}
-    # what a subclass (SigLIP 2 NaFlex) changes: the towers' configs and transformers' class names
     tower_configs = {"text_config": SiglipTextConfig, "vision_config": SiglipVisionConfig}
     architectures = {None: "SiglipModel", "vision_config": "SiglipVisionModel", "text_config": "SiglipTextModel"}
 

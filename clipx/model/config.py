@@ -219,6 +219,10 @@ class CLIPConfig:
 
     # the model_type values of config.json this family reads, and the tower each one holds (None: both)
     model_types = {"clip": None, "clip_vision_model": "vision", "clip_text_model": "text"}
+    # what a family changes: its towers' config classes, and transformers' class names (None: the joint model)
+    tower_configs = {"text_config": TextConfig, "vision_config": VisionConfig}
+    architectures = {None: "CLIPModel", "vision_config": "CLIPVisionModelWithProjection",
+                     "text_config": "CLIPTextModelWithProjection"}
     # Every other family: defining a subclass with its own model_types registers it (its module, under
     # clipx/families/, is imported with clipx), so config.json's model_type finds it.
     _families: ClassVar[list[type[CLIPConfig]]] = []
@@ -245,21 +249,25 @@ class CLIPConfig:
     @classmethod
     def read(cls, d: dict[str, Any], tower: str | None) -> "CLIPConfig":
         """This family's config from config.json's dict; `tower`: "vision" or "text" for a tower-only one."""
-        if tower == "vision":
-            return cls(text_config=None, vision_config=VisionConfig.from_dict(d),
-                       projection_dim=d.get("projection_dim", 512))
-        if tower == "text":
-            return cls(text_config=TextConfig.from_dict(_eos_pooling(d)), vision_config=None,
+        if tower is not None:
+            key = f"{tower}_config"
+            one = cls.tower_configs[key].from_dict(cls.tower_dict(d, key))
+            return cls(**{k: one if k == key else None for k in cls.tower_configs},
                        projection_dim=d.get("projection_dim", 512))
         projection_dim = d.get("projection_dim", 512)
         _check_projection_dim(projection_dim)  # before the towers, which would name it as their own field
-        towers = {}
-        for key, tower_cls in (("text_config", TextConfig), ("vision_config", VisionConfig)):
-            # the joint value rules; sub-configs carry a stale default
-            sub = {**_sub_config(d, key), "projection_dim": projection_dim}
-            towers[key] = tower_cls.from_dict(_eos_pooling(sub) if key == "text_config" else sub, where=f"{key}.")
+        # the joint value rules; sub-configs carry a stale default
+        towers = {key: tower_cls.from_dict({**cls.tower_dict(_sub_config(d, key), key, f"{key}."),
+                                            "projection_dim": projection_dim}, where=f"{key}.")
+                  for key, tower_cls in cls.tower_configs.items()}
         return cls(**towers, projection_dim=projection_dim,
                    logit_scale_init_value=d.get("logit_scale_init_value", 2.6592), **cls.joint_fields(d))
+
+    @classmethod
+    def tower_dict(cls, d: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+        """config.json's fields of one tower (`key`: "text_config" or "vision_config") under clipx's names
+        (`where`: their key path, for errors). CLIP's: transformers' eos_token_id=2 rule for the text."""
+        return _eos_pooling(d) if key == "text_config" else d
 
     @classmethod
     def joint_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -289,12 +297,12 @@ class CLIPConfig:
     def to_dict(self) -> dict[str, Any]:
         """HF's layout, so transformers loads a folder clipx saved."""
         if self.vision_config is None or self.text_config is None:
-            tower = self.vision_config or self.text_config
-            arch = "CLIPVisionModelWithProjection" if self.vision_config else "CLIPTextModelWithProjection"
-            return {**tower.to_dict(), "architectures": [arch], "projection_dim": self.projection_dim}
+            key = "vision_config" if self.vision_config else "text_config"
+            return {**getattr(self, key).to_dict(), "architectures": [self.architectures[key]],
+                    "projection_dim": self.projection_dim}
         return {
-            "architectures": ["CLIPModel"],
-            "model_type": "clip",
+            "architectures": [self.architectures[None]],
+            "model_type": next(iter(self.model_types)),
             "projection_dim": self.projection_dim,
             "logit_scale_init_value": self.logit_scale_init_value,
             **self.joint_modes(),
