@@ -25,12 +25,11 @@ Not implemented, and refused by name: `is_native` (2-D sin-cos positions per ima
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..model.config import CLIPConfig, TextConfig, VisionConfig
-from ..model.layout import JOINT_PARAMETERS, PROJECTION, TOWER_PREFIX, Layout
+from ..model.layout import Layout, renamed_keys
 
 # config.json's names for the clipx fields they fill
 _RENAMES = {"rms_norm_eps": "layer_norm_eps", "qkv_bias": "attention_bias"}
@@ -144,24 +143,5 @@ _BLOCK = {"ln1": "rms_norm1", "ln2": "rms_norm2", "attn": "attention", "mlp": "f
 _HEAD = {"probe": "cls_token", "attn.k_proj": "k_proj", "attn.v_proj": "v_proj", "attn.out_proj": "output_proj"}
 
 
-def hf_key(key: str) -> str:
-    """The Hugging Face `Aimv2Model` name of a clipx state-dict key."""
-    if key in JOINT_PARAMETERS:
-        return key
-    tower, rest = key.split(".", 1)
-    if rest.startswith("proj."):
-        return f"{PROJECTION[tower]}.{rest.removeprefix('proj.')}"
-    if match := re.fullmatch(r"blocks\.(\d+)\.(\w+)\.(.+)", rest):
-        i, module, tail = match.groups()
-        rest = f"encoder.layers.{i}.{_BLOCK[module]}.{tail}"
-    elif rest.startswith("head."):
-        name, _, kind = rest.removeprefix("head.").rpartition(".")
-        rest = "head." + (_HEAD[name] + "." + kind if name else _HEAD[kind])
-    else:
-        module, _, tail = rest.partition(".")
-        rest = f"{_TOWER[module]}.{tail}"
-    return f"{TOWER_PREFIX[tower]}.{rest}"
-
-
 # Aimv2VisionModel / Aimv2TextModel are saved without a prefix (and have no projection)
-LAYOUT = Layout(hf_key=hf_key, tower_prefixed=lambda tower: False)
+LAYOUT = Layout(hf_key=renamed_keys(_BLOCK, _TOWER, _HEAD), tower_prefixed=lambda tower: False)

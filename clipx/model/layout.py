@@ -32,21 +32,32 @@ TOWER_RENAMES = {
 # the joint model's own parameters, which tower-only checkpoints lack
 JOINT_PARAMETERS = ("logit_scale", "logit_bias")
 
-def hf_key(key: str) -> str:
-    """The Hugging Face `CLIPModel` name of a clipx state-dict key."""
-    if key in JOINT_PARAMETERS:
-        return key
-    tower, rest = key.split(".", 1)
-    if rest.startswith("proj."):
-        return f"{PROJECTION[tower]}.{rest[5:]}"
-    match = re.fullmatch(r"blocks\.(\d+)\.(\w+)\.(.+)", rest)
-    if match:
-        i, module, tail = match.groups()
-        rest = f"encoder.layers.{i}.{_BLOCK_RENAMES[module]}.{tail}"
-    else:
-        head, _, tail = rest.partition(".")
-        rest = TOWER_RENAMES[head] + (f".{tail}" if tail else "")
-    return f"{TOWER_PREFIX[tower]}.{rest}"
+def renamed_keys(blocks: dict[str, str], towers: dict[str, str],
+                 head: dict[str, str] | None = None) -> Callable[[str], str]:
+    """An `hf_key` from a family's renames: of the modules in a block (under `encoder.layers.N.`), of the
+    tower's other modules (the first name after the tower), and, where given, of those in the pooling head."""
+    def hf_key(key: str) -> str:
+        if key in JOINT_PARAMETERS:
+            return key
+        tower, rest = key.split(".", 1)
+        if rest.startswith("proj."):
+            return f"{PROJECTION[tower]}.{rest.removeprefix('proj.')}"
+        if match := re.fullmatch(r"blocks\.(\d+)\.(\w+)\.(.+)", rest):
+            i, module, tail = match.groups()
+            rest = f"encoder.layers.{i}.{blocks[module]}.{tail}"
+        elif head is not None and rest.startswith("head."):
+            name, _, kind = rest.removeprefix("head.").rpartition(".")
+            rest = "head." + (f"{head[name]}.{kind}" if name else head[kind])
+        else:
+            module, _, tail = rest.partition(".")
+            rest = towers[module] + (f".{tail}" if tail else "")
+        return f"{TOWER_PREFIX[tower]}.{rest}"
+    return hf_key
+
+
+# the Hugging Face `CLIPModel` name of a clipx state-dict key
+hf_key = renamed_keys(_BLOCK_RENAMES, TOWER_RENAMES)
+
 
 def _same(state: StateDict) -> StateDict:
     return state
