@@ -98,8 +98,8 @@ class Tower(nn.Module):
 
     @property
     def final_norm(self) -> nn.Module | None:
-        """The norm between the last block and the readout (ln_post, ln_final), if the tower has one."""
-        raise NotImplementedError
+        """The norm between the last block and the readout (`final_norm_name`), if the tower has one."""
+        return getattr(self, self.final_norm_name)
 
     def cannot_decompose(self) -> str | None:
         """Why the embedding is not a sum of per-block parts through a linearised readout; None where it is."""
@@ -114,14 +114,13 @@ class Tower(nn.Module):
         reason = self.cannot_decompose()
         if reason:
             raise ValueError(reason)
-        norm_name = next(name for name, module in self.named_children() if module is self.final_norm) \
-            if self.final_norm is not None else "norm"
-        return LinearReadout(self.final_norm, self.proj, residual, (f"{self.name}.{norm_name}", f"{self.name}.proj"))
+        return LinearReadout(self.final_norm, self.proj, residual,
+                             (f"{self.name}.{self.final_norm_name}", f"{self.name}.proj"))
 
 
 class VisionTower(Tower):
     config: VisionConfig
-    name = "vision"
+    name, final_norm_name = "vision", "ln_post"
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__(config)
@@ -203,10 +202,6 @@ class VisionTower(Tower):
             return x, self.ln_post(x[:, 0])
         x = self.ln_post(x)
         return x, self.head(x, key_padding)
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.ln_post
 
     def cannot_decompose(self) -> str | None:
         if self.head is not None:
@@ -294,7 +289,7 @@ class VisionTower(Tower):
 
 class TextTower(Tower):
     config: TextConfig
-    name = "text"
+    name, final_norm_name = "text", "ln_final"
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__(config)
@@ -304,10 +299,6 @@ class TextTower(Tower):
         self.token_type_embedding = nn.Embedding(config.type_vocab_size, d) if config.type_vocab_size else None
         self.ln_embed = norm(config) if config.embedding_norm else None
         self.ln_final = norm(config) if config.final_norm else None
-
-    @property
-    def final_norm(self) -> nn.Module | None:
-        return self.ln_final
 
     def token_features(self, hidden: torch.Tensor) -> torch.Tensor:
         """last_hidden_state [T, L, d] -> each position's own feature in the joint space [T, L, dim]."""
