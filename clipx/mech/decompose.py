@@ -25,7 +25,7 @@ import torch
 
 from ..model.inputs import encode_images, prepare_images, scores, text_embeds
 from ..model.clip import CLIP, _normalize
-from ..model.towers import Tower
+from ..model.towers import Tower, refuse
 from ..preprocess.text import check_texts
 
 _BLOCK = re.compile(r"^(\w+\.blocks\.\d+)\.")
@@ -157,8 +157,7 @@ def decompose(model: CLIP, images: Any, per_position: bool = False) -> Decomposi
     embedding, every attention head and every MLP (see `Decomposition`). images: PIL images, paths,
     arrays, or preprocessed pixel_values [B, 3, H, W]. One forward, no gradients."""
     tower = model._tower("vision")
-    if tower.cannot_decompose():
-        raise ValueError(f"decompose cannot take this image embedding apart: {tower.cannot_decompose()}")
+    refuse(tower.cannot_decompose(), "decompose cannot take this image embedding apart")
     pixel_values, _ = prepare_images(model, images)
     pooled = torch.zeros(pixel_values.shape[0], dtype=torch.long, device=pixel_values.device)  # the class token
     return _decompose(model, "vision", lambda: encode_images(model, pixel_values), pooled, per_position)
@@ -168,8 +167,7 @@ def decompose_text(model: CLIP, texts: str | list[str], per_position: bool = Fal
     """Take each caption's embedding (`model.encode_text`) apart, at its pooled position (EOS, or the last
     position), as `decompose` does an image's; the embedding part is the token plus position embedding."""
     tower = model._tower("text")
-    if tower.cannot_decompose():
-        raise ValueError(f"decompose_text cannot take this text embedding apart: {tower.cannot_decompose()}")
+    refuse(tower.cannot_decompose(), "decompose_text cannot take this text embedding apart")
     enc = model.tokenize(check_texts(texts))
     return _decompose(model, "text", lambda: model.encode_text(enc.input_ids, enc.attention_mask),
                       tower.pooled_positions(enc.input_ids), per_position)

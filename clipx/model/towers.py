@@ -21,6 +21,12 @@ from .readout import LinearReadout
 from ..preprocess.naflex import patchify
 
 
+def refuse(reason: str | None, what: str) -> None:
+    """A ValueError "what: reason" where a tower gave a reason it cannot serve (`cannot_decompose()`, ...)."""
+    if reason:
+        raise ValueError(f"{what}: {reason}")
+
+
 def _module_hooked(root: nn.Module) -> bool:
     """Whether a torch module hook (Captum's, say) may see the modules under `root`: one on any of
     them, or one registered for every module (register_module_forward_hook)."""

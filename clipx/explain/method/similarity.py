@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...model.towers import refuse
 from ..core import Inputs, Maps, register
 
 VARIANTS = ("tokens", "maskclip")
@@ -30,8 +31,8 @@ def check_variant(variant: str) -> None:
 def similarity(x: Inputs, variant: str = "tokens") -> Maps:
     check_variant(variant)
     vision, text = x.model.vision, x.model.text
-    if variant == "maskclip" and vision.cannot_value_path():
-        raise ValueError(f"similarity variant 'maskclip' needs the last block's value path: {vision.cannot_value_path()}")
+    if variant == "maskclip":
+        refuse(vision.cannot_value_path(), "similarity variant 'maskclip' needs the last block's value path")
     name = f"vision.blocks.{vision.n_layers - 1}." + ("hook_resid_pre" if variant == "maskclip" else "hook_resid_post")
     with torch.no_grad():
         out, cache = x.run([name])

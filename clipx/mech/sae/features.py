@@ -18,6 +18,7 @@ import torch
 
 from ...model.inputs import text_embeds
 from ...model.clip import CLIP, _normalize
+from ...model.towers import refuse
 from .autoencoder import SparseAutoencoder
 from .training import hook_activations
 
@@ -64,8 +65,7 @@ def readout_directions(model: CLIP, sae: SparseAutoencoder) -> torch.Tensor:
     """Each feature's decoder direction taken into the joint space as the module docstring says:
     [d_sae, projection_dim]."""
     tower = model.vision
-    if tower.cannot_decompose():
-        raise ValueError(f"readout_directions follows the readout linearly, but {tower.cannot_decompose()}")
+    refuse(tower.cannot_decompose(), "readout_directions follows the readout linearly")
     width = tower.config.hidden_size
     if sae.config.d_in != width:
         raise ValueError(f"the SAE's decoder is {sae.config.d_in}-wide but this model's residual is {width}-wide")
