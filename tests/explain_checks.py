@@ -10,6 +10,8 @@ from floats import FLOAT32_RTOL, assert_float32_close
 # Grad-CAM's map is relu(activations . weights), a dot product over the width whose terms cancel: its
 # rounding is relative to the terms, about ten times the result, so it gets ten times the slack.
 BATCHING_RTOL = {"gradcam": 1e-4}
+# the sampling methods' options a check needs no more than
+FEWER_SAMPLES = {"rise": {"n_masks": 100}, "integrated_gradients": {"n_steps": 8}}
 
 
 def check_batched_equals_single(model, pixel_values, captions, method: str, **options):

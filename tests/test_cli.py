@@ -5,6 +5,7 @@ from PIL import Image
 
 from clipx.assets import demo_image
 from clipx.cli import main
+from paths import ROOT
 
 
 def test_score_prints_every_caption_sorted(tiny_checkpoint, tmp_path, capsys):
@@ -448,11 +449,10 @@ def test_demo_images_are_named_from_any_folder(tmp_path, monkeypatch, capsys):
 
 def test_version_names_the_distribution(capsys):
     import tomllib
-    from pathlib import Path
 
     import clipx
 
-    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0

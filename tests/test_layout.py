@@ -16,8 +16,8 @@ import pytest
 
 import clipx
 from clipx import moved
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LINT = shutil.which("lint-imports") or pytest.fail("import-linter is a test dependency: pip install -e '.[test]'")
 
 # clipx.__all__ of the flat layout (0.1.0): the redesign keeps every public name

@@ -26,10 +26,10 @@ from clipx.preprocess.image import open_image
 from clipx.version import DISTRIBUTION
 from floats import assert_float32_close
 from open_clip_weights import open_clip_state
+from paths import ROOT
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 # OpenAI's layout with CLIP's own vocabulary and context, so that loading it needs the shipped BPE
 OPENAI_CFG = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32,
                                               "mlp_ratio": 2.0, "patch_size": 8},

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from clipx.families.aimv2 import Aimv2Config, Aimv2TextConfig, Aimv2VisionConfig
 from checkpoints import randomise
 from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
+from transformers_parity import assert_outputs_match, load_strictly, load_weights_only
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -57,12 +57,6 @@ def save_aimv2(model, folder) -> None:
                                     crop_size={"height": size, "width": size}).save_pretrained(folder)
 
 
-def load(folder, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return clipx.load(folder, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-aimv2")
@@ -73,7 +67,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    return load(checkpoint[0])
+    return load_strictly(checkpoint[0])
 
 
 def inputs(n_images=3, seed=1, size=32):
@@ -109,26 +103,16 @@ def check_parity(hf, model, px, ids, mask):
                         output_attentions=True)
         # without outputs asked for, the model's own backend runs (output_attentions runs every layer eagerly)
         plain = model(pixel_values=px, input_ids=ids, attention_mask=mask)
-    for logits in (out.logits_per_image, plain.logits_per_image):
-        assert_float32_close(logits, ref.logits_per_image, rtol=1e-4, floor=1)
+    assert_float32_close(plain.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
     assert_float32_close(out.logits_per_text, ref.logits_per_text, rtol=1e-4, floor=1)
-    assert_float32_close(out.image_embeds, ref.image_embeds, floor=1)
-    assert_float32_close(out.text_embeds, ref.text_embeds, floor=1)
-    n_layers = {"vision": hf.config.vision_config.num_hidden_layers, "text": hf.config.text_config.num_hidden_layers}
-    for tower, ours, theirs in (("vision", out.vision_model_output, ref.vision_model_output),
-                                ("text", out.text_model_output, ref.text_model_output)):
-        # Aimv2Model.forward leaves pooler_output unprojected (the head's output; the EOS token's state)
-        assert_float32_close(ours.pooler_output, theirs.pooler_output, floor=1)
-        assert_float32_close(ours.last_hidden_state, theirs.last_hidden_state, floor=1)
+    # Aimv2Model.forward leaves pooler_output unprojected (the head's output; the EOS token's state)
+    assert_outputs_match(out, ref, pooled="pooler_output")
+    for tower, ours in (("vision", out.vision_model_output), ("text", out.text_model_output)):
         # [0]: the embeddings (the patch norm and positions applied); [i]: block i's output, so the last is
         # before the final RMSNorm that last_hidden_state is after
-        assert len(ours.hidden_states) == len(theirs.hidden_states) == n_layers[tower] + 1
-        assert (theirs.hidden_states[-1] - theirs.last_hidden_state).abs().max() > 1e-2
-        for a, b in zip(ours.hidden_states, theirs.hidden_states):
-            assert_float32_close(a, b, floor=1)
-        assert len(ours.attentions) == len(theirs.attentions) == n_layers[tower]
-        for a, b in zip(ours.attentions, theirs.attentions):
-            assert_float32_close(a, b, floor=1)
+        n_layers = getattr(hf.config, f"{tower}_config").num_hidden_layers
+        assert len(ours.hidden_states) == n_layers + 1 and len(ours.attentions) == n_layers
+        assert (ours.hidden_states[-1] - ours.last_hidden_state).abs().max() > 1e-2
     pattern, pooled = probe_by_hand(hf, ref.vision_model_output.last_hidden_state)
     assert_float32_close(pooled, ref.vision_model_output.pooler_output, floor=1)  # the hand-written head is theirs
     assert_float32_close(cache["vision.head.attn.hook_pattern"], pattern, floor=1)
@@ -137,7 +121,7 @@ def check_parity(hf, model, px, ids, mask):
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_parity_with_transformers(checkpoint, backend):
     folder, hf = checkpoint
-    check_parity(hf, load(folder, attention=backend), *inputs())
+    check_parity(hf, load_strictly(folder, attention=backend), *inputs())
 
 
 def test_parity_with_every_bias(tmp_path):
@@ -145,7 +129,7 @@ def test_parity_with_every_bias(tmp_path):
     projections carry biases."""
     hf = hf_aimv2(qkv_bias=True, mlp_bias=True, seed=2)
     save_aimv2(hf, tmp_path)
-    model = load(tmp_path)
+    model = load_strictly(tmp_path)
     assert model.vision.blocks[0].attn.out_proj.bias is not None and model.text.blocks[1].mlp.up_proj.bias is not None
     assert model.vision.head.attn.k_proj.bias is not None
     check_parity(hf, model, *inputs(2, seed=3))
@@ -165,9 +149,7 @@ def test_aimv2_large_patch14_224_lit_shapes(tmp_path):
     ids[:, -1], ids[1, 12:] = 49407, 49407
     mask = torch.ones_like(ids)
     mask[1, 13:] = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no tokenizer files beside the weights
-        model = clipx.load(tmp_path)
+    model = load_weights_only(tmp_path)
     assert model.vision.config.grid_size ** 2 == 256 and len(model.vision.blocks) == 24
     check_parity(hf, model, px, ids, mask)
 
@@ -260,7 +242,7 @@ def test_save_pretrained_loads_back_in_transformers(checkpoint, model, tmp_path)
         assert_float32_close(again(pixel_values=px, input_ids=ids, attention_mask=mask).logits_per_image,
                              hf(pixel_values=px, input_ids=ids, attention_mask=mask).logits_per_image,
                              rtol=1e-4, floor=1)
-    back = load(tmp_path)
+    back = load_strictly(tmp_path)
     assert back.config == model.config
     for (name, a), (_, b) in zip(back.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), name
@@ -284,9 +266,7 @@ def test_tower_only_checkpoints(checkpoint, tower, tmp_path):
             expected = ref(input_ids=ids, attention_mask=mask).pooler_output
     ref.save_pretrained(tmp_path)
     assert "rms_norm.weight" in ref.state_dict()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no tokenizer files beside a tower
-        model = clipx.load(tmp_path)
+    model = load_weights_only(tmp_path)
     assert getattr(model, "text" if tower == "vision" else "vision") is None
     assert getattr(model, tower).proj is None
     with torch.no_grad():
@@ -339,7 +319,7 @@ def test_every_method_batched_equals_single_pair(model, method):
 @pytest.mark.parametrize("method", ["relevance", "gradcam", "legrad", "integrated_gradients", "similarity",
                                     "rollout", "attention"])
 def test_maps_change_when_the_last_block_is_rerandomised(checkpoint, method):
-    assert map_change_after_rerandomising(load(checkpoint[0]), inputs(2)[0], CAPTIONS, method) > 1e-3
+    assert map_change_after_rerandomising(load_strictly(checkpoint[0]), inputs(2)[0], CAPTIONS, method) > 1e-3
 
 
 def test_each_patch_goes_through_the_head_and_the_projection(model):

@@ -21,9 +21,10 @@ from clipx.errors import CheckpointError
 from clipx.families.chinese_clip import ChineseCLIPConfig
 from clipx.preprocess.auto import load_tokenizer
 from checkpoints import randomise
-from explain_checks import check_batched_equals_single
+from explain_checks import FEWER_SAMPLES, check_batched_equals_single
 from floats import assert_float32_close
 from tokenizer_texts import varied_strings
+from transformers_parity import assert_outputs_match, forward_both, load_strictly, load_weights_only
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=40, type_vocab_size=2)
@@ -31,7 +32,6 @@ VISION = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_att
               image_size=32, patch_size=8)
 CAPTIONS = ["一只猫的照片", "a red dog on a blue sofa", "两只鸟"]
 TEXTS = ["a cat[SEP]dog", "[CLS]", "[MASK] x", "[UNK]", "a[PAD]b", "##ing"] + varied_strings(1200, seed=1)
-FEWER_SAMPLES = {"rise": {"n_masks": 100}, "integrated_gradients": {"n_steps": 8}}  # the checks need no more
 
 
 def save_bert_tokenizer(folder):
@@ -67,9 +67,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return clipx.load(checkpoint[0])
+    return load_strictly(checkpoint[0])
 
 
 def inputs(hf_tok, n_images=3, seed=1):
@@ -90,18 +88,8 @@ def test_parity_with_transformers(checkpoint, model, backend):
         with model.attention(backend):
             out = model(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
                         output_attentions=True)
-    assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
-    assert_float32_close(out.image_embeds, ref.image_embeds, floor=1)
-    assert_float32_close(out.text_embeds, ref.text_embeds, floor=1)
-    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                         (out.text_model_output, ref.text_model_output)):
-        assert_float32_close(ours.last_hidden_state, theirs.last_hidden_state, floor=1)
-        assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)  # CLIP-likes' pooler_output is projected
-        # text [0]: after the embedding LayerNorm; [-1]: the last block's output = last_hidden_state (no final norm)
-        assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
-        assert len(ours.attentions) == len(theirs.attentions) == 2
-        for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
-            assert_float32_close(a, b, floor=1)
+    # text hidden states [0]: after the embedding LayerNorm; [-1]: the last block's output = last_hidden_state
+    assert_outputs_match(out, ref, n_layers=2)
     assert torch.equal(out.text_model_output.hidden_states[-1], out.text_model_output.last_hidden_state)
 
 
@@ -232,20 +220,8 @@ def test_chinese_clip_vit_base_patch16_shapes(tmp_path):
     ids[:, 0], ids[0, 20], ids[1, 51], ids[2, 5] = 101, 102, 102, 102
     mask = torch.ones_like(ids)
     mask[0, 21:], mask[2, 6:] = 0, 0
-    with torch.no_grad():
-        ref = hf(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                 output_attentions=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # no tokenizer files beside the weights
-            model = clipx.load(tmp_path)
-        out = model(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                    output_attentions=True)
-    assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
-    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                         (out.text_model_output, ref.text_model_output)):
-        assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)
-        for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
-            assert_float32_close(a, b, floor=1)
+    out, ref = forward_both(load_weights_only(tmp_path), hf, pixel_values=px, input_ids=ids, attention_mask=mask)
+    assert_outputs_match(out, ref, n_layers=12)
 
 
 # --- every method on Chinese-CLIP, and what needs a residual stream that adds up ---------------------

@@ -19,9 +19,10 @@ import clipx.assets
 from clipx.families.metaclip_2 import MetaClip2Config
 from clipx.preprocess.auto import load_tokenizer
 from checkpoints import randomise
-from explain_checks import check_batched_equals_single
+from explain_checks import FEWER_SAMPLES, check_batched_equals_single
 from floats import assert_float32_close
 from tokenizer_texts import varied_strings
+from transformers_parity import assert_outputs_match, forward_both, load_strictly, load_weights_only
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=32)
@@ -72,9 +73,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return clipx.load(checkpoint[0])
+    return load_strictly(checkpoint[0])
 
 
 def inputs(hf_tok, n_images=3, seed=1):
@@ -96,18 +95,9 @@ def test_parity_with_transformers(checkpoint, model, backend):
         with model.attention(backend):
             out = model(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
                         output_attentions=True)
-    assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
-    assert_float32_close(out.image_embeds, ref.image_embeds, floor=1)
-    assert_float32_close(out.text_embeds, ref.text_embeds, floor=1)
-    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                         (out.text_model_output, ref.text_model_output)):
-        assert_float32_close(ours.last_hidden_state, theirs.last_hidden_state, floor=1)
-        assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)  # CLIP-likes' pooler_output is projected
-        # [0]: the blocks' input (after ln_pre in vision); [-1]: the last block's output, before the final norm
-        assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
-        assert len(ours.attentions) == len(theirs.attentions) == 2
-        for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
-            assert_float32_close(a, b, floor=1)
+    # hidden states [0]: the blocks' input (after ln_pre in vision); [-1]: the last block's output, before the
+    # final norm
+    assert_outputs_match(out, ref, n_layers=2)
 
 
 def test_pooled_at_the_first_eos_by_id(model):
@@ -211,9 +201,7 @@ def test_tower_only_checkpoints(checkpoint, tmp_path, cls, tower):
     own.update({k.removeprefix(f"{tower}_model."): v for k, v in own.items()})  # a bare tower has no prefix
     ref.load_state_dict({k: v for k, v in own.items() if k in ref.state_dict()})
     ref.save_pretrained(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no tokenizer / processor files beside a tower
-        model = clipx.load(tmp_path)
+    model = load_weights_only(tmp_path)
     px, ids, mask = inputs(hf_tok)
     with torch.no_grad():
         if tower == "vision":
@@ -246,24 +234,11 @@ def test_vit_b_32_shapes(tmp_path):
     ids[:, 0], ids[0, 20], ids[1, 76], ids[2, 5] = 0, 2, 2, 2
     mask = torch.ones_like(ids)
     mask[0, 21:], mask[2, 6:] = 0, 0
-    with torch.no_grad():
-        ref = hf(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                 output_attentions=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # no tokenizer files beside the weights
-            model = clipx.load(tmp_path)
-        out = model(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                    output_attentions=True)
-    assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
-    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                         (out.text_model_output, ref.text_model_output)):
-        assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)
-        for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
-            assert_float32_close(a, b, floor=1)
+    out, ref = forward_both(load_weights_only(tmp_path), hf, pixel_values=px, input_ids=ids, attention_mask=mask)
+    assert_outputs_match(out, ref, n_layers=12)
 
 
 # --- every method on MetaCLIP 2 ------------------------------------------------------------------
-FEWER_SAMPLES = {"rise": {"n_masks": 100}, "integrated_gradients": {"n_steps": 8}}  # the checks need no more
 
 
 @pytest.mark.parametrize("method", clipx.methods())

@@ -5,7 +5,6 @@ sigmoid), and every explanation method on it."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -18,14 +17,9 @@ from clipx.families.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionCo
 from checkpoints import SIGLIP_TEXT, SIGLIP_VISION, hf_siglip, save_siglip
 from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
+from transformers_parity import assert_outputs_match, check_tower_round_trip, load_strictly, load_weights_only
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
-
-
-def load(folder, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return clipx.load(folder, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +32,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    return load(checkpoint[0])
+    return load_strictly(checkpoint[0])
 
 
 def inputs(n_images=3, seed=1, size=32):
@@ -67,18 +61,7 @@ def test_parity_with_transformers(checkpoint, model, backend):
         with model.attention(backend), model.recording("vision.head.attn.hook_pattern") as cache:
             out = model(pixel_values=px, input_ids=ids, attention_mask=mask, output_hidden_states=True,
                         output_attentions=True)
-    assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
-    assert_float32_close(out.image_embeds, ref.image_embeds, floor=1)
-    assert_float32_close(out.text_embeds, ref.text_embeds, floor=1)
-    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                         (out.text_model_output, ref.text_model_output)):
-        assert_float32_close(ours.last_hidden_state, theirs.last_hidden_state, floor=1)
-        assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)  # SigLIP's pooler_output is after its head
-        assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
-        for a, b in zip(ours.hidden_states, theirs.hidden_states):
-            assert_float32_close(a, b, floor=1)
-        for a, b in zip(ours.attentions, theirs.attentions):
-            assert_float32_close(a, b, floor=1)
+    assert_outputs_match(out, ref, n_layers=2)  # SigLIP's pooler_output is after its head: the embedding
     if backend == "eager":  # only eager records patterns
         assert_float32_close(cache["vision.head.attn.hook_pattern"],
                              probe_pattern(hf, ref.vision_model_output.last_hidden_state), floor=1)
@@ -100,17 +83,10 @@ def test_siglip_base_patch16_224_shapes(tmp_path):
     with torch.no_grad():
         ref = hf(pixel_values=px, input_ids=ids, output_hidden_states=True, output_attentions=True)
         for backend in ("eager", "sdpa"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # no tokenizer files beside the weights
-                model = clipx.load(tmp_path, attention=backend)
+            model = load_weights_only(tmp_path, attention=backend)
             with model.recording("vision.head.attn.hook_pattern") as cache:
                 out = model(pixel_values=px, input_ids=ids, output_hidden_states=True, output_attentions=True)
-            assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
-            for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                                 (out.text_model_output, ref.text_model_output)):
-                assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)
-                for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
-                    assert_float32_close(a, b, floor=1)
+            assert_outputs_match(out, ref, n_layers=12)
             assert_float32_close(cache["vision.head.attn.hook_pattern"],
                                  probe_pattern(hf, ref.vision_model_output.last_hidden_state), floor=1)
 
@@ -168,7 +144,7 @@ def test_save_pretrained_loads_back_in_transformers(checkpoint, model, tmp_path)
     with torch.no_grad():  # transformers' sdpa there, eager here
         assert_float32_close(again(pixel_values=px, input_ids=ids).logits_per_image,
                              hf(pixel_values=px, input_ids=ids).logits_per_image, rtol=1e-4, floor=1)
-    back = load(tmp_path)
+    back = load_strictly(tmp_path)
     for (name, a), (_, b) in zip(back.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -187,16 +163,8 @@ def test_tower_only_checkpoints(checkpoint, tower, tmp_path):
         ref.load_state_dict(hf.text_model.state_dict())
         with torch.no_grad():
             expected = ref(input_ids=ids).pooler_output
-    ref.save_pretrained(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no tokenizer files beside a tower
-        model = clipx.load(tmp_path)
-    assert getattr(model, "text" if tower == "vision" else "vision") is None
-    with torch.no_grad():
-        got = model.encode_image(px) if tower == "vision" else model.encode_text(ids)
-    assert_float32_close(got, expected, floor=1)
-    model.save_pretrained(tmp_path / "again")
-    assert type(ref).from_pretrained(tmp_path / "again").state_dict().keys() == ref.state_dict().keys()
+    check_tower_round_trip(ref, tmp_path, tower, lambda model: model.encode_image(px) if tower == "vision"
+                           else model.encode_text(ids), expected)
 
 
 def test_positions_interpolate_like_transformers(checkpoint, model):
@@ -244,7 +212,7 @@ def test_every_method_batched_equals_single_pair(model, method):
 @pytest.mark.parametrize("method", ["relevance", "gradcam", "legrad", "integrated_gradients", "similarity",
                                     "rollout", "attention"])
 def test_maps_change_when_the_last_block_is_rerandomised(checkpoint, method):
-    assert map_change_after_rerandomising(load(checkpoint[0]), inputs(2)[0], CAPTIONS, method) > 1e-3
+    assert map_change_after_rerandomising(load_strictly(checkpoint[0]), inputs(2)[0], CAPTIONS, method) > 1e-3
 
 
 def test_relevance_flows_through_the_probe(checkpoint, model):

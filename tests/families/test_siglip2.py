@@ -5,7 +5,6 @@ saving, and every explanation method on a NaFlex image."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from clipx.preprocess.image import ImageProcessor
 from clipx.preprocess.naflex import NaFlexImageProcessor, PatchedImages, size_for_patch_budget
 from checkpoints import randomise
 from floats import assert_float32_close
+from transformers_parity import assert_outputs_match, check_tower_round_trip, load_strictly, load_weights_only
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
@@ -42,12 +42,6 @@ def hf_siglip2(text=TEXT, vision=VISION, seed=0) -> transformers.Siglip2Model:
     return model
 
 
-def load(folder, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return clipx.load(folder, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-siglip2")
@@ -60,7 +54,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    return load(checkpoint[0])
+    return load_strictly(checkpoint[0])
 
 
 def hf_processor(max_num_patches=MAX_PATCHES):
@@ -114,20 +108,9 @@ def test_parity_on_images_of_different_grids(checkpoint, model, backend):
         ref = hf(**inputs, output_hidden_states=True, output_attentions=True)
         with model.attention(backend), model.recording("vision.head.attn.hook_pattern") as cache:
             out = model(**inputs, output_hidden_states=True, output_attentions=True)
-    assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
-    assert_float32_close(out.image_embeds, ref.image_embeds, floor=1)
-    assert_float32_close(out.text_embeds, ref.text_embeds, floor=1)
-    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                         (out.text_model_output, ref.text_model_output)):
-        assert_float32_close(ours.last_hidden_state, theirs.last_hidden_state, floor=1)
-        assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)  # after the head, as SigLIP's
-        # [0] after the embeddings, [i] after block i; the last before post_layernorm / final_layer_norm
-        assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
-        for a, b in zip(ours.hidden_states, theirs.hidden_states):
-            assert_float32_close(a, b, floor=1)
-        assert len(ours.attentions) == len(theirs.attentions) == 2
-        for a, b in zip(ours.attentions, theirs.attentions):
-            assert_float32_close(a, b, floor=1)
+    # pooled after the head, as SigLIP's; hidden states [0] after the embeddings, [i] after block i, the last
+    # before post_layernorm / final_layer_norm
+    assert_outputs_match(out, ref, n_layers=2)
     for attention in out.vision_model_output.attentions:  # padding is no key
         assert attention.masked_select(~mask.bool()[:, None, None]).abs().max() == 0
     if backend == "sdpa":  # asking for attentions ran the blocks eagerly: now the fused kernel, masked
@@ -193,9 +176,7 @@ def test_patches_need_a_linear_patch_embedding(tmp_path):
     from checkpoints import hf_siglip
 
     hf_siglip().save_pretrained(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no tokenizer files beside the weights
-        siglip = clipx.load(tmp_path)
+    siglip = load_weights_only(tmp_path)
     with pytest.raises(ValueError, match="convolution"):
         siglip.encode_image(torch.zeros(1, 4, 192), spatial_shapes=torch.tensor([[2, 2]]))
 
@@ -218,9 +199,7 @@ def test_siglip2_base_patch16_naflex_shapes(tmp_path):
     with torch.no_grad():
         ref = hf(**inputs, output_hidden_states=True, output_attentions=True)
         head_pattern = pooling_head_by_hand(hf, ref.vision_model_output.last_hidden_state, mask)[0]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # no tokenizer files beside the weights
-            model = clipx.load(tmp_path)
+        model = load_weights_only(tmp_path)
         for backend in ("eager", "sdpa"):
             with model.attention(backend), model.recording("vision.head.attn.hook_pattern") as cache:
                 out = model(**inputs, output_hidden_states=True, output_attentions=True)
@@ -305,7 +284,7 @@ def test_save_pretrained_loads_back_in_transformers(checkpoint, model, tmp_path)
     inputs = dict(pixel_values=px, pixel_attention_mask=mask, spatial_shapes=SPATIAL, input_ids=captions())
     with torch.no_grad():  # transformers' sdpa there, eager here
         assert_float32_close(again(**inputs).logits_per_image, hf(**inputs).logits_per_image, rtol=1e-4, floor=1)
-    back = load(tmp_path)
+    back = load_strictly(tmp_path)
     for (name, a), (_, b) in zip(back.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), name
     assert back.processor == model.processor
@@ -326,17 +305,9 @@ def test_tower_only_checkpoints(checkpoint, tower, tmp_path):
         ref.load_state_dict(hf.text_model.state_dict())
         with torch.no_grad():
             expected = ref(input_ids=ids).pooler_output
-    ref.save_pretrained(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no tokenizer files beside a tower
-        model = clipx.load(tmp_path)
-    assert getattr(model, "text" if tower == "vision" else "vision") is None
-    with torch.no_grad():
-        got = (model.encode_image(px, pixel_attention_mask=mask, spatial_shapes=SPATIAL) if tower == "vision"
-               else model.encode_text(ids))
-    assert_float32_close(got, expected, floor=1)
-    model.save_pretrained(tmp_path / "again")
-    assert type(ref).from_pretrained(tmp_path / "again").state_dict().keys() == ref.state_dict().keys()
+    check_tower_round_trip(ref, tmp_path, tower, lambda model: model.encode_image(
+        px, pixel_attention_mask=mask, spatial_shapes=SPATIAL) if tower == "vision" else model.encode_text(ids),
+        expected)
 
 
 @pytest.mark.parametrize("change, message", [

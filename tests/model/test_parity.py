@@ -9,6 +9,7 @@ from checkpoints import VIT_B_TEXT, make_checkpoint, randomise, save_hf
 from floats import assert_float32_close
 from inputs import pixels, texts_to_ids
 from open_clip_weights import hf_to_openai
+from transformers_parity import assert_outputs_match
 
 
 def hf_run(hf, pixel_values, ids, mask, **kwargs):
@@ -42,17 +43,7 @@ def test_hidden_states_and_attentions_match(tiny_checkpoint):
     with torch.no_grad():
         out = model(pixel_values=px, input_ids=ids, attention_mask=mask,
                     output_hidden_states=True, output_attentions=True)
-    for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                         (out.text_model_output, ref.text_model_output)):
-        assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
-        for a, b in zip(ours.hidden_states, theirs.hidden_states):
-            assert_float32_close(a, b, floor=1)
-        assert len(ours.attentions) == len(theirs.attentions) == 2
-        for a, b in zip(ours.attentions, theirs.attentions):
-            assert_float32_close(a, b, floor=1)
-        assert_float32_close(ours.last_hidden_state, theirs.last_hidden_state, floor=1)
-        # transformers 5's CLIPModel puts the projected features in the towers' pooler_output
-        assert_float32_close(ours.embeds, theirs.pooler_output, floor=1)
+    assert_outputs_match(out, ref, n_layers=2)  # transformers 5's CLIPModel: pooler_output is projected
 
 
 def test_padding_does_not_change_pooled_text(tiny_model):
@@ -193,11 +184,7 @@ def test_vit_b_parity(tmp_path, patch):
         with torch.no_grad():
             out = model(pixel_values=px, input_ids=tok.input_ids, attention_mask=tok.attention_mask,
                         output_hidden_states=True, output_attentions=True)
-        assert_float32_close(out.logits_per_image, ref.logits_per_image, rtol=1e-4, floor=1)
-        for ours, theirs in ((out.vision_model_output, ref.vision_model_output),
-                             (out.text_model_output, ref.text_model_output)):
-            for a, b in zip(ours.hidden_states + ours.attentions, theirs.hidden_states + theirs.attentions):
-                assert_float32_close(a, b, floor=1)
+        assert_outputs_match(out, ref, n_layers=12)
 
 
 def test_fused_backends_skip_padding_with_the_same_results(tiny_checkpoint):
