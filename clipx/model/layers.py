@@ -17,6 +17,7 @@ from torch import nn
 from .attention import Attention
 from .config import TowerConfig
 from .hooks import HookPoint
+from ..preprocess.naflex import patchify
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -42,6 +43,27 @@ def activation(name: str):
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unsupported hidden_act {name!r}; clipx knows {sorted(ACTIVATIONS)}") from None
+
+
+class LinearPatchEmbedding(nn.Linear):
+    """A linear map of each flattened patch (NaFlex's patch embedding). On images [B, C, H, W] it returns the
+    [B, d, grid_h, grid_w] map a convolution returns, so that what takes the patch embedding's output as a
+    grid (Captum's layer methods) sees one layout for both kinds; `flat` embeds patches already cut
+    [B, L, p * p * C] (each image on its own grid, padded)."""
+
+    def __init__(self, patch_size: int, channels: int, width: int, bias: bool) -> None:
+        super().__init__(patch_size * patch_size * channels, width, bias=bias)
+        self.patch_size = patch_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = pixel_values.shape
+        p = self.patch_size
+        grid_h, grid_w = h // p, w // p  # pixels past the last whole patch are dropped, as a convolution does
+        tokens = self.flat(patchify(pixel_values[..., :grid_h * p, :grid_w * p], p))
+        return tokens.transpose(1, 2).reshape(b, -1, grid_h, grid_w)
+
+    def flat(self, patches: torch.Tensor) -> torch.Tensor:
+        return F.linear(patches, self.weight, self.bias)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -15,10 +15,9 @@ from torch import nn
 
 from .config import TextConfig, TowerConfig, VisionConfig
 from .hooks import HookPoint
-from .layers import AttentionPool, Block, norm
+from .layers import AttentionPool, Block, LinearPatchEmbedding, norm
 from .length_groups import length_groups
 from .readout import LinearReadout
-from ..preprocess.naflex import patchify
 
 
 def refuse(reason: str | None, what: str) -> None:
@@ -132,7 +131,7 @@ class VisionTower(Tower):
         super().__init__(config)
         d = config.hidden_size
         p = config.patch_size
-        self.patch_embedding = (nn.Linear(p * p * config.num_channels, d, bias=config.patch_bias)
+        self.patch_embedding = (LinearPatchEmbedding(p, config.num_channels, d, config.patch_bias)
                                 if config.patch_embedding == "linear"
                                 else nn.Conv2d(config.num_channels, d, p, p, bias=config.patch_bias))
         self.patch_norm = norm(config) if config.patch_norm else None
@@ -188,17 +187,11 @@ class VisionTower(Tower):
         embedding's, see `config.patch_embedding`)."""
         pixel_values = pixel_values.to(self.patch_embedding.weight.dtype)
         if spatial_shapes is not None:
-            return (self.patch_embedding(pixel_values),
+            return (self.patch_embedding.flat(pixel_values),
                     self.padded_position_embeddings(spatial_shapes, pixel_values.shape[1]))
-        if isinstance(self.patch_embedding, nn.Linear):
-            grid_h, grid_w = self.patch_grid(pixel_values)
-            p = self.config.patch_size
-            x = self.patch_embedding(patchify(pixel_values[..., :grid_h * p, :grid_w * p], p))
-        else:
-            patches = self.patch_embedding(pixel_values)
-            grid_h, grid_w = patches.shape[-2:]
-            x = patches.flatten(2).transpose(1, 2)
-        return x, self.position_embeddings(grid_h, grid_w)
+        patches = self.patch_embedding(pixel_values)  # [B, d, grid_h, grid_w], a convolution or not
+        grid_h, grid_w = patches.shape[-2:]
+        return patches.flatten(2).transpose(1, 2), self.position_embeddings(grid_h, grid_w)
 
     def pool(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The last block's tokens -> (last_hidden_state, pooled), as transformers names them: the class

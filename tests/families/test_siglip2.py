@@ -371,3 +371,27 @@ def test_views_show_a_naflex_image_on_its_grid(model):
 
     view = AttentionView(model, pictures()[0], CAPTIONS[:1])
     assert view.grid == (3, 6) and view.pixel_values.shape == (1, 3, 12, 24)
+
+
+@pytest.mark.parametrize("cls", ["LayerGradCam", "LayerIntegratedGradients"])
+def test_captum_layer_methods_see_a_linear_patch_embedding_as_a_convolution(model, cls):
+    """A linear patch embedding hands Captum the [d, grid_h, grid_w] map a convolution would: the maps equal
+    those of the same model with the linear weights as a convolution's."""
+    import copy
+
+    import captum.attr
+
+    linear = model.vision.patch_embedding
+    p, d = linear.patch_size, linear.out_features
+    conv = torch.nn.Conv2d(3, d, p, p, bias=linear.bias is not None)
+    with torch.no_grad():  # patchify flattens each patch as (row, column, channel)
+        conv.weight.copy_(linear.weight.reshape(d, p, p, 3).permute(0, 3, 1, 2))
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias)
+    as_conv = copy.deepcopy(model)
+    as_conv.vision.patch_embedding = conv
+    image = pictures()[0]
+    method = getattr(captum.attr, cls)
+    ours, expected = (clipx.explain(m, image, CAPTIONS[:2], method=method) for m in (model, as_conv))
+    assert ours.image.shape == (1, 2, 3, 6) and ours.image.abs().sum() > 0
+    assert_float32_close(ours.image, expected.image)

@@ -7,7 +7,8 @@ per caption and attributed in one `attribute` call, with targets 0..T-1 for each
 (a `baselines` tensor with one image per input image is repeated the same way). Plain attributions
 act on the pixels; layer attributions (`captum.attr.LayerGradCam`, `LayerIntegratedGradients`, ...)
 on the patch embedding (`model.vision.patch_embedding`, its output unless
-`attribute_to_layer_input=True`). The attribution becomes the [grid_h, grid_w] map as the other
+`attribute_to_layer_input=True`), which gives [d, grid_h, grid_w] per image whether it is a convolution
+or linear on flattened patches (NaFlex's). The attribution becomes the [grid_h, grid_w] map as the other
 methods reduce theirs, signed: a pixel attribution [3, H, W] summed over channels and over each
 patch's pixels (Saliency's |gradient| stays positive; Integrated Gradients' completeness survives);
 a layer attribution [d, grid_h, grid_w] summed over d. Image only.
