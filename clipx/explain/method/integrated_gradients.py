@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import check_int
-from ..core import Inputs, Maps, register
+from ..core import Inputs, Maps, Values, register
 
 
-@register("integrated_gradients")
+@register("integrated_gradients", Values("signed", "attribution (logit units)"))
 def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Tensor | float = 0.0,
                          text_baseline_token: int | None = None, internal_batch_size: int | None = None) -> Maps:
     from captum.attr import IntegratedGradients  # imported here: Captum costs `import clipx` half a second
