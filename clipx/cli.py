@@ -62,7 +62,7 @@ def explain(args: argparse.Namespace) -> None:
     print(f"{'caption':<{width}}  {'logit':>8}  overlay")
     for j, caption in enumerate(args.captions):
         path = out / f"{j:02d}-{_slug(caption)}.png"
-        _write_overlay(original, exp, 0, j, path)
+        _write_overlay(original, exp, 0, j, path, model.config.scoring, args.bare)
         print(f"{caption:<{width}}  {exp.scores[0, j]:8.3f}  {path}")
 
 
@@ -108,12 +108,17 @@ def _saved_dataset(path: str, split: str | None):
     return dataset
 
 
-def _write_overlay(original, exp, i: int, j: int, path: Path) -> None:
-    """Image i's map for caption j over the original image, as a PNG."""
-    from .views.render import overlay
+def _write_overlay(original, exp, i: int, j: int, path: Path, scoring: str | None = None, bare: bool = False) -> None:
+    """Image i's map for caption j over the original image, as a PNG: titled with the caption, its score (and
+    probability by `scoring`) and the method with its options, the crop the model saw outlined, the colour
+    bar beneath; `bare`: the overlay alone, the size of the original."""
+    from .explain.legend import image_scale
+    from .views.render import explanation_card, overlay
 
-    # one caption's full-size maps at a time: a big photo's maps for every caption would not fit in memory
-    overlay(original, exp.pixel_maps(original=True, text=j)[i][0]).save(path)
+    if bare:  # one caption's full-size maps at a time: a big photo's maps for every caption would not fit in memory
+        overlay(original, exp.pixel_maps(original=True, text=j)[i][0], scale=image_scale(exp)).save(path)
+    else:
+        explanation_card(original, exp, i, j, scoring).save(path)
 
 
 def _check_writable(out: Path) -> None:
@@ -201,7 +206,7 @@ def search(args: argparse.Namespace) -> None:
         if exp is not None:
             overlay_path = Path(args.explain) / f"{hit.rank:02d}-{_slug(Path(hit.path).stem)}.png"
             overlay_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_overlay(open_image(hit.path), exp, i, 0, overlay_path)
+            _write_overlay(open_image(hit.path), exp, i, 0, overlay_path, idx.model.config.scoring)
         print(f"{hit.rank:>4}  {hit.score:8.3f}  {hit.path}" + (f"  {overlay_path}" if exp else ""))
 
 
@@ -254,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="demo", help="demo (shipped), a hub id, a folder or a state-dict file")
     e.add_argument("--method", default="relevance", help="an explanation method (clipx methods lists them)")
     e.add_argument("--out", default="clipx-out", help="folder for the overlay PNGs, or for a run")
+    e.add_argument("--bare", action="store_true", help="write each overlay alone, the size of the image: no "
+                   "title, colour bar or crop outline")
     e.add_argument("--shard-size", type=int, default=256, help="a run: images per shard")
     e.add_argument("--batch-size", type=int, default=8, help="a run: images per explain call")
     e.add_argument("--hf-dataset", action="store_true", help="IMAGE is a Hugging Face dataset saved with save_to_disk")
