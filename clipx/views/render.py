@@ -29,11 +29,6 @@ PAD = 4  # pixels between grid cells
 Box = tuple[float, float, float, float]  # left, top, right, bottom in pixels
 
 
-def colorize(values: Any, cmap: str | None = None, scale: Scale | None = None) -> np.ndarray:
-    """Values (any shape) -> uint8 RGB [..., 3] on `scale` (default: from their smallest to their largest)."""
-    return _scale(values, scale, cmap).colours(values)
-
-
 def _scale(values: Any, scale: Scale | None, cmap: str | None) -> Scale:
     """`scale`, or the smallest-to-largest one of `values`; with `cmap`, drawn in that colour map."""
     if scale is None:
