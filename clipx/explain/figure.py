@@ -84,15 +84,8 @@ def colour_bar(fig: Figure, scale: Scale, ax: Any, label: str | None = None, **k
     mappable = ScalarMappable(Normalize(scale.low, scale.high), scale.colormap)
     bar = fig.colorbar(mappable, ax=ax, aspect=25, **kwargs)
     bar.set_label(scale.label if label is None else label, fontsize=8, **LITERAL)
-    # the tick labels written as literal text too: matplotlib's own would go to LaTeX under text.usetex
-    bar.set_ticks(scale.ticks, labels=[""] * len(scale.ticks))
-    vertical = bar.orientation == "vertical"
-    for value in scale.ticks:
-        bar.ax.annotate(scale.format(value), xy=(1, value) if vertical else (value, 0),
-                        xycoords=bar.ax.get_yaxis_transform() if vertical else bar.ax.get_xaxis_transform(),
-                        xytext=(4, 0) if vertical else (0, -4), textcoords="offset points", fontsize=7,
-                        ha="left" if vertical else "center", va="center" if vertical else "top", **LITERAL)
-
+    # the scale's own ticks, written as literal text too: under text.usetex matplotlib would hand them to LaTeX
+    bar.set_ticks(scale.ticks, labels=[scale.format(v) for v in scale.ticks], fontsize=7, **LITERAL)
 
 def draw_tokens(ax: Axes, tokens: list[str], values: Any, scale: Scale) -> None:
     """The caption's words under the image, each shaded by its value on `scale` and labelled with it (BOS,
