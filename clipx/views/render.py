@@ -83,7 +83,7 @@ def _covers(box: Box, size: tuple[int, int]) -> bool:
 def outline_box(image: Image.Image, box: Box) -> None:
     """Outlines `box` on the image in place: white inside a dark line, seen on light and dark pictures alike."""
     left, top, right, bottom = (int(round(v)) for v in box)
-    width = max(1, round(min(image.size) / 250))
+    width = max(2, round(min(image.size) / 200))
     draw = ImageDraw.Draw(image)
     draw.rectangle([left - width, top - width, right - 1 + width, bottom - 1 + width], outline=(20, 20, 20),
                    width=width)
