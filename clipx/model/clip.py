@@ -30,6 +30,7 @@ from .config import CLIPConfig
 from .hooks import HookedModule, HookPoint
 from ..preprocess.image import ImageProcessor
 from .save import save_folder
+from .summary import describe
 from .towers import TextTower, Tower, TowerOutput, VisionTower
 from ..preprocess.text import Encoding
 
@@ -68,6 +69,13 @@ class CLIP(HookedModule):
         self._recipe = ImageProcessor.from_dict(config.default_processor()) if config.vision_config else None
         self.setup_hooks()
         self.set_attention("sdpa")
+
+    def __repr__(self) -> str:
+        return describe(self)
+
+    def tree(self) -> str:
+        """The module tree with every hook point (what `repr` gives for other torch modules)."""
+        return super().__repr__()
 
     # --- towers --------------------------------------------------------------------------
     def _tower(self, name: str) -> Tower:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
@@ -264,6 +264,17 @@ class RunResult:
         for index in range(self.manifest.n_shards):
             yield from self._read_shard(index, tensors)
 
+    def __repr__(self) -> str:
+        missing, n_shards = self.missing_shards(), self.manifest.n_shards
+        done = "complete" if not missing else f"{n_shards - len(missing)} of {n_shards} shards done"
+        try:  # the errors of the shards there: their metadata only
+            errors = sum(error is not None for index in range(n_shards) if index not in missing
+                         for _, _, error in self._read_shard(index, tensors=()))
+            failed = f"{errors} failed"
+        except CheckpointError:
+            failed = "a shard unreadable (.results() says which)"
+        return f"RunResult({str(self.folder)!r}: {len(self)} items in {n_shards} shards, {done}, {failed})"
+
     @property
     def errors(self) -> list[tuple[Any, str]]:
         # the errors are in the shards' metadata: no tensor is read
@@ -275,6 +286,19 @@ class RunResult:
 
     def _read_shard(self, index: int, tensors: Container[str] | None) -> Iterator[tuple[Any, Result | None, str | None]]:
         path, items = self.folder / _shard_name(index), self.manifest.shard_items(index)
+        try:
+            results, errors = self._shard_contents(path, index, items, tensors)
+        except CheckpointError:
+            raise
+        except (SafetensorError, ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+            raise CheckpointError(f"{path} is not a readable shard of this run ({type(e).__name__}: {e}): "
+                                  "delete it and run again") from None
+        for position, item in enumerate(items):
+            error = errors.get(position)
+            yield item, (None if error is not None else results[position]), error
+
+    def _shard_contents(self, path: Path, index: int, items: list[Any],
+                        tensors: Container[str] | None) -> tuple[list[Result], dict[int, str]]:
         with safe_open(path, "pt") as f:
             meta = json.loads((f.metadata() or {}).get("clipx_run_shard", "null") or "null")
             if not isinstance(meta, dict) or meta.get("index") != index or meta.get("items_sha256") != _digest(items):
@@ -288,6 +312,4 @@ class RunResult:
         errors = {int(k): v for k, v in meta.get("errors", {}).items()}
         for position, named in meta.get("values", {}).items():
             results[int(position)].update(named)
-        for position, item in enumerate(items):
-            error = errors.get(position)
-            yield item, (None if error is not None else results[position]), error
+        return results, errors

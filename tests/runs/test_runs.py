@@ -41,6 +41,12 @@ def test_a_run_writes_shards_in_item_order_and_keeps_errors_per_item(tmp_path):
     assert torch.equal(result.stack("x"), torch.stack([torch.arange(3.0) * i for i in range(11) if i % 5 != 3]))
     assert rows[4][1]["label"] == "#4" and rows[3][1] is None
     assert result.complete and len(result) == 11
+    folder = str(tmp_path / "run")
+    assert repr(result) == f"RunResult({folder!r}: 11 items in 3 shards, complete, 2 failed)"
+    (tmp_path / "run" / "shard-00000.safetensors").unlink()  # a run half done: what is there so far
+    assert repr(RunResult(folder)) == f"RunResult({folder!r}: 11 items in 3 shards, 2 of 3 shards done, 1 failed)"
+    (tmp_path / "run" / "shard-00001.safetensors").write_bytes(b"not a shard")
+    assert "a shard unreadable" in repr(RunResult(folder))
 
 
 def test_errors_read_no_tensor_and_stack_reads_only_its_own(tmp_path, monkeypatch):
@@ -107,6 +113,9 @@ def test_tampered_runs_are_refused(tmp_path):
     shard0, shard1 = tmp_path / "shard-00000.safetensors", tmp_path / "shard-00001.safetensors"
     shutil.copy(shard0, shard1)
     with pytest.raises(CheckpointError, match="does not hold shard 1 of this run's items"):
+        list(result.results())
+    shard1.write_bytes(shard0.read_bytes()[:-20])  # cut short: safetensors' own error, named as the run's
+    with pytest.raises(CheckpointError, match=r"shard-00001.safetensors is not a readable shard of this run"):
         list(result.results())
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["items"][0] = 99
