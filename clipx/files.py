@@ -27,11 +27,24 @@ def unreadable(path: Path) -> CheckpointError:
 
 
 def is_file(path: Path) -> bool:
-    """Path.is_file, except that a folder we may not look into is said so, not taken as 'no such file'."""
+    """Whether a file is there to read: False where nothing has that name. Where something has it but is no
+    file to read, a CheckpointError naming it, never 'absent' (which would load defaults in its place): a
+    folder we may not look into, a symbolic link whose target is missing (a hub cache without its blob) or
+    loops, a folder."""
     try:
-        return path.is_file()
+        if path.is_file():
+            return True
+        if not os.path.lexists(path):
+            return False
+        if path.is_symlink():
+            raise CheckpointError(f"{path} is a symbolic link to {os.readlink(path)}, which is missing or loops "
+                                  "(in a hub cache: a blob not downloaded); fix the link or remove it")
+        kind = "a folder" if path.is_dir() else "not a regular file"
     except PermissionError:
         raise unreadable(path) from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    raise CheckpointError(f"{path} is {kind}, not a file clipx can read")
 
 
 def check_readable(path: Path) -> None:

@@ -11,6 +11,7 @@ from ..families import open_clip
 from ..families.openai import is_openai_layout, openai_to_hf
 from .weights import add_tower_prefix, check_config_against_weights, load_into, read_config, read_weights
 from ..errors import CheckpointError
+from ..files import is_file
 from .hub import resolve
 from ..model.clip import CLIP
 from ..preprocess.image import ImageProcessor
@@ -76,7 +77,7 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
 
 
 def _processor(folder: Path, config, open_clip_preprocess: dict | None) -> ImageProcessor:
-    if (folder / "preprocessor_config.json").is_file():
+    if is_file(folder / "preprocessor_config.json"):
         return ImageProcessor.from_pretrained(folder)
     if open_clip_preprocess is not None:
         return open_clip.image_processor(open_clip_preprocess, config.vision_config.image_size,

@@ -239,6 +239,31 @@ def test_hub_cache_symlinks_to_blobs_are_followed(tiny_checkpoint, tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("name", ["preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"])
+@pytest.mark.parametrize("damage, message", [
+    ("missing blob", r"is a symbolic link to .*blob, which is missing or loops"),
+    ("loop", r"is a symbolic link to .*, which is missing or loops"),
+    ("folder", r"is a folder, not a file clipx can read"),
+])
+def test_a_side_file_that_exists_but_cannot_be_read_is_never_taken_as_absent(tiny_checkpoint, tmp_path, name,
+                                                                              damage, message):
+    """Taken as absent, a broken processor file would load the default processing and broken tokenizer files
+    no tokenizer, silently: each is refused, naming it."""
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    path = folder / name
+    path.unlink()
+    if damage == "missing blob":
+        path.symlink_to(Path("..", "blobs", "blob"))
+    elif damage == "loop":
+        path.symlink_to(path.name)
+    else:
+        path.mkdir()
+    with pytest.raises(CheckpointError, match=message) as caught:
+        clipx.load(folder)
+    assert str(path) in str(caught.value)
+
+
 def test_unusable_names_are_not_found(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="neither a local file or folder nor a valid hub id"):
         clipx.load("x" * 300)
