@@ -26,9 +26,9 @@ def prompts(classnames: Sequence[str], templates: Sequence[Template] | None = No
     """Each class's prompts, one per template (in order). templates=None: the class names as they are
     (one prompt each). A ValueError names what is wrong: no classes, a repeated or empty class name,
     no templates, a string template without `{}`; a TypeError a callable that returns no string."""
+    classnames = classnames if isinstance(classnames, str) else list(classnames)  # a generator is read once
     if isinstance(classnames, str) or not all(isinstance(c, str) for c in classnames):
         raise TypeError("classnames must be a list of strings, e.g. ['cat', 'dog']")
-    classnames = list(classnames)
     if not classnames:
         raise ValueError("no class names given: pass at least one, e.g. ['cat', 'dog']")
     if not all(c.strip() for c in classnames):

@@ -10,6 +10,7 @@ import torch
 
 from ..model.clip import CLIP
 from ..model.inputs import prepare_images
+from ..preprocess.text import check_texts
 from .core import CAPTION_BLIND, METHODS, Inputs, Method
 from .explanation import Explanation
 from .neutral import subtract_neutral, with_neutral
@@ -87,7 +88,7 @@ def _token_inputs(model: CLIP, texts: Any) -> tuple[torch.Tensor, torch.Tensor, 
     `Encoding`, or a mapping with input_ids and optionally attention_mask), checked against the model; None
     for captions."""
     if isinstance(texts, str) or not hasattr(texts, "keys") or "input_ids" not in texts.keys():
-        return None
+        return None  # captions (check_texts refuses a mapping without input_ids)
     model._tower("text")
     ids = texts["input_ids"]
     mask = texts["attention_mask"] if "attention_mask" in texts.keys() else None
@@ -104,6 +105,9 @@ def _token_inputs(model: CLIP, texts: Any) -> tuple[torch.Tensor, torch.Tensor, 
     if mask.shape != ids.shape or not ((mask == 0) | (mask == 1)).all():
         raise ValueError(f"attention_mask must be 0s and 1s shaped like input_ids {tuple(ids.shape)}, "
                          f"got shape {tuple(mask.shape)}")
+    empty = (mask == 0).all(dim=-1).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"attention_mask rows {empty} are all zeros: those captions would have no tokens")
     content = getattr(texts, "content_mask", None)
     device = model.text.token_embedding.weight.device
     ids, mask = ids.long().to(device), mask.long().to(device)
@@ -114,9 +118,7 @@ def _prepare(model: CLIP, images: Any, texts: Any,
              token_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> Inputs:
     model._tower("vision"), model._tower("text")  # both towers, or a clear error naming the missing one
     if token_inputs is None:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            raise ValueError("no texts to explain: got an empty list")
+        texts = check_texts(texts)
         tok = model.tokenize(texts)
         input_ids, attention_mask = tok.input_ids, tok.attention_mask
         content = tok.attention_mask if tok.content_mask is None else tok.content_mask

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,6 +38,7 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
     """
     if model is not None:
         open_clip.model_cfg(model)  # an unknown name fails before anything is downloaded
+    device, dtype = _placement(device, dtype)  # and so does a device or dtype the model cannot go to
     files = resolve(name_or_path, revision, local_files_only)
     source = str(files.weights[0] if len(files.weights) == 1 else files.folder)
     config = read_config(files.folder)  # first: a broken config.json fails before the weights are read
@@ -71,6 +73,7 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
         clip.processor = _processor(files.folder, config, open_clip_preprocess)
     if config.text_config is not None:
         clip.tokenizer = _tokenizer(files.folder, config)
+        _check_end_token(clip.tokenizer, config.text_config, source)
     if device is not None or dtype is not None:
         clip.to(device=device, dtype=dtype)
     return clip.set_attention(attention)
@@ -84,6 +87,43 @@ def _processor(folder: Path, config, open_clip_preprocess: dict | None) -> Image
                                          folder / open_clip.CONFIG_NAME)
     # no processor file (OpenAI state dicts): the family's recipe at the model's own input size
     return ImageProcessor.from_dict(config.default_processor())
+
+
+def _placement(device: Any, dtype: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    """`device` and `dtype` checked: a torch device this machine has, a floating-point dtype (also by
+    name, "bfloat16", as transformers' torch_dtype takes it)."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch dtype (torch.float16, 'bfloat16', ...), got {dtype!r}")
+    if device is None:
+        return None, dtype
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (such as 'cpu', 'cuda', 'cuda:1', 'mps')") from None
+    if device.type == "meta":
+        raise ValueError("device meta holds no values, so a model there cannot run: load onto 'cpu' or a GPU")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"device {device}: this machine has {count} CUDA device{'s' * (count != 1)} that torch "
+                             f"can use (torch {torch.__version__})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device mps: torch cannot use Apple's MPS on this machine")
+    return device, dtype
+
+
+def _check_end_token(tokenizer, text_config, source: str) -> None:
+    """A text tower that pools at its EOS id needs a tokenizer that ends captions with it: else every
+    caption is pooled at position 0 and scores alike."""
+    if tokenizer is None or text_config.pooling != "eos":
+        return
+    emitted = tokenizer(["a photo"]).input_ids[0].tolist()
+    if text_config.eos_token_id not in emitted:
+        warnings.warn(f"{source}: the text tower pools at eos_token_id={text_config.eos_token_id} (config.json), but "
+                      f"its tokenizer never emits it (it makes {emitted} of 'a photo'): captions would all be "
+                      "pooled at position 0; fix eos_token_id or the tokenizer files", stacklevel=3)
 
 
 def _tokenizer(folder: Path, config):

@@ -147,7 +147,12 @@ class ImageProcessor:
         image = self._to_rgb(_to_pil(image, i), i)
         width, height = image.size
         if self.do_resize:
-            image = image.resize(self._resized_size(width, height), resample=self.resample)
+            size = self._resized_size(width, height)
+            if Image.MAX_IMAGE_PIXELS and size[0] * size[1] > Image.MAX_IMAGE_PIXELS:  # refused before allocating
+                raise ValueError(f"images[{i}]: a {width}x{height} image resized to {size[0]}x{size[1]} would hold "
+                                 f"more pixels than PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}; crop its "
+                                 "extreme aspect ratio first")
+            image = image.resize(size, resample=self.resample)
         if self.do_center_crop:
             image = image.crop(self._crop_region(*image.size))  # PIL fills outside the image with 0, as HF pads
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1)

@@ -87,12 +87,18 @@ def _shorten(text: str, width: int = 50) -> str:
 
 def check_texts(texts: str | list[str]) -> list[str]:
     """A caption or a list of captions -> a non-empty list of str."""
+    if hasattr(texts, "keys"):  # iterated, a mapping of token ids would give its keys as captions
+        raise TypeError(f"texts is a mapping with the keys {sorted(map(str, texts.keys()))}, not captions; "
+                        "token ids go in as {'input_ids': ..., 'attention_mask': ...} where a function takes them")
+    if isinstance(texts, torch.Tensor):
+        raise TypeError(f"texts is a tensor {tuple(texts.shape)}, not captions; token ids go in as "
+                        "{'input_ids': ..., 'attention_mask': ...} where a function takes them")
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no texts given: got an empty list")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
+            raise TypeError(f"texts[{i}] is {type(text).__name__} {text!r:.40}, not a str")
     return texts
 
 

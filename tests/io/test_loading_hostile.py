@@ -264,6 +264,22 @@ def test_a_side_file_that_exists_but_cannot_be_read_is_never_taken_as_absent(tin
     assert str(path) in str(caught.value)
 
 
+def test_a_config_whose_end_token_the_tokenizer_never_emits_is_warned_about_at_load(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"].update(eos_token_id=400, pooling="eos")  # a word's id: no caption ends with it
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match=r"pools at eos_token_id=400 \(config.json\), but its tokenizer never emits "
+                                         r"it \(it makes \[49406, .*, 49407\] of 'a photo'\)"):
+        clipx.load(folder)
+    config["text_config"]["eos_token_id"] = 49407
+    (folder / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clipx.load(folder)
+
+
 def test_unusable_names_are_not_found(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="neither a local file or folder nor a valid hub id"):
         clipx.load("x" * 300)
