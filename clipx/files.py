@@ -58,11 +58,13 @@ def is_file(path: Path) -> bool:
 
 def check_readable(path: Path) -> None:
     """Open `path` before a reader that reports a permission problem as 'No such file' does (safetensors),
-    or a folder as 'No such device'."""
+    or a folder as 'No such device'. No file there (or a dead link) is a FileNotFoundError naming it."""
     try:
         path.open("rb").close()
     except PermissionError:
         raise unreadable(path) from None
+    except FileNotFoundError:
+        raise
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
 
