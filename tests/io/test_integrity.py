@@ -6,11 +6,13 @@ tokenizer that fails) or a file damaged since is refused naming the file, and th
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +212,48 @@ def test_a_folder_saved_without_a_manifest_loads_unchecked(tiny_model, tmp_path)
     (tmp_path / "saved" / MANIFEST).unlink()
     flip_bit(tmp_path / "saved" / "model.safetensors", "logit_scale", bit=0)  # nothing to tell it by
     assert not same_weights(clipx.load(tmp_path / "saved"), tiny_model)
+
+
+# --- clipx.verify ---------------------------------------------------------------------------------------
+def hub_cache(checkpoint, root):
+    """A snapshot as huggingface_hub caches one: links to blobs named by SHA-256 (weights) or git's SHA-1."""
+    repo = root / "models--openai--clip-tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot, blobs = repo / "snapshots" / ("0" * 40), repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for path in sorted(checkpoint.iterdir()):
+        data = path.read_bytes()
+        name = (hashlib.sha256(data) if path.suffix == ".safetensors"
+                else hashlib.sha1(b"blob %d\0" % len(data) + data)).hexdigest()
+        (blobs / name).write_bytes(data)
+        (snapshot / path.name).symlink_to(Path("..", "..", "blobs", name))
+    return snapshot
+
+
+def test_verify_checks_hub_blobs_against_their_names(tiny_checkpoint, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    snapshot = hub_cache(tiny_checkpoint[0], tmp_path / "hub")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    checked = clipx.verify("openai/clip-tiny")
+    assert [p.name for p in checked] == sorted(p.name for p in tiny_checkpoint[0].iterdir())
+    flip_bit((snapshot / "model.safetensors").resolve(), bit=12)  # a disk error in a weight blob
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(snapshot / 'model.safetensors'))} is damaged: the "
+                                              "blob it links to .* does not hash to its name"):
+        clipx.verify("openai/clip-tiny")
+    clipx.load("openai/clip-tiny")  # loading does not hash the hub's files: verify is the check
+
+
+def test_verify_checks_a_git_blob_and_a_saved_folder(tiny_checkpoint, tiny_model, tmp_path):
+    snapshot = hub_cache(tiny_checkpoint[0], tmp_path / "hub")
+    blob = (snapshot / "config.json").resolve()
+    blob.write_text(blob.read_text().replace("32", "33", 1))
+    with pytest.raises(CheckpointError, match="config.json is damaged"):
+        clipx.verify(snapshot)
+    tiny_model.save_pretrained(tmp_path / "saved")
+    assert clipx.verify(tmp_path / "saved") == []  # no blobs: its manifest was checked
+    flip_bit(tmp_path / "saved" / "model.safetensors", bit=1)
+    with pytest.raises(CheckpointError, match="model.safetensors is not the file clipx_manifest.json lists"):
+        clipx.verify(tmp_path / "saved")
