@@ -11,16 +11,17 @@ colleagues), then renamed over `path`, and the folder's entry flushed too. A cra
 any moment leaves the old file or the new one, whole, never a mix, and once the call returns a power cut
 loses nothing. An OSError names the file asked for (not a temp name), as the same kind of OSError.
 
-Digests: a .safetensors file clipx writes carries in its metadata (`DIGEST`) the SHA-256 of its tensors
-(name, dtype, shape and bytes of each) and of the rest of its metadata; `read_safetensors` recomputes it, so
-a flipped bit, a dtype retyped in the header or two tensors' swapped offsets are refused, naming the file.
-SHA-256 (hashlib, ~0.9 GB/s here) over xxHash (13 GB/s): these files are small next to the work that made
-them, and a digest a user may compare with `sha256sum` and the hub's names is worth the difference.
+Digests: a .safetensors file clipx writes carries in its metadata (`DIGEST`) the XXH3-128 digest of its
+tensors (name, dtype, shape and bytes of each) and of the rest of its metadata; `read_safetensors`
+recomputes it, so a flipped bit, a dtype retyped in the header or two tensors' swapped offsets are refused,
+naming the file. XXH3 (xxhash), not SHA-256: these digests catch damage, not forgery (whoever can edit a
+file can rewrite a digest stored beside it, whatever its kind), and XXH3 reads 12 GB/s where SHA-256 reads
+0.9 on a 2-core EPYC: checking the 605 MB of a saved ViT-B/32 folder on every `clipx.load` costs 0.1 s
+(SHA-256: 0.5 to 0.75 s) next to a load of 0.9 to 1.2 s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
 
-DIGEST = "clipx_sha256"  # the metadata entry of a .safetensors file clipx wrote that holds its digest
+DIGEST = "clipx_xxh3_128"  # the metadata entry of a .safetensors file clipx wrote that holds its digest
 _CHUNK = 1 << 24         # bytes hashed at a time when hashing a file
 
 
@@ -105,10 +107,10 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def tensor_digest(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:
-    """SHA-256 of the metadata but `DIGEST` (as sorted JSON), then of each tensor by name: [name, dtype,
+    """XXH3-128 of the metadata but `DIGEST` (as sorted JSON), then of each tensor by name: [name, dtype,
     shape] as JSON and its bytes. Independent of where safetensors lays the tensors out in the file."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in (metadata or {}).items() if k != DIGEST},
-                                  sort_keys=True).encode())
+    h = xxhash.xxh3_128(json.dumps({k: v for k, v in (metadata or {}).items() if k != DIGEST},
+                                   sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(json.dumps([name, str(t.dtype).removeprefix("torch."), list(t.shape)]).encode())
@@ -116,9 +118,9 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, st
     return h.hexdigest()
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (what `sha256sum` prints, and the name the hub gives a stored weight file)."""
-    h = hashlib.sha256()
+def file_digest(path: str | Path, h: Any = None) -> str:
+    """The digest of a file's bytes: XXH3-128, or that of the hashlib / xxhash object `h` given."""
+    h = xxhash.xxh3_128() if h is None else h
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)

@@ -259,7 +259,7 @@ class Index:
             raise write_error(e, folder) from None
         digest = save_safetensors({"embeddings": rows.embeddings.contiguous()}, folder / EMBEDDINGS)
         manifest = {"format": FORMAT, "model": {"name": self.model_name, "fingerprint": self.fingerprint},
-                    "dim": rows.embeddings.shape[1], "source": self.source, "embeddings_sha256": digest,
+                    "dim": rows.embeddings.shape[1], "source": self.source, "embeddings_xxh3_128": digest,
                     "files": [[f.path, f.size, f.mtime_ns] for f in rows.files],
                     "skipped": [list(s) for s in self.skipped]}
         write_json(manifest, folder / MANIFEST, indent=1)
@@ -334,9 +334,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise invalid(f"it lacks {', '.join(missing)}")
     if type(m["format"]) is not int or not 1 <= m["format"] <= FORMAT:
         raise invalid(f"it has format {m['format']!r}, this clipx reads formats 1 to {FORMAT}")
-    if m["format"] >= 2 and not isinstance(m.get("embeddings_sha256"), str):
-        raise invalid(f"format {m['format']} holds the embeddings' digest, embeddings_sha256, a string; "
-                      f"got {m.get('embeddings_sha256')!r:.80}")
+    if m["format"] >= 2 and not isinstance(m.get("embeddings_xxh3_128"), str):
+        raise invalid(f"format {m['format']} holds the embeddings' digest, embeddings_xxh3_128, a string; "
+                      f"got {m.get('embeddings_xxh3_128')!r:.80}")
     model = m["model"]
     if not (isinstance(model, dict) and isinstance(model.get("fingerprint"), str)
             and (model.get("name") is None or isinstance(model["name"], str))):
@@ -359,7 +359,7 @@ def _read_embeddings(path: Path, manifest: dict[str, Any]) -> torch.Tensor:
     if set(tensors) != {"embeddings"}:
         raise ValueError(f"{path} is not a clipx index's embeddings: it holds {sorted(tensors)}, "
                          "not one tensor 'embeddings'")
-    if manifest["format"] >= 2 and metadata.get(DIGEST) != manifest["embeddings_sha256"]:
+    if manifest["format"] >= 2 and metadata.get(DIGEST) != manifest["embeddings_xxh3_128"]:
         raise ValueError(f"{path} is not the file {MANIFEST} was saved with (a save stopped between the two "
                          "files, or one copied from another save): its rows would be named by another file "
                          "list; save the index again, or build it anew")

@@ -2,7 +2,8 @@
 config.json, and the tokenizer and processor it holds, so transformers loads the folder too.
 
 The folder is one unit. Every file is first written whole into a staging folder inside it; then
-`clipx_manifest.json` (MANIFEST: each file's size and SHA-256); then each file is renamed into place.
+`clipx_manifest.json` (MANIFEST: each file's size and XXH3-128 digest, clipx.files); then each file is
+renamed into place.
 A save stopped at any moment (a kill, a full disk) leaves the old folder as it was, or files that disagree
 with the manifest, which `check_saved` (clipx.load calls it) refuses naming the missing or mismatched
 file. The manifest goes first, not last: a folder saved for the first time and stopped between two
@@ -46,7 +47,7 @@ def save_folder(model: nn.Module, folder: str | Path) -> None:
         for name in names:
             sync(staging / name)
         write_json({"format": FORMAT, "files": {name: {"size": (staging / name).stat().st_size,
-                                                        "sha256": file_digest(staging / name)} for name in names}},
+                                                        "xxh3_128": file_digest(staging / name)} for name in names}},
                    folder / MANIFEST, indent=1)
         for name in names:
             put_in_place(staging / name, folder / name, durable=False)  # the old file's mode, if there is one
@@ -72,7 +73,7 @@ def _write_files(model: nn.Module, folder: Path) -> None:
             state = {k.removeprefix(TOWER_PREFIX[tower] + "."): v for k, v in state.items()}
         for key in JOINT_PARAMETERS:
             state.pop(key, None)
-    # the manifest's SHA-256 covers the file: no digest of its own (transformers reads this file's metadata too)
+    # the manifest's digest covers the file: no digest of its own (transformers reads this file's metadata too)
     save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"}, digest=False, durable=False)
     model.config.save(folder)
     if model.tokenizer is not None:
@@ -83,16 +84,16 @@ def _write_files(model: nn.Module, folder: Path) -> None:
 
 def check_saved(folder: Path) -> None:
     """A CheckpointError naming the file, where `folder` holds a MANIFEST and a file it lists is missing, or
-    has another size or SHA-256 (a save stopped half way, a file damaged or replaced since)."""
+    has another size or digest (a save stopped half way, a file damaged or replaced since)."""
     path = folder / MANIFEST
     if not is_file(path):
         return
     files = read_json(path).get("files")
     if not (isinstance(files, dict) and all(isinstance(n, str) and n and Path(n).name == n and isinstance(f, dict)
-                                            and type(f.get("size")) is int and isinstance(f.get("sha256"), str)
+                                            and type(f.get("size")) is int and isinstance(f.get("xxh3_128"), str)
                                             for n, f in files.items())):
         raise CheckpointError(f"{path} is not a clipx save manifest: it needs \"files\", an object of file name -> "
-                              "{\"size\": int, \"sha256\": str}")
+                              "{\"size\": int, \"xxh3_128\": str}")
     advice = (f"the save was stopped half way, or the file changed since: save the model again (if you changed it "
               f"on purpose, delete {MANIFEST})")
     for name, expected in files.items():
@@ -100,6 +101,6 @@ def check_saved(folder: Path) -> None:
         if not is_file(file):
             raise CheckpointError(f"{folder} is an incomplete save: {name}, which {MANIFEST} lists, is missing; {advice}")
         size = file.stat().st_size
-        if size != expected["size"] or file_digest(file) != expected["sha256"]:  # the size first: no read
-            why = f"{size} bytes, not {expected['size']}" if size != expected["size"] else "another SHA-256"
+        if size != expected["size"] or file_digest(file) != expected["xxh3_128"]:  # the size first: no read
+            why = f"{size} bytes, not {expected['size']}" if size != expected["size"] else "another digest"
             raise CheckpointError(f"{file} is not the file {MANIFEST} lists ({why}): {advice}")

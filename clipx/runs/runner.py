@@ -93,8 +93,8 @@ class Manifest:
 def run(folder: str | Path, items: Sequence[Any], process: Process, config: dict[str, Any],
         shard_size: int = 256, batch_size: int = 16, progress: bool = True) -> RunResult:
     """Process every item in batches, writing a shard per `shard_size` items into `folder`, skipping the
-    shards already there (a resumed run). `config` must equal the folder's if it holds a run: a folder is
-    one run. Under torchrun, with torch.distributed initialised by the caller's entry point
+    shards already there whole (a resumed run; a damaged one is redone, with a warning naming it). `config`
+    must equal the folder's if it holds a run: a folder is one run, and one run at a time writes into it. Under torchrun, with torch.distributed initialised by the caller's entry point
     (`init_distributed()`), each rank runs its share and waits for the others at the end."""
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be at least 1, got {shard_size} and {batch_size}")

@@ -110,7 +110,7 @@ def _tamper(folder, manifest=None, embeddings=None):
         manifest(data)
     if embeddings is not None:
         tensor = embeddings(load_file(folder / EMBEDDINGS)["embeddings"])
-        data["embeddings_sha256"] = save_safetensors({"embeddings": tensor}, folder / EMBEDDINGS)
+        data["embeddings_xxh3_128"] = save_safetensors({"embeddings": tensor}, folder / EMBEDDINGS)
     (folder / MANIFEST).write_text(json.dumps(data))
 
 
@@ -123,7 +123,7 @@ def _tamper(folder, manifest=None, embeddings=None):
     (lambda m: m["files"][0].pop(), None, MANIFEST, "files\\[0\\] must be"),
     (lambda m: m.update(format=9), None, MANIFEST, "format 9"),
     (lambda m: m.update(model="tiny"), None, MANIFEST, "model must be"),
-    (lambda m: m.pop("embeddings_sha256"), None, MANIFEST, "format 2 holds the embeddings' digest"),
+    (lambda m: m.pop("embeddings_xxh3_128"), None, MANIFEST, "format 2 holds the embeddings' digest"),
 ])
 def test_tampered_files_are_refused_naming_them(model, folder, tmp_path, manifest, embeddings, file, match):
     index, _ = build(model, folder)
@@ -193,7 +193,7 @@ def test_an_index_of_format_1_still_loads(model, folder, tmp_path):
     index, _ = build(model, folder)
     index.save(tmp_path / "idx")
     data = json.loads((tmp_path / "idx" / MANIFEST).read_text())
-    del data["embeddings_sha256"]
+    del data["embeddings_xxh3_128"]
     (tmp_path / "idx" / MANIFEST).write_text(json.dumps({**data, "format": 1}))
     save_file({"embeddings": index.embeddings}, tmp_path / "idx" / EMBEDDINGS)  # no digest either
     again = Index.load(tmp_path / "idx", model=model)

@@ -1,6 +1,6 @@
 """Weights that would load as wrong numbers are refused naming the tensor (NaN or inf, a dtype retyped in
 the header), and a folder `save_pretrained` wrote is one unit: written through a staging folder under a
-manifest of SHA-256s, so a save stopped at any moment (a kill between two renames, a full disk, a
+manifest of digests, so a save stopped at any moment (a kill between two renames, a full disk, a
 tokenizer that fails) or a file damaged since is refused naming the file, and the old save stays whole."""
 
 from __future__ import annotations
@@ -93,20 +93,20 @@ def test_a_saved_folder_lists_every_file_with_its_digest_and_loads(tiny_model, t
                                          "tokenizer.json", "vocab.json"} <= set(on_disk)
     for name, entry in files.items():
         assert entry == {"size": (tmp_path / "saved" / name).stat().st_size,
-                         "sha256": clipx.files.file_digest(tmp_path / "saved" / name)}
+                         "xxh3_128": clipx.files.file_digest(tmp_path / "saved" / name)}
     assert same_weights(clipx.load(tmp_path / "saved"), tiny_model)
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda f: flip_bit(f / "model.safetensors", bit=5), "model.safetensors is not the file clipx_manifest.json lists \\(another SHA-256\\)"),
+    (lambda f: flip_bit(f / "model.safetensors", bit=5), "model.safetensors is not the file clipx_manifest.json lists \\(another digest\\)"),
     (lambda f: swap(f / "model.safetensors", "text_model.final_layer_norm.bias", "text_model.final_layer_norm.weight"),
-     "model.safetensors is not the file clipx_manifest.json lists \\(another SHA-256\\)"),
+     "model.safetensors is not the file clipx_manifest.json lists \\(another digest\\)"),
     (lambda f: (f / "config.json").write_text((f / "config.json").read_text().replace("2", "3", 1)),
-     "config.json is not the file clipx_manifest.json lists \\(another SHA-256\\)"),
+     "config.json is not the file clipx_manifest.json lists \\(another digest\\)"),
     (lambda f: (f / "vocab.json").write_bytes((f / "vocab.json").read_bytes()[:100]), r"vocab.json is not the file clipx_manifest.json lists \(100 bytes, not \d+\)"),
     (lambda f: (f / "preprocessor_config.json").unlink(), "is an incomplete save: preprocessor_config.json"),
     (lambda f: (f / MANIFEST).write_text("[]"), f"{MANIFEST} must hold a JSON object"),
-    (lambda f: (f / MANIFEST).write_text('{"files": {"../x": {"size": 1, "sha256": "0"}}}'),
+    (lambda f: (f / MANIFEST).write_text('{"files": {"../x": {"size": 1, "xxh3_128": "0"}}}'),
      f"{MANIFEST} is not a clipx save manifest"),
 ], ids=["bit-flip", "swapped-offsets", "config-edited", "vocab-truncated", "processor-missing", "manifest-list",
         "manifest-outside"])

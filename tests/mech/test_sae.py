@@ -166,7 +166,7 @@ def tamper_config(folder: Path, change) -> None:
 
 def replace_weights(folder: Path, tensors: dict) -> None:
     """New weights, with a digest, and config.json naming it: a tamperer careful enough to pass the digests."""
-    tamper_config(folder, lambda c: c.update(weights_sha256=save_safetensors(tensors, folder / "sae.safetensors")))
+    tamper_config(folder, lambda c: c.update(weights_xxh3_128=save_safetensors(tensors, folder / "sae.safetensors")))
 
 
 @pytest.mark.parametrize("tamper, message", [
@@ -261,7 +261,7 @@ def test_a_folder_saved_before_digests_still_loads(tmp_path):
     tensors, metadata = read_safetensors(tmp_path / "sae.safetensors")
     assert DIGEST in metadata
     save_file(tensors, tmp_path / "sae.safetensors")
-    tamper_config(tmp_path, lambda c: c.pop("weights_sha256"))
+    tamper_config(tmp_path, lambda c: c.pop("weights_xxh3_128"))
     loaded = SparseAutoencoder.load(tmp_path)
     assert loaded.config == sae.config and torch.equal(loaded.W_dec, sae.W_dec)
 

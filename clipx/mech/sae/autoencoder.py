@@ -9,10 +9,10 @@ scaled back. Decoder rows are kept at unit norm, so a feature's activation is it
 direction and an L1 penalty cannot be dodged by shrinking features and growing rows.
 
 `save(folder)` writes `sae.safetensors`, which carries the digest of its tensors, then `config.json`, which
-names that digest (`weights_sha256`): each whole or not at all, with the umask's mode. `SparseAutoencoder.load`
+names that digest (`weights_xxh3_128`): each whole or not at all, with the umask's mode. `SparseAutoencoder.load`
 checks the weights against their digest and the two files against each other, so an edited, damaged or
 truncated file, or a save interrupted between its two files, fails loudly rather than loading wrong.
-Folders saved before digests (no `weights_sha256`) load as before.
+Folders saved before digests (no `weights_xxh3_128`) load as before.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ...model.clip import CLIP
 ACTIVATIONS = ("topk", "relu")
 POSITIONS = ("patches", "all")
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "sae.safetensors"
-BINDING = "weights_sha256"  # the entry of config.json naming the digest of the weights saved with it
+BINDING = "weights_xxh3_128"  # the entry of config.json naming the digest of the weights saved with it
 
 
 @dataclass
