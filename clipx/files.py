@@ -22,6 +22,7 @@ file can rewrite a digest stored beside it, whatever its kind), and XXH3 reads 1
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -87,9 +88,10 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor of a .safetensors file and its metadata, its digest checked where it has one (files
-    clipx wrote before digests have none: `DIGEST in metadata` tells them apart). A CheckpointError names
-    the file where it cannot be read, is not safetensors (truncated, garbage) or does not match its digest."""
+    """Every tensor of a .safetensors file, read into memory, and its metadata, its digest checked where it
+    has one (files clipx wrote before digests have none: `DIGEST in metadata` tells them apart). A
+    CheckpointError names the file where it cannot be read, is not safetensors (truncated, garbage) or does
+    not match its digest."""
     path = Path(path)
     check_readable(path)
     try:
@@ -187,7 +189,7 @@ def sync(path: Path) -> None:
     try:
         os.fsync(fd)
     except OSError as e:
-        if not (e.errno == 22 and path.is_dir()):  # EINVAL: a file system that keeps folder entries in sync itself
+        if not (e.errno == errno.EINVAL and path.is_dir()):  # a file system that keeps folder entries in sync itself
             raise
     finally:
         os.close(fd)
