@@ -24,7 +24,6 @@ import errno
 import hashlib
 import json
 import os
-import socket
 import traceback
 import warnings
 from collections.abc import Callable, Container, Iterator, Sequence
@@ -223,12 +222,13 @@ def _ours(name: str) -> bool:
 
 def _lock(folder: Path) -> IO[str] | None:
     """The folder's lock, held (fcntl.flock) until the returned file is closed, or None where the folder is
-    read-only. Another run holding it is a BlockingIOError naming the folder and the holder."""
+    read-only. Another run holding it is a BlockingIOError naming the folder. The lock file is never
+    written to: a run that finds nothing to do changes nothing in the folder."""
     import fcntl  # POSIX; here, so that reading runs needs no fcntl
 
     path = folder / LOCK
     try:
-        f = open(path, "a+", encoding="utf-8")
+        f = open(path, "a", encoding="utf-8")
     except OSError as e:
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return None
@@ -236,14 +236,9 @@ def _lock(folder: Path) -> IO[str] | None:
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
         f.close()
-        raise BlockingIOError(f"{folder} is being written by another run ({holder}): wait for it to end, "
-                              "or run into another folder") from None
-    f.truncate(0)
-    f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
+        raise BlockingIOError(f"{folder} is being written by another run, which holds {path}: wait for it to "
+                              "end, or run into another folder") from None
     return f
 
 

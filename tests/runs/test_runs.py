@@ -274,8 +274,9 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_p
     first.start()
     try:
         assert started.wait(30)
-        with pytest.raises(BlockingIOError, match=f"{tmp_path / 'run'} is being written by another run \\(process "
-                                                  f"{os.getpid()} on .*\\): wait for it to end, or run into another"):
+        with pytest.raises(BlockingIOError, match=f"{tmp_path / 'run'} is being written by another run, which holds "
+                                                  f"{tmp_path / 'run' / '.clipx-run.lock'}: wait for it to end, or run "
+                                                  "into another folder"):
             run(tmp_path / "run", [1, 2, 4], squares, {}, progress=False)
     finally:
         release.set()
@@ -293,8 +294,8 @@ def test_the_cli_refuses_a_second_run_into_a_folder_in_one_line(tmp_path, capsys
     finally:
         lock.close()
     err = capsys.readouterr().err
-    assert err == (f"clipx explain: error: {tmp_path / 'out'} is being written by another run (process {os.getpid()} "
-                   f"on {os.uname().nodename}): wait for it to end, or run into another folder\n")
+    assert err == (f"clipx explain: error: {tmp_path / 'out'} is being written by another run, which holds "
+                   f"{tmp_path / 'out' / '.clipx-run.lock'}: wait for it to end, or run into another folder\n")
 
 
 def test_a_full_disk_is_an_error_naming_the_file_and_the_resume_completes_the_run(tmp_path, monkeypatch):
