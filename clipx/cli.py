@@ -110,10 +110,11 @@ def _saved_dataset(path: str, split: str | None):
 
 def _write_overlay(original, exp, i: int, j: int, path: Path) -> None:
     """Image i's map for caption j over the original image, as a PNG."""
-    from .views.render import overlay
+    from .files import write_bytes
+    from .views.render import overlay, to_png
 
     # one caption's full-size maps at a time: a big photo's maps for every caption would not fit in memory
-    overlay(original, exp.pixel_maps(original=True, text=j)[i][0]).save(path)
+    write_bytes(to_png(overlay(original, exp.pixel_maps(original=True, text=j)[i][0])), path)  # whole or not at all
 
 
 def _check_writable(out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,11 @@ import torch
 from ..families import open_clip
 from ..families.openai import is_openai_layout, openai_to_hf
 from .weights import add_tower_prefix, check_config_against_weights, load_into, read_config, read_weights
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError
 from ..files import is_file
 from .hub import resolve
 from ..model.clip import CLIP
+from ..model.save import check_saved
 from ..preprocess.image import ImageProcessor
 from ..preprocess.bpe import Tokenizer
 from ..preprocess.auto import load_tokenizer
@@ -39,7 +41,13 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
     if model is not None:
         open_clip.model_cfg(model)  # an unknown name fails before anything is downloaded
     device, dtype = _placement(device, dtype)  # and so does a device or dtype the model cannot go to
-    files = resolve(name_or_path, revision, local_files_only)
+    try:
+        files = resolve(name_or_path, revision, local_files_only)
+    except CheckpointNotFoundError:
+        if os.path.isdir(name_or_path):  # a save stopped before its weights took their name says so
+            check_saved(Path(name_or_path))
+        raise
+    check_saved(files.folder)  # a folder clipx saved: whole, and as saved, or refused naming the file
     source = str(files.weights[0] if len(files.weights) == 1 else files.folder)
     config = read_config(files.folder)  # first: a broken config.json fails before the weights are read
     from_file = config is not None
