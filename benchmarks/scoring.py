@@ -11,7 +11,7 @@ import torch
 from clipx import metrics
 
 # (row name, options); the method is the name before " (": "relevance (all layers)" is relevance; "default"
-# is the model's own (clipx.default_method). Relevance's rows name their start layer, whose default changed.
+# is the model's own (default_method in clipx.explain). Relevance's rows name their start layer, whose default changed.
 ROWS = [("default", {}), ("relevance (last layer)", {"start_layer": -1}), ("relevance (all layers)", {"start_layer": 0}),
         ("rollout", {}),
         ("attention", {}), ("gradcam", {}), ("legrad", {}), ("similarity", {}),

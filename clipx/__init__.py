@@ -11,7 +11,7 @@ from .apps import templates
 from .apps.index import Hit, Hits, Index
 from .apps.zeroshot import ZeroShot, zeroshot, zeroshot_classifier
 from .errors import CheckpointError, CheckpointNotFoundError
-from .explain import Explanation, default_method, explain, methods
+from .explain import Explanation, explain, methods
 from .io.loading import load
 from .mech.ablation import ablate, ablate_heads, patch
 from .mech.decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
@@ -33,8 +33,7 @@ __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "Chec
            "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HighNormTokens", "Hit", "Hits", "HookPoint",
            "Index",
            "RunResult", "SAEConfig", "SparseAutoencoder", "TextConfig", "TowerOutput", "VisionConfig", "ZeroShot",
-           "ablate", "ablate_heads", "attach_sae", "decompose", "decompose_text", "default_method", "describe_heads",
-           "explain",
+           "ablate", "ablate_heads", "attach_sae", "decompose", "decompose_text", "describe_heads", "explain",
            "explain_dataset", "high_norm_tokens", "load", "logit_lens", "methods", "metrics", "patch",
            "patching_effect", "segmentation", "splice_effect", "sweep_heads", "templates", "train_sae", "views",
            "zeroshot", "zeroshot_classifier"]

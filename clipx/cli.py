@@ -373,7 +373,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 MODEL_HELP = "demo (shipped), demo-siglip, a hub id (openai/clip-vit-base-patch32), a folder or a state-dict file"
 METHOD_HELP = ("an explanation method (clipx methods lists them); default: the model's own, relevance through all "
-               "layers for CLIP, integrated_gradients for SigLIP (clipx.default_method)")
+               "layers for CLIP, integrated_gradients for SigLIP (default_method in clipx.explain)")
 OPT_HELP = ("an option of the method as NAME=VALUE, VALUE a Python literal (a bare word is a string); repeat for "
             "more: --opt start_layer=-1 --opt exclude_high_norm=3.0 (clipx methods lists each method's options)")
 

@@ -198,7 +198,9 @@ class Tokenizer:
             spans, ids = [span for span, _ in word], [token for _, token in word]
             spelled_out = (self.tokenizer_class == "CLIPTokenizer" and len(ids) > 1
                            and spans[-1][1] - spans[0][0] < 2 * len(ids))
-            if spelled_out or self._unk_id in ids:
+            # the unknown token typed as such ("<unk>") is the token itself, not a word it stands for
+            unk = any(token == self._unk_id and text[start:end] != self.unk_token for (start, end), token in word)
+            if spelled_out or unk:
                 unknown.append(text[spans[0][0]:spans[-1][1]])
         return unknown
 

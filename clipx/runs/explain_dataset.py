@@ -37,7 +37,7 @@ def explain_dataset(model: CLIP, images: Any, folder: str | Path, captions: Capt
     `captions`: a list every image is explained against; a function of the sample (a path, a dataset row,
     a WebDataset sample dict) giving a caption or a list; or None for each sample's own captions.
 
-    `method`: None is the model's default (`clipx.default_method`). The run's config records the method and
+    `method`: None is the model's default (`default_method` in clipx.explain). The run's config records the method and
     every option it runs with, defaults included, so a run begun under other defaults is not resumed.
 
     Each item's result: `image` [n_captions, grid_h, grid_w], `scores` [n_captions], `text` [n_captions, L]

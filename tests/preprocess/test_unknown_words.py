@@ -53,3 +53,21 @@ def test_the_demos_own_captions_and_clips_vocabulary_do_not_warn(demo):
         Tokenizer.default()(["a photo of a dog", "a photograph of two kittens on a sofa.", "2024", "!!!"])
     with pytest.warns(UserWarning, match="does not hold '一只猫'"):  # an English vocabulary, Chinese spelled out
         Tokenizer.default()("一只猫")
+
+
+def test_a_word_that_became_the_unknown_token_is_named_but_the_token_typed_as_such_is_not():
+    """A WordPiece or Unigram vocabulary maps what it lacks to its unknown token."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "cat"])}
+    backend = Backend(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = Tokenizer(backend, 16, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
+                    tokenizer_class="BertTokenizer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok(["a cat", "a [UNK] cat"])
+    with pytest.warns(UserWarning, match=r"\(6 tokens\) does not hold 'dog' \(in 'a dog'\)"):
+        enc = tok(["a cat", "a dog"])
+    assert enc.input_ids[1].tolist() == [4, 1]
