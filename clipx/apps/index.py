@@ -87,7 +87,7 @@ class Hits(Sequence):
     def paths(self) -> list[str]:
         return [h.path for h in self._hits]
 
-    def explain(self, method: str = "relevance", **options: Any) -> Explanation:
+    def explain(self, method: str | None = None, **options: Any) -> Explanation:
         """Every hit explained against the query in one `clipx.explain` call: [n_hits, 1] maps. A caption
         query is explained as that caption; several captions or an embedding through the query embedding
         (`explain_embedding`: image maps only)."""

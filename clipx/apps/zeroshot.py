@@ -97,7 +97,7 @@ class ZeroShot:
         best = self.logits[i].topk(min(k, len(self.classnames)))
         return [(self.classnames[c], self.logits[i, c].item(), self.probs[i, c].item()) for c in best.indices.tolist()]
 
-    def explain(self, i: int, method: str = "relevance", **options: Any) -> Explanation:
+    def explain(self, i: int, method: str | None = None, **options: Any) -> Explanation:
         """Explain image i against its predicted class's embedding (the ensemble, not one prompt): one
         `clipx.explain` call through `explain_embedding`, so `scores[0, 0]` equals `logits[i, class]`.
         The caption it names is the class name; caption-side maps are None (see `explain_embedding`)."""

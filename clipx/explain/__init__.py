@@ -3,6 +3,6 @@
 from . import method  # noqa: F401  (each method registers itself)
 from .explanation import Explanation
 from .core import Maps, register
-from .registry import explain, method_options, methods
+from .registry import default_method, explain, method_options, methods
 
-__all__ = ["Explanation", "Maps", "explain", "method_options", "methods", "register"]
+__all__ = ["Explanation", "Maps", "default_method", "explain", "method_options", "methods", "register"]

@@ -13,8 +13,6 @@ maps them to Hugging Face's key layout (and `families/openai.py` OpenAI's to tha
 from __future__ import annotations
 
 import math
-import os
-import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from .save import save_folder
 from .summary import describe
 from .towers import TextTower, Tower, TowerOutput, VisionTower
 from ..preprocess.text import Encoding
+from ..errors import caller_level as _caller_level
 
 
 @dataclass
@@ -321,18 +320,6 @@ class CLIP(HookedModule):
         """Write config.json + model.safetensors in Hugging Face's layout (and the tokenizer and
         processor files), so the folder loads both in clipx and in transformers."""
         save_folder(self, folder)
-
-
-_INTERNAL = tuple(str(Path(f).parent) + os.sep for f in (torch.__file__, Path(__file__).parent))  # torch's and clipx's code
-
-
-def _caller_level() -> int:
-    """The stacklevel, for a warnings.warn in the function calling this one, of the first frame
-    outside clipx and torch: the user's own line, however deep inside the call the check ran."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
-        level, frame = level + 1, frame.f_back
-    return level
 
 
 def _check_patches(config, pixel_values: Any, mask: torch.Tensor | None,
