@@ -13,7 +13,6 @@ from .apps.zeroshot import ZeroShot, zeroshot, zeroshot_classifier
 from .errors import CheckpointError, CheckpointNotFoundError
 from .explain import Explanation, explain, methods
 from .io.loading import load
-from .io.verify import verify
 from .mech.ablation import ablate, ablate_heads, patch
 from .mech.decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
 from .mech.high_norm import HighNormTokens, high_norm_tokens
@@ -36,8 +35,8 @@ __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "Chec
            "RunResult", "SAEConfig", "SparseAutoencoder", "TextConfig", "TowerOutput", "VisionConfig", "ZeroShot",
            "ablate", "ablate_heads", "attach_sae", "decompose", "decompose_text", "describe_heads", "explain",
            "explain_dataset", "high_norm_tokens", "load", "logit_lens", "methods", "metrics", "patch",
-           "patching_effect", "segmentation", "splice_effect", "sweep_heads", "templates", "train_sae", "verify",
-           "views", "zeroshot", "zeroshot_classifier"]
+           "patching_effect", "segmentation", "splice_effect", "sweep_heads", "templates", "train_sae", "views",
+           "zeroshot", "zeroshot_classifier"]
 
 # Imported on first use: the views pull in ipywidgets, IPython and matplotlib (half a second), and
 # a script that scores captions uses neither them nor the metrics (nor the segmentation benchmarks' readers).

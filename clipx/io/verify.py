@@ -1,4 +1,4 @@
-"""`clipx.verify`: are a checkpoint's files the bytes they were published or saved as?
+"""`verify`: are a checkpoint's files the bytes they were published or saved as?
 
 The hub's cache keeps each file of a snapshot as a link to a blob named by its hash: the SHA-256 of the file
 for files stored in LFS (the weights), git's blob SHA-1 for the others (config, tokenizer files), so a

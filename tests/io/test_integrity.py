@@ -22,6 +22,7 @@ import clipx
 import clipx.files
 import clipx.model.save as save_module
 from clipx import CheckpointError
+from clipx.io.verify import verify
 from clipx.model.save import MANIFEST
 from damage import fill_disk, flip_bit, retype, swap
 from open_clip_weights import open_clip_state
@@ -214,7 +215,7 @@ def test_a_folder_saved_without_a_manifest_loads_unchecked(tiny_model, tmp_path)
     assert not same_weights(clipx.load(tmp_path / "saved"), tiny_model)
 
 
-# --- clipx.verify ---------------------------------------------------------------------------------------
+# --- verify ---------------------------------------------------------------------------------------
 def hub_cache(checkpoint, root):
     """A snapshot as huggingface_hub caches one: links to blobs named by SHA-256 (weights) or git's SHA-1."""
     repo = root / "models--openai--clip-tiny"
@@ -237,12 +238,12 @@ def test_verify_checks_hub_blobs_against_their_names(tiny_checkpoint, tmp_path, 
 
     snapshot = hub_cache(tiny_checkpoint[0], tmp_path / "hub")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    checked = clipx.verify("openai/clip-tiny")
+    checked = verify("openai/clip-tiny")
     assert [p.name for p in checked] == sorted(p.name for p in tiny_checkpoint[0].iterdir())
     flip_bit((snapshot / "model.safetensors").resolve(), bit=12)  # a disk error in a weight blob
     with pytest.raises(CheckpointError, match=f"{re.escape(str(snapshot / 'model.safetensors'))} is damaged: the "
                                               "blob it links to .* does not hash to its name"):
-        clipx.verify("openai/clip-tiny")
+        verify("openai/clip-tiny")
     clipx.load("openai/clip-tiny")  # loading does not hash the hub's files: verify is the check
 
 
@@ -251,9 +252,9 @@ def test_verify_checks_a_git_blob_and_a_saved_folder(tiny_checkpoint, tiny_model
     blob = (snapshot / "config.json").resolve()
     blob.write_text(blob.read_text().replace("32", "33", 1))
     with pytest.raises(CheckpointError, match="config.json is damaged"):
-        clipx.verify(snapshot)
+        verify(snapshot)
     tiny_model.save_pretrained(tmp_path / "saved")
-    assert clipx.verify(tmp_path / "saved") == []  # no blobs: its manifest was checked
+    assert verify(tmp_path / "saved") == []  # no blobs: its manifest was checked
     flip_bit(tmp_path / "saved" / "model.safetensors", bit=1)
     with pytest.raises(CheckpointError, match="model.safetensors is not the file clipx_manifest.json lists"):
-        clipx.verify(tmp_path / "saved")
+        verify(tmp_path / "saved")
