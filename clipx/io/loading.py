@@ -127,10 +127,10 @@ def _check_end_token(tokenizer, text_config, source: str) -> None:
     caption is pooled at position 0 and scores alike."""
     if tokenizer is None or text_config.pooling != "eos":
         return
-    emitted = tokenizer(["a photo"]).input_ids[0].tolist()
+    emitted = tokenizer([""]).input_ids[0].tolist()  # no word the vocabulary could lack
     if text_config.eos_token_id not in emitted:
         warnings.warn(f"{source}: the text tower pools at eos_token_id={text_config.eos_token_id} (config.json), but "
-                      f"its tokenizer never emits it (it makes {emitted} of 'a photo'): captions would all be "
+                      f"its tokenizer never emits it (it makes {emitted} of an empty caption): captions would all be "
                       "pooled at position 0; fix eos_token_id or the tokenizer files", stacklevel=3)
 
 
