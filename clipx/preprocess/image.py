@@ -148,10 +148,11 @@ class ImageProcessor:
         width, height = image.size
         if self.do_resize:
             size = self._resized_size(width, height)
-            if Image.MAX_IMAGE_PIXELS and size[0] * size[1] > Image.MAX_IMAGE_PIXELS:  # refused before allocating
+            # refused before allocating, where PIL refuses a file (twice its limit; it only warns below)
+            if Image.MAX_IMAGE_PIXELS and size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS:
                 raise ValueError(f"images[{i}]: a {width}x{height} image resized to {size[0]}x{size[1]} would hold "
-                                 f"more pixels than PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}; crop its "
-                                 "extreme aspect ratio first")
+                                 f"more than twice PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels; "
+                                 "crop its extreme aspect ratio first")
             image = image.resize(size, resample=self.resample)
         if self.do_center_crop:
             image = image.crop(self._crop_region(*image.size))  # PIL fills outside the image with 0, as HF pads

@@ -379,7 +379,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
         (np.zeros((5, 5, 3), bool), TypeError, "dtype"),
         # a thin strip, small on disk, that resizing its short edge to 224 px would blow up to 5e9 pixels
         ([good, Image.new("RGB", (300_000, 3))], ValueError,
-         r"images\[1\]: a 300000x3 image resized to 22400000x224 would hold more pixels than "
+         r"images\[1\]: a 300000x3 image resized to 22400000x224 would hold more than twice "
          r"PIL.Image.MAX_IMAGE_PIXELS"),
     ]
     for images, error, message in cases:
