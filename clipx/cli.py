@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,8 @@ def explain_one(args: argparse.Namespace) -> None:
     print(_described(exp))
     width = max(len(c) for c in args.captions)
     print(f"{'caption':<{width}}  {'logit':>8}  overlay")
-    for j, caption in enumerate(args.captions):
-        path = args.out / f"{j:02d}-{_slug(caption)}.png"
-        _write_overlay(original, exp, 0, j, path)
-        print(f"{caption:<{width}}  {exp.scores[0, j]:8.3f}  {path}")
+    for caption, logit, path in _write_overlays(original, exp, args.out):
+        print(f"{caption:<{width}}  {logit:8.3f}  {path}")
 
 
 def explain_pngs(args: argparse.Namespace) -> None:
@@ -107,13 +106,10 @@ def explain_pngs(args: argparse.Namespace) -> None:
         except (OSError, ValueError, TypeError) as e:  # this image's fault: report it, go on with the rest
             failed.append((name, e))
             continue
-        folder = args.out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for j, caption in enumerate(captions):
-            path = folder / f"{j:02d}-{_slug(caption)}.png"
-            _write_overlay(sample.image, exp, 0, j, path)
+        (args.out / name).mkdir(parents=True, exist_ok=True)
+        for caption, logit, path in _write_overlays(sample.image, exp, args.out / name):
             written += 1
-            print(f"{name}  {caption}  {exp.scores[0, j]:.3f}  {path}")
+            print(f"{name}  {caption}  {logit:.3f}  {path}")
     print(f"{len(source.items) - len(failed)} of {len(source.items)} images explained: {written} PNGs in {args.out}")
     for name, error in failed:
         print(f"failed: {name}: {error}")
@@ -222,6 +218,14 @@ def _saved_dataset(path: str, split: str | None):
     if split is not None and split != str(dataset.split):
         raise ValueError(f"--split {split}: {path} holds one dataset (split {dataset.split}), not a DatasetDict")
     return dataset
+
+
+def _write_overlays(original, exp, folder: Path) -> Iterator[tuple[str, float, Path]]:
+    """The one image's overlay for each caption into `folder` (NN-caption.png): (caption, logit, path) of each."""
+    for j, caption in enumerate(exp.texts):
+        path = folder / f"{j:02d}-{_slug(caption)}.png"
+        _write_overlay(original, exp, 0, j, path)
+        yield caption, exp.scores[0, j].item(), path
 
 
 def _write_overlay(original, exp, i: int, j: int, path: Path) -> None:

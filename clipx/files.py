@@ -144,6 +144,14 @@ def file_digest(path: str | Path, h: Any = None) -> str:
 
 # --- writing -------------------------------------------------------------------------------------
 
+def make_folder(folder: Path) -> None:
+    """`folder` and its parents made where missing; an OSError naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, folder) from None
+
+
 def write_error(e: OSError, path: str | Path) -> OSError:
     """`e` as the same kind of OSError (PermissionError, IsADirectoryError, ...), one line naming `path`."""
     if e.errno is None:

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from ..explain import Explanation, explain
 from ..extras import require
-from ..files import DIGEST, read_json, read_safetensors, save_safetensors, write_error, write_json
-from ..model.clip import CLIP, _caller_level
+from ..files import DIGEST, make_folder, read_json, read_safetensors, save_safetensors, write_json
+from ..errors import caller_level
+from ..model.clip import CLIP
 from ..preprocess.image import image_files, open_image
 from ..explain.embedding import explain_embedding
 from ..model.inputs import embed_images, embed_texts, scores
@@ -178,7 +179,7 @@ class Index:
         self.skipped = skipped
         if skipped:
             warnings.warn(f"skipped {len(skipped)} files that are not readable images:\n  "
-                          + "\n  ".join(why for _, why in skipped), UserWarning, stacklevel=_caller_level())
+                          + "\n  ".join(why for _, why in skipped), UserWarning, stacklevel=caller_level())
         return {"added": [s.path for s, old in todo if old is None and s.path in embedded],
                 "changed": [s.path for s, old in todo if old is not None and s.path in embedded], "removed": removed}
 
@@ -253,10 +254,7 @@ class Index:
         """Write embeddings.safetensors, then index.json, which names its digest, into `folder` (made if
         needed); each whole or not at all. A save stopped between the two leaves a folder `load` refuses."""
         folder, rows = Path(folder), self._rows
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise write_error(e, folder) from None
+        make_folder(folder)
         digest = save_safetensors({"embeddings": rows.embeddings.contiguous()}, folder / EMBEDDINGS)
         manifest = {"format": FORMAT, "model": {"name": self.model_name, "fingerprint": self.fingerprint},
                     "dim": rows.embeddings.shape[1], "source": self.source, "embeddings_xxh3_128": digest,
@@ -293,7 +291,7 @@ class Index:
             if stale["changed"] or stale["vanished"]:
                 warnings.warn(f"{folder}: since the index was built, " + "; ".join(
                     f"{what}: {', '.join(paths)}" for what, paths in stale.items() if paths)
-                    + " (index.update() re-embeds them)", UserWarning, stacklevel=_caller_level())
+                    + " (index.update() re-embeds them)", UserWarning, stacklevel=caller_level())
         return index
 
 

@@ -183,6 +183,7 @@ def load_into(model: CLIP, hf_state: StateDict, source: str) -> None:
                               "checkpoint):\n  " + _listing(wrong, sep="\n  "))
     model.load_state_dict({expected[k]: v for k, v in hf_state.items()}, strict=False)  # checked above
 
+
 def _non_finite(tensor: torch.Tensor) -> int:
     """How many of a tensor's values are NaN or infinite. A finite sum proves there are none (one NaN or inf
     makes any sum NaN or inf) at the cost of one pass; only a non-finite sum (or an overflowing one) counts."""

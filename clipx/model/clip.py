@@ -31,7 +31,7 @@ from .save import save_folder
 from .summary import describe
 from .towers import TextTower, Tower, TowerOutput, VisionTower
 from ..preprocess.text import Encoding
-from ..errors import caller_level as _caller_level
+from ..errors import caller_level
 
 
 @dataclass
@@ -159,7 +159,7 @@ class CLIP(HookedModule):
             return
         warnings.warn(f"pixel_values span [{low:.4g}, {high:.4g}], {problem}; preprocessed images span "
                       f"[{lo:.2f}, {hi:.2f}] and other values give meaningless outputs: make pixel_values "
-                      "with model.preprocess(images)", UserWarning, stacklevel=_caller_level())
+                      "with model.preprocess(images)", UserWarning, stacklevel=caller_level())
 
     def _text_forward(self, input_ids, attention_mask=None, **kwargs) -> TowerOutput:
         tower = self._tower("text")

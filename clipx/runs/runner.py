@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
-from ..files import DIGEST, read_json, read_safetensors, save_safetensors, write_error, write_json
+from ..files import DIGEST, make_folder, read_json, read_safetensors, save_safetensors, write_error, write_json
 
 VERSION = 2  # 2: every shard carries its digest. Runs of version 1 (shards without) still read and resume.
 LOCK = ".clipx-run.lock"
@@ -198,10 +199,7 @@ def _start(folder: Path, manifest: Manifest) -> IO[str] | None:
     there = (folder / "manifest.json").is_file()
     if not there and folder.is_dir() and any(not _ours(p.name) for p in folder.iterdir()):
         raise ValueError(f"{folder} is not empty and holds no run manifest: pick an empty or new folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_error(e, folder) from None
+    make_folder(folder)
     lock = _lock(folder)
     try:
         if there:
@@ -354,13 +352,16 @@ class RunResult:
     def __repr__(self) -> str:
         missing, n_shards = self.missing_shards(), self.manifest.n_shards
         done = "complete" if not missing else f"{n_shards - len(missing)} of {n_shards} shards done"
-        try:  # the errors of the shards there
-            errors = sum(error is not None for index in range(n_shards) if index not in missing
-                         for _, _, error in self._read_shard(index, tensors=()))
-            failed = f"{errors} failed"
-        except CheckpointError:
+        try:  # counted from the shards' headers: a repr reads no tensor (`errors` checks the shards whole)
+            failed = f"{sum(self._failed_in(index) for index in range(n_shards) if index not in missing)} failed"
+        except (SafetensorError, OSError, ValueError, AttributeError):
             failed = "a shard unreadable (.results() says which)"
         return f"RunResult({str(self.folder)!r}: {len(self)} items in {n_shards} shards, {done}, {failed})"
+
+    def _failed_in(self, index: int) -> int:
+        with safe_open(str(self.folder / _shard_name(index)), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("clipx_run_shard", "null") or "null")
+        return len(meta["errors"]) if isinstance(meta, dict) and isinstance(meta.get("errors"), dict) else 0
 
     @property
     def errors(self) -> list[tuple[Any, str]]:

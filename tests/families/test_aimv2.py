@@ -174,6 +174,7 @@ def test_the_logit_scale_is_clamped(model):
     with torch.no_grad():
         out = model(pixel_values=px, input_ids=ids, attention_mask=mask)
     assert model.logit_scale.item() == 5.0 and model.config.max_logit_scale == 100.0
+    assert "exp(logit_scale)=100 x cosine" in repr(model)  # the summary scores as the model does
     assert_float32_close(out.logits_per_image, 100 * out.image_embeds @ out.text_embeds.T, floor=1)
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...assets import DEMO_SAES
-from ...files import DIGEST, read_safetensors, save_safetensors, write_error, write_json
+from ...files import DIGEST, make_folder, read_safetensors, save_safetensors, write_json
 from ...model.clip import CLIP
 
 ACTIVATIONS = ("topk", "relu")
@@ -135,10 +135,7 @@ class SparseAutoencoder(nn.Module):
     # --- files ---------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise write_error(e, folder) from None
+        make_folder(folder)
         tensors = {name: p.detach().contiguous() for name, p in self.named_parameters()}
         digest = save_safetensors(tensors, folder / WEIGHTS_FILE)
         # last: a save that stops before it leaves the old config.json, which names the old weights' digest
