@@ -10,16 +10,20 @@ import torch
 
 from clipx import metrics
 
-# (row name, options); the method is the name before " (": "relevance (all layers)" is relevance
-ROWS = [("relevance", {}), ("relevance (all layers)", {"start_layer": 0}), ("rollout", {}),
+# (row name, options); the method is the name before " (": "relevance (all layers)" is relevance; "default"
+# is the model's own (default_method in clipx.explain). Relevance's rows name their start layer, whose default changed.
+ROWS = [("default", {}), ("relevance (last layer)", {"start_layer": -1}), ("relevance (all layers)", {"start_layer": 0}),
+        ("rollout", {}),
         ("attention", {}), ("gradcam", {}), ("legrad", {}), ("similarity", {}),
         ("similarity (maskclip)", {"variant": "maskclip"}), ("integrated_gradients", {"n_steps": 16}),
         ("occlusion", {}), ("rise", {})]
 BASELINES = ("random map", "centre prior")
 
 
-def method_of(row: str) -> str:
-    return row.split(" (")[0]
+def method_of(row: str) -> str | None:
+    """The method a row runs; None for "default", which `clipx.explain` takes as the model's own."""
+    method = row.split(" (")[0]
+    return None if method == "default" else method
 
 
 def rows_named(names: list[str]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -2,7 +2,7 @@
 own copy of the data: ImageNet-segmentation (`gtsegs_ijcv.mat`) and Pascal VOC 2012's segmentation masks.
 
     python benchmarks/segmentation_eval.py imagenet --mat gtsegs_ijcv.mat --model openai/clip-vit-base-patch16
-        [--methods relevance legrad ...] [--limit N] [--out DIR] [--device cuda]
+        [--methods default legrad ...] [--limit N] [--out DIR] [--device cuda]
         [--classes imagenet | shapes | FILE] [--templates openai | default | shapes | "a photo of a {}." ...]
     python benchmarks/segmentation_eval.py voc --root VOCdevkit/VOC2012 --model ... [--split val]
     torchrun --standalone --nproc_per_node=8 benchmarks/segmentation_eval.py imagenet ...

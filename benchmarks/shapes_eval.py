@@ -2,7 +2,8 @@
 side (by default both demo models: CLIP's architecture and SigLIP's), as a resumable run (`clipx.runs`).
 
     python benchmarks/shapes_eval.py [--scenes 200 --seed 10000 --models demo demo-siglip]
-        [--splits two three touching small same-colour same-shape] [--out DIR]
+        [--splits two three touching small same-colour same-shape] [--rows default "relevance (all layers)" ...]
+        [--out DIR]
     torchrun --standalone --nproc_per_node=2 benchmarks/shapes_eval.py --scenes 10000 --out DIR
 
 For each scene the caption names one of its objects ("a red circle"); each method explains that pair.
@@ -28,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from scoring import BASELINES, ROWS, baseline_maps, markdown_table, method_of
+from scoring import BASELINES, ROWS, baseline_maps, markdown_table, rows_named
 
 import clipx
 from clipx import metrics, shapes
@@ -54,17 +55,18 @@ def scene_of(split: str, seed: int, k: int):
     return scene, scene.objects[k % n], scene.objects[(k + 1) % n]
 
 
-def score_scene(model, split: str, seed: int, k: int, curve_steps: int, full: bool) -> dict[str, torch.Tensor]:
-    """Every method's and baseline's scores on one scene, as {"method/column": value}; the curves only for
-    the full table (`full`)."""
+def score_scene(model, rows: list, split: str, seed: int, k: int, curve_steps: int,
+                full: bool) -> dict[str, torch.Tensor]:
+    """The scores of every row (row name, method, options) and baseline on one scene, as {"row/column": value};
+    the curves only for the full table (`full`)."""
     scene, target, other = scene_of(split, seed, k)
     caption = shapes.describe(target)
     pixel_values = model.preprocess([scene.image])
     logit = metrics.caption_logit(model, caption)
     maps = {}
-    for name, options in ROWS:
-        maps[name] = clipx.explain(model, [scene.image], [caption], method=method_of(name), **options).image[0, 0]
-    maps.update(baseline_maps(tuple(maps["relevance"].shape), seed + k))
+    for name, method, options in rows:
+        maps[name] = clipx.explain(model, [scene.image], [caption], method=method, **options).image[0, 0]
+    maps.update(baseline_maps(tuple(next(iter(maps.values())).shape), seed + k))
     scores = {}
     for name, saliency in maps.items():
         scores[f"{name}/pointing"] = float(metrics.pointing_game(saliency, target.mask))
@@ -82,11 +84,13 @@ def score_scene(model, split: str, seed: int, k: int, curve_steps: int, full: bo
 def score(model, name: str, args, folder: Path) -> dict[str, dict[str, float]]:
     """{split: {"method/column": mean over its scenes}}, the scenes run as one resumable run in `folder`."""
     items = [[split, k] for split in args.splits for k in range(args.scenes)]
+    rows = rows_named(args.rows)
     config = {"task": "shapes_eval", "model": name, "fingerprint": model.fingerprint(), "seed": args.seed,
-              "rows": [[n, o] for n, o in ROWS], "curve_steps": args.curve_steps}
+              "rows": [[n, o] for n, _, o in rows], "curve_steps": args.curve_steps}
 
     def process(batch):
-        return [score_scene(model, split, args.seed, k, args.curve_steps, full=split == "two") for split, k in batch]
+        return [score_scene(model, rows, split, args.seed, k, args.curve_steps, full=split == "two")
+                for split, k in batch]
 
     result = run(folder, items, process, config, shard_size=50, batch_size=1)
     if result.errors:
@@ -104,9 +108,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=10_000, help="first scene seed (training never sees these)")
     ap.add_argument("--models", nargs="+", default=["demo", "demo-siglip"])
     ap.add_argument("--splits", nargs="+", default=["two"], choices=list(SPLITS))
+    ap.add_argument("--rows", nargs="+", default=[n for n, _ in ROWS], metavar="ROW",
+                    help="the rows to score, default all: " + ", ".join(n for n, _ in ROWS))
     ap.add_argument("--curve-steps", type=int, default=16)
     ap.add_argument("--out", type=Path, help="run folder (one per model inside); rerun to resume")
     args = ap.parse_args()
+    rows_named(args.rows)  # an unknown row fails before any model loads
     init_distributed()
 
     with tempfile.TemporaryDirectory() as temp:
@@ -114,7 +121,7 @@ def main() -> None:
         results = {name: score(clipx.load(name), name, args, out / name.replace("/", "--")) for name in args.models}
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    rows = [n for n, _ in ROWS] + list(BASELINES)
+    rows = args.rows + list(BASELINES)
     models = " / ".join(args.models)
     if "two" in args.splits:
         print(f"\n{args.scenes} two-object scenes (seeds {args.seed}..{args.seed + args.scenes - 1}); each cell: {models}\n")

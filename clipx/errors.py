@@ -1,7 +1,10 @@
-"""Errors clipx raises on bad checkpoints, so callers can catch them apart from bugs, and the check of an
-integer option every layer shares."""
+"""Errors clipx raises on bad checkpoints, so callers can catch them apart from bugs; the check of an
+integer option every layer shares; and where a warning points (the user's line)."""
 
 import numbers
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -21,3 +24,15 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
     return int(value)
+
+
+def caller_level() -> int:
+    """The stacklevel, for a warnings.warn in the function calling this one, of the first frame
+    outside clipx and torch: the user's own line, however deep inside the call the check ran."""
+    import torch  # imported here: this module is clipx's lowest layer, imported before anything heavy
+
+    internal = tuple(str(Path(f).parent) + os.sep for f in (torch.__file__, __file__))  # torch's and clipx's code
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        level, frame = level + 1, frame.f_back
+    return level

@@ -8,17 +8,38 @@ from clipx.cli import main
 from paths import ROOT
 
 
-def test_score_prints_every_caption_sorted(tiny_checkpoint, tmp_path, capsys):
-    image = tmp_path / "img.png"
-    Image.new("RGB", (40, 30), (200, 20, 20)).save(image)
-    assert main(["score", str(image), "a red square", "a blue circle", "--model", str(tiny_checkpoint[0])]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["caption", "logit", "prob"]
-    rows = [line.rsplit(None, 2) for line in lines[1:]]
-    assert sorted(r[0].strip() for r in rows) == ["a blue circle", "a red square"]
-    logits = [float(r[1]) for r in rows]
-    assert logits == sorted(logits, reverse=True)
-    assert abs(sum(float(r[2]) for r in rows) - 1) < 2e-3
+def _score_rows(printed: str) -> tuple[list[str], list[list[str]]]:
+    lines = printed.strip().splitlines()
+    return lines[0].split(), [[part.strip() for part in line.rsplit(None, 2)] for line in lines[1:]]
+
+
+def test_score_prints_the_captions_in_the_order_given(tmp_path, capsys):
+    """The demo by default; the rows as given, not sorted (the worse caption first here); a softmax over
+    the captions, and the header says so."""
+    import clipx
+
+    captions = ["a yellow circle", "a blue star", "a red triangle"]  # the shapes scene shows a blue star
+    assert main(["score", "demo:shapes-scene", *captions]) == 0
+    header, rows = _score_rows(capsys.readouterr().out)
+    assert header == ["caption", "logit", "softmax"]
+    assert [r[0] for r in rows] == captions
+    model = clipx.load("demo")
+    logits = model(pixel_values=model.preprocess([demo_image("shapes-scene")]), **model.tokenize(captions)).logits_per_image[0]
+    assert [float(r[1]) for r in rows] == pytest.approx(logits.tolist(), abs=1e-3)
+    assert sorted(float(r[1]) for r in rows) != [float(r[1]) for r in rows]  # a sorted print would pass unnoticed
+    assert sum(float(r[2]) for r in rows) == pytest.approx(1, abs=2e-3)
+
+
+def test_score_of_a_sigmoid_model_says_sigmoid(capsys):
+    """SigLIP scores each caption by its own sigmoid: the column says so, and its values need not sum to 1."""
+    import torch
+
+    assert main(["score", "demo:shapes-scene", "a blue star", "a blue star", "--model", "demo-siglip"]) == 0
+    header, rows = _score_rows(capsys.readouterr().out)
+    assert header == ["caption", "logit", "sigmoid"]
+    logit, prob = float(rows[0][1]), float(rows[0][2])
+    assert prob == pytest.approx(torch.sigmoid(torch.tensor(logit)).item(), abs=2e-3)
+    assert rows[0] == rows[1] and sum(float(r[2]) for r in rows) != pytest.approx(1, abs=2e-3)
 
 
 def test_bad_input_exits_2_with_a_clear_error(tiny_checkpoint, tmp_path, capsys):
@@ -82,12 +103,16 @@ def test_explain_bad_input_exits_2(tiny_checkpoint, tmp_path, capsys, monkeypatc
     assert "unknown method 'magic'" in capsys.readouterr().err
 
 
-def test_methods_lists_every_method(capsys):
+def test_methods_lists_every_method_and_the_models_default(capsys):
     import clipx
 
     assert main(["methods"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert listed == clipx.methods()
+    listed, default = capsys.readouterr().out.split("\n\n")
+    assert [line.split()[0] for line in listed.splitlines()] == clipx.methods()
+    assert "relevance              start_layer=0, start_layer_text=-1" in listed
+    assert default.startswith("demo's default: relevance ")
+    assert main(["methods", "--model", "demo-siglip"]) == 0
+    assert "demo-siglip's default: integrated_gradients " in capsys.readouterr().out
 
 
 def test_explain_on_a_demo_scene_tells_its_objects_apart(tmp_path):
@@ -310,7 +335,8 @@ def test_explain_of_a_folder_is_a_resumable_run_of_shards(tiny_checkpoint, tmp_p
                "--out", str(out), "--shard-size", "2", "--method", "rollout"]
     assert main(command) == 0
     printed = capsys.readouterr().out
-    assert f"3 of 4 images explained into {out} (2 shards" in printed and "failed: " in printed and "broken.jpg" in printed
+    assert f"3 of 4 images explained into {out} with rollout (2 shards" in printed
+    assert "failed: " in printed and "broken.jpg" in printed
     run = clipx.RunResult(out)
     assert run.stack("image").shape[:2] == (3, 2) and run.config["method"] == "rollout"
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -394,7 +420,7 @@ def test_classify_prints_each_images_top_classes(tmp_path, capsys):
     classes = ",".join(shapes.class_names())
     assert main(["classify", *paths, "--classes", classes, "--templates", "shapes", "--top", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["image", "class", "logit", "prob"] and len(lines) == 1 + 2 * 3
+    assert lines[0].split() == ["image", "class", "logit", "softmax"] and len(lines) == 1 + 2 * 3
     best = [lines[1], lines[4]]
     assert [line.split()[0] for line in best] == paths
     assert [" ".join(line.split()[1:-2]) for line in best] == truth  # the demo gets these two right
@@ -421,7 +447,8 @@ def test_index_then_search_with_overlays(tmp_path, capsys):
     assert main(["index", str(images), "--out", str(idx)]) == 0  # again: nothing to embed
     assert "updated: 0 added, 0 changed, 0 removed" in capsys.readouterr().out
     assert main(["search", str(idx), "a red circle", "--k", "3", "--explain", str(overlays)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    method, *lines = capsys.readouterr().out.strip().splitlines()
+    assert method.startswith("relevance: start_layer=0, ")  # the demo's default, as it ran
     assert lines[0].split() == ["rank", "logit", "path", "overlay"] and len(lines) == 4
     written = sorted(overlays.glob("*.png"))
     assert [line.split()[-1] for line in lines[1:]] == [str(p) for p in written]

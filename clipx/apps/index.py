@@ -1,9 +1,15 @@
 """`Index`: a folder of images embedded once, saved, and searched by caption or embedding.
 
 Files on disk (`index.save(folder)`): `embeddings.safetensors` holds the unit image embeddings
-[n_images, dim] (float32); `index.json` the model's identity (a name and a fingerprint of its config and
-readout weights), the source, and every embedded file with its size and mtime, so that `check()` tells
-which files changed or vanished since and `update()` re-embeds only those (and new ones).
+[n_images, dim] (float32) and their digest; `index.json` the model's identity (a name and a fingerprint of
+its config and readout weights), the source, every embedded file with its size and mtime, so that
+`check()` tells which files changed or vanished since and `update()` re-embeds only those (and new ones),
+and the digest of the embeddings it lists the files of. The two are one unit: index.json is written last,
+and `Index.load` refuses embeddings that are not the ones index.json was saved with (a save stopped between
+the two files, a file copied from another save), which would name the wrong file for a row.
+
+`search` and `update` may run in different threads: update replaces the files and their embeddings as one,
+and a search ranks and names the rows of one version of both.
 """
 
 from __future__ import annotations
@@ -16,18 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from ..explain import Explanation, explain
 from ..extras import require
-from ..files import read_json, save_safetensors, write_json
-from ..model.clip import CLIP, _caller_level
+from ..files import DIGEST, make_folder, read_json, read_safetensors, save_safetensors, write_json
+from ..errors import caller_level
+from ..model.clip import CLIP
 from ..preprocess.image import image_files, open_image
 from ..explain.embedding import explain_embedding
 from ..model.inputs import embed_images, embed_texts, scores
 
-FORMAT = 1
+FORMAT = 2  # 2: index.json holds the embeddings' digest. Format 1 (without) still loads.
 EMBEDDINGS, MANIFEST = "embeddings.safetensors", "index.json"
 SEARCH_CHUNK = 1 << 18  # rows scored at a time: bounds the scores' memory at 1 MB per query
 BACKENDS = ("auto", "torch", "faiss")
@@ -56,6 +62,15 @@ class Hit:
     position: int  # the image's row in the index
 
 
+class Rows:
+    """The embedded files and their embeddings, row for row: replaced as a whole, never changed, so that a
+    search in one thread ranks and names one version of both while `update` builds the next in another."""
+
+    def __init__(self, files: list[FileState], embeddings: torch.Tensor) -> None:
+        self.files, self.embeddings = files, embeddings
+        self.faiss = None  # the embeddings' FAISS index, built on the first search that asks for it
+
+
 class Hits(Sequence):
     """The best images for one query, best first: `hits[0].path`, `.score`, `.rank`."""
 
@@ -73,7 +88,7 @@ class Hits(Sequence):
     def paths(self) -> list[str]:
         return [h.path for h in self._hits]
 
-    def explain(self, method: str = "relevance", **options: Any) -> Explanation:
+    def explain(self, method: str | None = None, **options: Any) -> Explanation:
         """Every hit explained against the query in one `clipx.explain` call: [n_hits, 1] maps. A caption
         query is explained as that caption; several captions or an embedding through the query embedding
         (`explain_embedding`: image maps only)."""
@@ -98,10 +113,17 @@ class Index:
         self.model, self.model_name = model, model_name
         self.fingerprint = model.fingerprint()
         self.source = source            # a folder (rescanned by update) or the list of files given
-        self.files = files
-        self.embeddings = embeddings    # [n_images, dim] float32, unit rows
+        self._rows = Rows(files, embeddings)
         self.skipped = skipped or []    # (path, why) of files that could not be read as images
-        self._faiss = None              # the embeddings' FAISS index, built on the first search that asks for it
+
+    @property
+    def files(self) -> list[FileState]:
+        return self._rows.files
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """[n_images, dim] float32, unit rows, row k embedding `files[k]`."""
+        return self._rows.embeddings
 
     @property
     def paths(self) -> list[str]:
@@ -139,7 +161,8 @@ class Index:
     def update(self, batch_size: int = 64, progress: bool = True) -> dict[str, list[str]]:
         """Bring the index up to date with its source: embed new and changed files (size or mtime differ),
         drop vanished ones, keep the rest; files skipped before are tried again. Returns {"added": [...], "changed": [...], "removed": [...]}."""
-        known = {f.path: (f, row) for row, f in enumerate(self.files)}
+        current = self._rows
+        known = {f.path: (f, row) for row, f in enumerate(current.files)}
         listed, todo, keep = self._listed(), [], []
         for path in listed:
             try:
@@ -151,14 +174,12 @@ class Index:
         removed = sorted(set(known) - {str(p) for p in listed})
         embedded, skipped = self._embed([s for s, _ in todo], batch_size, progress)
         files = [s for s, _ in keep] + [s for s, _ in todo if s.path in embedded]
-        rows = [self.embeddings[old[1]] for _, old in keep] + [embedded[s.path] for s, _ in todo if s.path in embedded]
-        self.files = files
-        self.embeddings = torch.stack(rows) if rows else self.embeddings[:0]
-        self._faiss = None  # built from the old rows
+        rows = [current.embeddings[old[1]] for _, old in keep] + [embedded[s.path] for s, _ in todo if s.path in embedded]
+        self._rows = Rows(files, torch.stack(rows) if rows else current.embeddings[:0])  # one step: see Rows
         self.skipped = skipped
         if skipped:
             warnings.warn(f"skipped {len(skipped)} files that are not readable images:\n  "
-                          + "\n  ".join(why for _, why in skipped), UserWarning, stacklevel=_caller_level())
+                          + "\n  ".join(why for _, why in skipped), UserWarning, stacklevel=caller_level())
         return {"added": [s.path for s, old in todo if old is None and s.path in embedded],
                 "changed": [s.path for s, old in todo if old is not None and s.path in embedded], "removed": removed}
 
@@ -216,26 +237,28 @@ class Index:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         q = self.query_embedding(query)
+        rows = self._rows  # the version this search ranks and names, whatever update() does meanwhile
         if (AUTO_BACKEND if backend == "auto" else backend) == "faiss":
-            if self._faiss is None:
-                self._faiss = faiss_index(self.embeddings)
-            best_scores, best_rows = faiss_top_k(self._faiss, q, k)
+            if rows.faiss is None:
+                rows.faiss = faiss_index(rows.embeddings)
+            best_scores, best_rows = faiss_top_k(rows.faiss, q, k)
         else:
-            best_scores, best_rows = top_k(self.embeddings, q, k)
+            best_scores, best_rows = top_k(rows.embeddings, q, k)
         logits = scores(self.model, best_scores[:, None], torch.ones(1, 1))[:, 0]  # cosine -> the model's logit
-        hits = [Hit(r + 1, self.files[row].path, float(s), row)
+        hits = [Hit(r + 1, rows.files[row].path, float(s), row)
                 for r, (s, row) in enumerate(zip(logits.tolist(), best_rows.tolist()))]
         return Hits(self, query, q, hits)
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:
-        """Write embeddings.safetensors and index.json into `folder` (made if needed), each atomically."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_safetensors({"embeddings": self.embeddings.contiguous()}, folder / EMBEDDINGS)
+        """Write embeddings.safetensors, then index.json, which names its digest, into `folder` (made if
+        needed); each whole or not at all. A save stopped between the two leaves a folder `load` refuses."""
+        folder, rows = Path(folder), self._rows
+        make_folder(folder)
+        digest = save_safetensors({"embeddings": rows.embeddings.contiguous()}, folder / EMBEDDINGS)
         manifest = {"format": FORMAT, "model": {"name": self.model_name, "fingerprint": self.fingerprint},
-                    "dim": self.embeddings.shape[1], "source": self.source,
-                    "files": [[f.path, f.size, f.mtime_ns] for f in self.files],
+                    "dim": rows.embeddings.shape[1], "source": self.source, "embeddings_xxh3_128": digest,
+                    "files": [[f.path, f.size, f.mtime_ns] for f in rows.files],
                     "skipped": [list(s) for s in self.skipped]}
         write_json(manifest, folder / MANIFEST, indent=1)
 
@@ -259,7 +282,7 @@ class Index:
             raise ValueError(f"{folder} was built with model {stored['name'] or '(unnamed)'} (fingerprint "
                              f"{stored['fingerprint'][:12]}), not with {model_name or 'the model given'} (fingerprint "
                              f"{theirs[:12]}): search it with the model it was built with, or build a new index")
-        embeddings = _read_embeddings(folder / EMBEDDINGS, len(manifest["files"]), manifest["dim"])
+        embeddings = _read_embeddings(folder / EMBEDDINGS, manifest)
         files = [FileState(*f) for f in manifest["files"]]
         index = cls(model, model_name or stored["name"], manifest["source"], files, embeddings,
                     [tuple(s) for s in manifest["skipped"]])
@@ -268,7 +291,7 @@ class Index:
             if stale["changed"] or stale["vanished"]:
                 warnings.warn(f"{folder}: since the index was built, " + "; ".join(
                     f"{what}: {', '.join(paths)}" for what, paths in stale.items() if paths)
-                    + " (index.update() re-embeds them)", UserWarning, stacklevel=_caller_level())
+                    + " (index.update() re-embeds them)", UserWarning, stacklevel=caller_level())
         return index
 
 
@@ -307,8 +330,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     missing = sorted({"format", "model", "dim", "source", "files", "skipped"} - set(m))
     if missing:
         raise invalid(f"it lacks {', '.join(missing)}")
-    if m["format"] != FORMAT:
-        raise invalid(f"it has format {m['format']!r}, this clipx reads format {FORMAT}")
+    if type(m["format"]) is not int or not 1 <= m["format"] <= FORMAT:
+        raise invalid(f"it has format {m['format']!r}, this clipx reads formats 1 to {FORMAT}")
+    if m["format"] >= 2 and not isinstance(m.get("embeddings_xxh3_128"), str):
+        raise invalid(f"format {m['format']} holds the embeddings' digest, embeddings_xxh3_128, a string; "
+                      f"got {m.get('embeddings_xxh3_128')!r:.80}")
     model = m["model"]
     if not (isinstance(model, dict) and isinstance(model.get("fingerprint"), str)
             and (model.get("name") is None or isinstance(model["name"], str))):
@@ -325,16 +351,17 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return m
 
 
-def _read_embeddings(path: Path, n: int, dim: int) -> torch.Tensor:
-    try:
-        with safe_open(str(path), "pt") as f:
-            keys = set(f.keys())
-            if keys != {"embeddings"}:
-                raise ValueError(f"{path} is not a clipx index's embeddings: it holds {sorted(keys)}, "
-                                 "not one tensor 'embeddings'")
-            e = f.get_tensor("embeddings")
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} is not a readable .safetensors file: {err}") from None
+def _read_embeddings(path: Path, manifest: dict[str, Any]) -> torch.Tensor:
+    n, dim = len(manifest["files"]), manifest["dim"]
+    tensors, metadata = read_safetensors(path)  # a ValueError naming the file where it is unreadable or damaged
+    if set(tensors) != {"embeddings"}:
+        raise ValueError(f"{path} is not a clipx index's embeddings: it holds {sorted(tensors)}, "
+                         "not one tensor 'embeddings'")
+    if manifest["format"] >= 2 and metadata.get(DIGEST) != manifest["embeddings_xxh3_128"]:
+        raise ValueError(f"{path} is not the file {MANIFEST} was saved with (a save stopped between the two "
+                         "files, or one copied from another save): its rows would be named by another file "
+                         "list; save the index again, or build it anew")
+    e = tensors["embeddings"]
     if e.dtype != torch.float32 or tuple(e.shape) != (n, dim):
         raise ValueError(f"{path} holds a {e.dtype} tensor of shape {list(e.shape)}, but {MANIFEST} lists {n} files "
                          f"of dim {dim} (float32): the two files do not belong together")

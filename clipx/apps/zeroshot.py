@@ -26,9 +26,9 @@ def prompts(classnames: Sequence[str], templates: Sequence[Template] | None = No
     """Each class's prompts, one per template (in order). templates=None: the class names as they are
     (one prompt each). A ValueError names what is wrong: no classes, a repeated or empty class name,
     no templates, a string template without `{}`; a TypeError a callable that returns no string."""
+    classnames = classnames if isinstance(classnames, str) else list(classnames)  # a generator is read once
     if isinstance(classnames, str) or not all(isinstance(c, str) for c in classnames):
         raise TypeError("classnames must be a list of strings, e.g. ['cat', 'dog']")
-    classnames = list(classnames)
     if not classnames:
         raise ValueError("no class names given: pass at least one, e.g. ['cat', 'dog']")
     if not all(c.strip() for c in classnames):
@@ -97,7 +97,7 @@ class ZeroShot:
         best = self.logits[i].topk(min(k, len(self.classnames)))
         return [(self.classnames[c], self.logits[i, c].item(), self.probs[i, c].item()) for c in best.indices.tolist()]
 
-    def explain(self, i: int, method: str = "relevance", **options: Any) -> Explanation:
+    def explain(self, i: int, method: str | None = None, **options: Any) -> Explanation:
         """Explain image i against its predicted class's embedding (the ensemble, not one prompt): one
         `clipx.explain` call through `explain_embedding`, so `scores[0, 0]` equals `logits[i, class]`.
         The caption it names is the class name; caption-side maps are None (see `explain_embedding`)."""

@@ -137,7 +137,7 @@ def localisation(saliency: ArrayLike, mask: ArrayLike, other_mask: ArrayLike | N
 
 # --- faithfulness --------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(repr=False)
 class Curve:
     """A deletion or insertion curve. Unpacks as `fractions, scores = curve`.
 
@@ -154,6 +154,10 @@ class Curve:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter((self.fractions, self.scores))
+
+    def __repr__(self) -> str:
+        return (f"Curve({self.kind}, {len(self.fractions)} steps, AUC {self.auc:.4g}, {self.baseline} baseline; "
+                f"score {self.scores[0].item():.4g} -> {self.scores[-1].item():.4g})")
 
 
 def auc(fractions: ArrayLike, scores: ArrayLike) -> float:

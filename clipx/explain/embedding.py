@@ -14,7 +14,7 @@ from .explanation import Explanation
 from .registry import explain
 
 
-def explain_embedding(model: CLIP, images: Any, embedding: torch.Tensor, label: str, method: str = "relevance",
+def explain_embedding(model: CLIP, images: Any, embedding: torch.Tensor, label: str, method: str | None = None,
                       **options: Any) -> Explanation:
     """Explain each image against one text embedding [dim]: `clipx.explain` with the text tower's projected
     output replaced by `embedding` (a forward hook on `text.hook_projected`), so the maps and

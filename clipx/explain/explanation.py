@@ -57,7 +57,7 @@ class Explanation:
             raise ValueError(f"the {self.method!r} method gives no image maps")
         image = self.image if text is None else self.image[:, [_caption_index(text, self.n_texts)]]
         if not original:
-            size = size or tuple(self.images.shape[1:3])
+            size = _check_size(size) if size is not None else tuple(self.images.shape[1:3])
             return F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False)
         if self.crop_boxes is None or self.image_sizes is None:
             raise ValueError("the original images are unknown: explain() was given preprocessed pixel_values")
@@ -110,6 +110,13 @@ class Explanation:
         maps = ", ".join(f"{k}={list(v.shape)}" for k in ("image", "text", "token_maps")
                          if (v := getattr(self, k)) is not None)
         return f"Explanation(method={self.method!r}, {self.n_images} images x {self.n_texts} texts, {maps})"
+
+
+def _check_size(size: Any) -> tuple[int, int]:
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"size must be (height, width), two positive ints, got {size!r}")
+    return tuple(size)
 
 
 def _caption_index(text: Any, n_texts: int) -> int:

@@ -5,7 +5,9 @@ non-finite floats under tags, so that they load back equal. Every field is check
 others on save and on load, so a tampered or foreign file is an error naming it, never an
 Explanation whose maps disagree with its captions.
 
-Format 1 (clipx before options were tagged) had no "format" field and plain JSON options; it still loads.
+The file carries the digest of its contents (clipx.files.DIGEST), checked on load, so a flipped bit, a
+retyped or swapped tensor is refused too. Format 1 (clipx before options were tagged: no "format" field,
+plain JSON options) and format 2 (no digest) still load.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from ..files import save_safetensors
+from ..files import DIGEST, read_safetensors, save_safetensors
 
-FORMAT = 2
+FORMAT = 3
 KEY = "clipx_explanation"  # the metadata entry holding the JSON
 TENSORS = ("image", "text", "scores", "images", "token_maps")
 META = ("tokens", "texts", "method", "options", "crop_boxes", "image_sizes")
@@ -53,14 +54,10 @@ def read(path: str | Path) -> dict[str, Any]:
     def invalid(what: str) -> ValueError:
         return ValueError(f"{path} is not a valid clipx Explanation file: {what}")
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get(KEY)
-            if raw is None:
-                raise ValueError(f"{path} is not a saved clipx Explanation (its metadata has no {KEY!r} entry)")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise ValueError(f"{path} is not a readable .safetensors file (truncated or another format): {e}") from e
+    tensors, metadata = read_safetensors(path)  # a CheckpointError (a ValueError) naming the file
+    raw = metadata.get(KEY)
+    if raw is None:
+        raise ValueError(f"{path} is not a saved clipx Explanation (its metadata has no {KEY!r} entry)")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -71,6 +68,8 @@ def read(path: str | Path) -> dict[str, Any]:
     if type(version) is not int or not 1 <= version <= FORMAT:
         raise invalid(f"it has format {version!r}, this clipx reads formats 1 to {FORMAT} "
                       "(a newer clipx writes higher ones)")
+    if version >= 3 and DIGEST not in metadata:
+        raise invalid(f"it carries no digest, which every file of format {version} has (its header was edited)")
     missing, unknown = sorted(set(META) - set(meta)), sorted(set(meta) - set(META))
     if missing or unknown:
         raise invalid("its metadata " + "; ".join(f"{what} {', '.join(keys)}" for what, keys in

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from .core import Inputs
+from ..preprocess.text import check_texts
 
 
 def with_neutral(method: str, texts: Any, neutral: Any, token_inputs: bool, caption_blind: set[str]) -> list[str]:
@@ -27,10 +28,7 @@ def with_neutral(method: str, texts: Any, neutral: Any, token_inputs: bool, capt
     if token_inputs:
         raise ValueError("neutral= takes captions as strings: with token ids, explain the neutral caption's ids "
                          "as one more row and subtract its map")
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ValueError("no texts to explain: got an empty list")
-    return texts + [neutral]
+    return check_texts(texts) + [neutral]
 
 
 def subtract_neutral(inputs: Inputs, maps: Any) -> tuple[Inputs, Any]:

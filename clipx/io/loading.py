@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..families import open_clip
 from ..families.openai import is_openai_layout, openai_to_hf
 from .weights import add_tower_prefix, check_config_against_weights, load_into, read_config, read_weights
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError
+from ..files import is_file
 from .hub import resolve
 from ..model.clip import CLIP
+from ..model.save import check_saved
 from ..preprocess.image import ImageProcessor
 from ..preprocess.bpe import Tokenizer
 from ..preprocess.auto import load_tokenizer
@@ -36,7 +40,14 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
     """
     if model is not None:
         open_clip.model_cfg(model)  # an unknown name fails before anything is downloaded
-    files = resolve(name_or_path, revision, local_files_only)
+    device, dtype = _placement(device, dtype)  # and so does a device or dtype the model cannot go to
+    try:
+        files = resolve(name_or_path, revision, local_files_only)
+    except CheckpointNotFoundError:
+        if os.path.isdir(name_or_path):  # a save stopped before its weights took their name says so
+            check_saved(Path(name_or_path))
+        raise
+    check_saved(files.folder)  # a folder clipx saved: whole, and as saved, or refused naming the file
     source = str(files.weights[0] if len(files.weights) == 1 else files.folder)
     config = read_config(files.folder)  # first: a broken config.json fails before the weights are read
     from_file = config is not None
@@ -70,19 +81,57 @@ def load(name_or_path: str | Path, *, revision: str | None = None, device: str |
         clip.processor = _processor(files.folder, config, open_clip_preprocess)
     if config.text_config is not None:
         clip.tokenizer = _tokenizer(files.folder, config)
+        _check_end_token(clip.tokenizer, config.text_config, source)
     if device is not None or dtype is not None:
         clip.to(device=device, dtype=dtype)
     return clip.set_attention(attention)
 
 
 def _processor(folder: Path, config, open_clip_preprocess: dict | None) -> ImageProcessor:
-    if (folder / "preprocessor_config.json").is_file():
+    if is_file(folder / "preprocessor_config.json"):
         return ImageProcessor.from_pretrained(folder)
     if open_clip_preprocess is not None:
         return open_clip.image_processor(open_clip_preprocess, config.vision_config.image_size,
                                          folder / open_clip.CONFIG_NAME)
     # no processor file (OpenAI state dicts): the family's recipe at the model's own input size
     return ImageProcessor.from_dict(config.default_processor())
+
+
+def _placement(device: Any, dtype: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    """`device` and `dtype` checked: a torch device this machine has, a floating-point dtype (also by
+    name, "bfloat16", as transformers' torch_dtype takes it)."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch dtype (torch.float16, 'bfloat16', ...), got {dtype!r}")
+    if device is None:
+        return None, dtype
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (such as 'cpu', 'cuda', 'cuda:1', 'mps')") from None
+    if device.type == "meta":
+        raise ValueError("device meta holds no values, so a model there cannot run: load onto 'cpu' or a GPU")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"device {device}: this machine has {count} CUDA device{'s' * (count != 1)} that torch "
+                             f"can use (torch {torch.__version__})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device mps: torch cannot use Apple's MPS on this machine")
+    return device, dtype
+
+
+def _check_end_token(tokenizer, text_config, source: str) -> None:
+    """A text tower that pools at its EOS id needs a tokenizer that ends captions with it: else every
+    caption is pooled at position 0 and scores alike."""
+    if tokenizer is None or text_config.pooling != "eos":
+        return
+    emitted = tokenizer([""]).input_ids[0].tolist()  # no word the vocabulary could lack
+    if text_config.eos_token_id not in emitted:
+        warnings.warn(f"{source}: the text tower pools at eos_token_id={text_config.eos_token_id} (config.json), but "
+                      f"its tokenizer never emits it (it makes {emitted} of an empty caption): captions would all be "
+                      "pooled at position 0; fix eos_token_id or the tokenizer files", stacklevel=3)
 
 
 def _tokenizer(folder: Path, config):

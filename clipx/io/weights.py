@@ -1,5 +1,7 @@
 """Reading a checkpoint's weights: safetensors or a weights-only pickle (never code), checked against the
-config before any tensor is allocated, and loaded strictly (every key, every shape)."""
+config before any tensor is allocated, and loaded strictly: every key, every shape, floating-point values
+where the model has them (a header that retypes F32 as I32 would load a LayerNorm bias as -1.15e9), and
+none NaN or infinite (which would give NaN maps and normal-looking zero-shot results)."""
 
 from __future__ import annotations
 
@@ -170,7 +172,25 @@ def load_into(model: CLIP, hf_state: StateDict, source: str) -> None:
     if wrong:
         raise CheckpointError(f"the weights in {source} have other shapes than config.json says:\n  "
                               + _listing(wrong, sep="\n  "))
+    wrong = [f"{k}: {v.dtype} in the file, {own[expected[k]].dtype} in the model" for k, v in hf_state.items()
+             if v.is_floating_point() != own[expected[k]].is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"the weights in {source} store numbers of another kind than the model's (a header "
+                              "edited, or not this model's weights):\n  " + _listing(wrong, sep="\n  "))
+    wrong = [f"{k}: {n} of {v.numel()} values" for k, v in hf_state.items() if (n := _non_finite(v))]
+    if wrong:
+        raise CheckpointError(f"the weights in {source} hold NaN or infinite values (a damaged or diverged "
+                              "checkpoint):\n  " + _listing(wrong, sep="\n  "))
     model.load_state_dict({expected[k]: v for k, v in hf_state.items()}, strict=False)  # checked above
+
+
+def _non_finite(tensor: torch.Tensor) -> int:
+    """How many of a tensor's values are NaN or infinite. A finite sum proves there are none (one NaN or inf
+    makes any sum NaN or inf) at the cost of one pass; only a non-finite sum (or an overflowing one) counts."""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())):
+        return 0
+    return int(tensor.numel() - torch.isfinite(tensor).sum())
+
 
 def _listing(items: list[str], sep: str = ", ", limit: int = 12) -> str:
     if not items:

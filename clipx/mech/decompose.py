@@ -42,6 +42,17 @@ class Parts:
     def total(self) -> torch.Tensor:
         return self.values.sum(1)
 
+    # what each axis of `values` holds, for the repr
+    axes = ("items", "parts", "dim")
+
+    def __repr__(self) -> str:
+        shape = ", ".join(f"{n} {axis}" for n, axis in zip(self.values.shape, self.axes))
+        labels = self.labels if len(self.labels) <= 4 else [*self.labels[:2], "...", self.labels[-1]]
+        return f"{type(self).__name__}([{shape}]: {', '.join(labels)}{self._more()})"
+
+    def _more(self) -> str:
+        return ""
+
     def by_layer(self):
         """The parts of each block summed (its heads, attention bias and MLP: `vision.blocks.3`); the
         parts outside the blocks (the embedding, LayerNorm and projection biases) stay as they are."""
@@ -53,10 +64,12 @@ class Parts:
         return type(self)(values, list(groups))
 
 
-@dataclass
+@dataclass(repr=False)
 class DirectLogits(Parts):
     """Direct logit attribution, `values` [n_images, n_parts, n_texts]: summed over parts, the model's
     logits_per_image."""
+
+    axes = ("images", "parts", "texts")
 
     def top(self, text_index: int, k: int = 5,
             image_index: int = 0) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -69,7 +82,7 @@ class DirectLogits(Parts):
                 [(self.labels[i], -float(v)) for v, i in zip(down.values, down.indices)])
 
 
-@dataclass
+@dataclass(repr=False)
 class Decomposition(Parts):
     """An embedding taken apart: `values` (also `components`) [n_items, n_components, dim] in the joint
     space, summing to the tower's projected embedding (`model.encode_image` / `encode_text`).
@@ -91,6 +104,9 @@ class Decomposition(Parts):
     @property
     def components(self) -> torch.Tensor:
         return self.values
+
+    def _more(self) -> str:
+        return "" if self.per_position is None else f"; per_position {list(self.per_position.shape)}"
 
     def heads(self) -> torch.Tensor:
         """The head parts as [n_items, n_layers, n_heads, dim]."""

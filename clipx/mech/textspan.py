@@ -29,7 +29,7 @@ from ..errors import check_int
 from ..model.clip import CLIP
 
 
-@dataclass
+@dataclass(repr=False)
 class HeadDescription:
     """TextSpan's captions for one head, in the order picked. `shares[k]`: the share of `total_variance` (the
     head's output variance over the images, summed over the joint space's dimensions) along `directions[k]`,
@@ -47,6 +47,10 @@ class HeadDescription:
         lines = [f"{self.label}: variance {self.total_variance:.4g}, {sum(self.shares):.1%} of it "
                  f"in {len(self.captions)} captions"]
         return "\n".join(lines + [f"  {share:6.1%}  {caption}" for share, caption in zip(self.shares, self.captions)])
+
+    def __repr__(self) -> str:  # the table, cut short: the full lists are its attributes
+        lines = str(self).splitlines()
+        return "\n".join(lines if len(lines) <= 20 else [*lines[:19], f"  ... {len(lines) - 19} more captions"])
 
 
 def describe_heads(model: CLIP, images: Any, captions: list[str] | torch.Tensor,

@@ -13,8 +13,6 @@ maps them to Hugging Face's key layout (and `families/openai.py` OpenAI's to tha
 from __future__ import annotations
 
 import math
-import os
-import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,8 +28,10 @@ from .config import CLIPConfig
 from .hooks import HookedModule, HookPoint
 from ..preprocess.image import ImageProcessor
 from .save import save_folder
+from .summary import describe
 from .towers import TextTower, Tower, TowerOutput, VisionTower
 from ..preprocess.text import Encoding
+from ..errors import caller_level
 
 
 @dataclass
@@ -68,6 +68,13 @@ class CLIP(HookedModule):
         self._recipe = ImageProcessor.from_dict(config.default_processor()) if config.vision_config else None
         self.setup_hooks()
         self.set_attention("sdpa")
+
+    def __repr__(self) -> str:
+        return describe(self)
+
+    def tree(self) -> str:
+        """The module tree with every hook point (what `repr` gives for other torch modules)."""
+        return super().__repr__()
 
     # --- towers --------------------------------------------------------------------------
     def _tower(self, name: str) -> Tower:
@@ -152,7 +159,7 @@ class CLIP(HookedModule):
             return
         warnings.warn(f"pixel_values span [{low:.4g}, {high:.4g}], {problem}; preprocessed images span "
                       f"[{lo:.2f}, {hi:.2f}] and other values give meaningless outputs: make pixel_values "
-                      "with model.preprocess(images)", UserWarning, stacklevel=_caller_level())
+                      "with model.preprocess(images)", UserWarning, stacklevel=caller_level())
 
     def _text_forward(self, input_ids, attention_mask=None, **kwargs) -> TowerOutput:
         tower = self._tower("text")
@@ -313,18 +320,6 @@ class CLIP(HookedModule):
         """Write config.json + model.safetensors in Hugging Face's layout (and the tokenizer and
         processor files), so the folder loads both in clipx and in transformers."""
         save_folder(self, folder)
-
-
-_INTERNAL = tuple(str(Path(f).parent) + os.sep for f in (torch.__file__, Path(__file__).parent))  # torch's and clipx's code
-
-
-def _caller_level() -> int:
-    """The stacklevel, for a warnings.warn in the function calling this one, of the first frame
-    outside clipx and torch: the user's own line, however deep inside the call the check ran."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
-        level, frame = level + 1, frame.f_back
-    return level
 
 
 def _check_patches(config, pixel_values: Any, mask: torch.Tensor | None,

@@ -15,6 +15,7 @@ A thread pool that should run under the caller's hooks runs its work through
 from __future__ import annotations
 
 import fnmatch
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -159,6 +160,40 @@ class Cache(dict):
 
     def activations(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.items() if not k.endswith("_grad")}
+
+    def __repr__(self) -> str:
+        """Names and shapes, each hook's blocks on one line (`vision.blocks.{0-11}.attn.hook_pattern`), at
+        most `REPR_LINES` lines: the tensors themselves are `cache[name]`."""
+        groups: dict[str, tuple[list[int], set[tuple[int, ...]]]] = {}
+        for name, value in self.items():
+            match = _BLOCK_INDEX.search(name)
+            key = name if match is None else name[:match.start(1)] + "{}" + name[match.end(1):]
+            blocks, shapes = groups.setdefault(key, ([], set()))
+            if match is not None:
+                blocks.append(int(match.group(1)))
+            shapes.add(tuple(value.shape) if isinstance(value, torch.Tensor) else ())
+        n_grads = sum(k.endswith("_grad") for k in self)
+        lines = [f"Cache of {len(self) - n_grads} activations and {n_grads} gradients:"]
+        for key, (blocks, shapes) in groups.items():
+            name = key.format(_span(blocks)) if blocks else key
+            shape = str(list(next(iter(shapes)))) if len(shapes) == 1 else "shapes differ by block"
+            lines.append(f"  {name}: {shape}")
+        if len(lines) > REPR_LINES:
+            hidden = len(lines) - REPR_LINES + 1
+            lines = lines[:REPR_LINES - 1] + [f"  ... and {hidden} more (list(cache) names them all)"]
+        return "\n".join(lines)
+
+
+REPR_LINES = 20
+_BLOCK_INDEX = re.compile(r"\.blocks\.(\d+)\.")
+
+
+def _span(blocks: list[int]) -> str:
+    """{0-11} for consecutive blocks, {0,3,7} otherwise."""
+    blocks = sorted(set(blocks))
+    if len(blocks) > 2 and blocks == list(range(blocks[0], blocks[-1] + 1)):
+        return f"{{{blocks[0]}-{blocks[-1]}}}"
+    return "{" + ",".join(map(str, blocks)) + "}"
 
 
 class HookedModule(nn.Module):

@@ -6,6 +6,7 @@ rather than assuming OpenAI's CLIP.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,7 +313,15 @@ class TextTower(Tower):
             return torch.full(input_ids.shape[:1], at, dtype=torch.long, device=input_ids.device)
         if pooling == "eos_argmax":
             return input_ids.argmax(dim=-1)
-        return (input_ids == self.config.eos_token_id).int().argmax(dim=-1)
+        is_eos = input_ids == self.config.eos_token_id
+        found = is_eos.any(dim=-1)
+        if not found.all():
+            rows = found.logical_not().nonzero().flatten().tolist()
+            warnings.warn(f"input_ids rows {rows[:8]}{' ...' if len(rows) > 8 else ''} hold no end-of-text token "
+                          f"(id {self.config.eos_token_id}), where this text tower pools: they are pooled at "
+                          "position 0, as transformers does, which scores every such caption alike; make ids "
+                          "with model.tokenize", stacklevel=2)
+        return is_eos.int().argmax(dim=-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False,

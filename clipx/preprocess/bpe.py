@@ -17,7 +17,7 @@ from ..assets import CLIP_BPE_DIR
 from ..errors import CheckpointError
 from ..files import check_readable, is_file, read_json
 from .text import (DEFAULT_CONTEXT_LENGTH, SIGLIP_CONTEXT_LENGTH, SPECIAL_KEYS, Encoding, batch_encoding,
-                   check_padding, check_texts, context_length_or_default, read_special_tokens)
+                   check_padding, check_texts, context_length_or_default, read_special_tokens, warn_unknown_words)
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # CLIP's word split, as transformers' CLIPTokenizer has it: special tokens, contractions, letter runs,
@@ -140,6 +140,8 @@ class Tokenizer:
         # pipelines from its settings (BERT's do_lower_case) rather than from tokenizer.json
         self._source_config = source_config
         self._special_ids = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        # an unknown token of its own marks words the vocabulary lacks (CLIP's is EOS, which no word becomes)
+        self._unk_id = None if unk_token in (bos_token, eos_token, pad_token) else backend.token_to_id(unk_token)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, context_length: int | None = None) -> Tokenizer:
@@ -177,9 +179,30 @@ class Tokenizer:
         self._backend.enable_truncation(self.context_length)
         self._backend.no_padding()  # padded here (a tokenizer.json may bring its own padding settings)
         encodings = self._backend.encode_batch(texts)
+        warn_unknown_words(texts, [self._unknown_words(t, e) for t, e in zip(texts, encodings)], self.vocab_size)
         return batch_encoding([e.ids for e in encodings], [bool(e.overflowing) for e in encodings], texts,
                               self.context_length, padding, truncation, self.pad_token_id, self.padding_side,
                               pads_are_inputs=self.fixed_length)
+
+    def _unknown_words(self, text: str, encoding) -> list[str]:
+        """The words of `text` the vocabulary lacks: those with an unknown token among their pieces, and in
+        CLIP's BPE those spelled out, in pieces of under two characters on average (the demo's "kitten":
+        k-it-t-en; a word CLIP's vocabulary lacks splits into longer pieces, "photograph-ing", and other
+        tokenizers may split, say, Chinese into characters on purpose)."""
+        pieces: dict[int, list[tuple[tuple[int, int], int]]] = {}
+        for word, span, token in zip(encoding.word_ids, encoding.offsets, encoding.ids):
+            if word is not None:
+                pieces.setdefault(word, []).append((span, token))
+        unknown = []
+        for word in pieces.values():
+            spans, ids = [span for span, _ in word], [token for _, token in word]
+            spelled_out = (self.tokenizer_class == "CLIPTokenizer" and len(ids) > 1
+                           and spans[-1][1] - spans[0][0] < 2 * len(ids))
+            # the unknown token typed as such ("<unk>") is the token itself, not a word it stands for
+            unk = any(token == self._unk_id and text[start:end] != self.unk_token for (start, end), token in word)
+            if spelled_out or unk:
+                unknown.append(text[spans[0][0]:spans[-1][1]])
+        return unknown
 
     def tokens(self, input_ids, attention_mask=None) -> list[list[str]]:
         """Readable strings per position ("café", not "cafÃ©</w>"); special tokens as they are.

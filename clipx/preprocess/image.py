@@ -147,7 +147,13 @@ class ImageProcessor:
         image = self._to_rgb(_to_pil(image, i), i)
         width, height = image.size
         if self.do_resize:
-            image = image.resize(self._resized_size(width, height), resample=self.resample)
+            size = self._resized_size(width, height)
+            # refused before allocating, where PIL refuses a file (twice its limit; it only warns below)
+            if Image.MAX_IMAGE_PIXELS and size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS:
+                raise ValueError(f"images[{i}]: a {width}x{height} image resized to {size[0]}x{size[1]} would hold "
+                                 f"more than twice PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels; "
+                                 "crop its extreme aspect ratio first")
+            image = image.resize(size, resample=self.resample)
         if self.do_center_crop:
             image = image.crop(self._crop_region(*image.size))  # PIL fills outside the image with 0, as HF pads
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1)
@@ -159,6 +165,7 @@ class ImageProcessor:
         return x[None]
 
     def _to_rgb(self, image: Image.Image, i: int) -> Image.Image:
+        image = eight_bit(image, f"images[{i}]")
         if not self.do_convert_rgb:
             if image.mode != "RGB":
                 raise ValueError(f"images[{i}] is a {image.mode} image and do_convert_rgb is False; pass RGB images")
@@ -278,7 +285,7 @@ def open_image(path: str | os.PathLike, name: str | None = None, upright: bool =
         # transformers' load_image: apply the EXIF rotation, then a plain convert("RGB"); a file's
         # alpha is dropped here, not composited onto white as for a PIL image passed in
         image = ImageOps.exif_transpose(f) if upright else f
-        return image.convert(mode) if mode is not None else image.copy()
+        return eight_bit(image, name or str(path)).convert(mode) if mode is not None else image.copy()
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
@@ -331,6 +338,33 @@ def _reading(path: str | os.PathLike, name: str | None, data: bytes | None = Non
             yield f
         except (OSError, ValueError) as e:  # a header that opened but pixels that do not decode
             raise ValueError(f"{prefix}cannot read an image from {path}: {e}") from e
+
+
+# PIL's modes of more than 8 bits a channel, which convert("RGB") clips at 255 (a 16-bit photo turns white)
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def eight_bit(image: Image.Image, name: str) -> Image.Image:
+    """A 16-bit or 32-bit grey image as 8-bit grey, scaled by its type's range: 16-bit integers by 255 / 65535,
+    floats from [0, 1], 32-bit integers ("I") only where they hold 0..255 (PIL's own reading). A range that
+    cannot be known is an error naming the image, never a clipped picture. Other modes are returned as
+    they are."""
+    if image.mode not in _WIDE_MODES:
+        return image
+    values = np.asarray(image)
+    low, high = (values.min(), values.max()) if values.size else (0, 0)
+    if image.mode == "F":
+        if not (np.isfinite(values).all() and low >= 0 and high <= 1):
+            raise ValueError(f"{name}: a 32-bit float image must hold values in [0, 1]; got [{low}, {high}]")
+        scale = 255.0
+    elif image.mode == "I":
+        if low < 0 or high > 255:
+            raise ValueError(f"{name}: a 32-bit integer image with values [{low}, {high}] has no known range; "
+                             "convert it to 8 bits, or to 16 bits (mode I;16), first")
+        scale = 1.0
+    else:
+        scale = 255 / 65535
+    return Image.fromarray(np.round(values.astype(np.float64) * scale).astype(np.uint8))
 
 
 def _from_array(a: np.ndarray, i: int) -> Image.Image:

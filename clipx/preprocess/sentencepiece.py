@@ -21,7 +21,7 @@ from ..errors import CheckpointError
 from ..extras import require
 from ..files import check_readable, is_file, read_json
 from .text import (SIGLIP_CONTEXT_LENGTH, batch_encoding, check_padding, check_texts, context_length_or_default,
-                   read_special_tokens)
+                   read_special_tokens, warn_unknown_words)
 
 SPIECE = "spiece.model"
 UNDERLINE = "▁"  # SentencePiece's word-boundary mark
@@ -118,8 +118,17 @@ class SiglipTokenizer:
             cut.append(len(ids) + 1 > self.context_length)
             ids = ids[:self.context_length - 1]
             rows.append(ids if ids and ids[-1] == self.eos_token_id else ids + [self.eos_token_id])
+        warn_unknown_words(texts, [self._unknown_words(t, row) for t, row in zip(texts, rows)], self.vocab_size)
         return batch_encoding(rows, cut, texts, self.context_length, padding, truncation, self.pad_token_id,
                               pads_are_inputs=True)
+
+    def _unknown_words(self, text: str, ids: list[int]) -> list[str]:
+        """The words of `text` that SentencePiece maps (in part) to its unknown piece; [] at once for a caption
+        without one."""
+        unk = self._sp.unk_id()
+        if unk not in ids:
+            return []
+        return [word for word in self._canonical(text).split() if unk in self._sp.encode(word)]
 
     def _piece(self, token_id: int) -> str:
         if not 0 <= token_id < self.vocab_size:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, caller_level
 from ..files import is_file, read_json
 
 DEFAULT_CONTEXT_LENGTH = 77
@@ -87,12 +87,18 @@ def _shorten(text: str, width: int = 50) -> str:
 
 def check_texts(texts: str | list[str]) -> list[str]:
     """A caption or a list of captions -> a non-empty list of str."""
+    if hasattr(texts, "keys"):  # iterated, a mapping of token ids would give its keys as captions
+        raise TypeError(f"texts is a mapping with the keys {sorted(map(str, texts.keys()))}, not captions; "
+                        "token ids go in as {'input_ids': ..., 'attention_mask': ...} where a function takes them")
+    if isinstance(texts, torch.Tensor):
+        raise TypeError(f"texts is a tensor {tuple(texts.shape)}, not captions; token ids go in as "
+                        "{'input_ids': ..., 'attention_mask': ...} where a function takes them")
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no texts given: got an empty list")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
+            raise TypeError(f"texts[{i}] is {type(text).__name__} {text!r:.40}, not a str")
     return texts
 
 
@@ -119,7 +125,7 @@ def batch_encoding(rows: list[list[int]], cut: list[bool], texts: list[str], con
                    f"{context_length} tokens (the first: {_shorten(too_long[0])!r})")
         if not truncation:
             raise ValueError(message + "; shorten them or pass truncation=True")
-        warnings.warn(message + "; they were truncated, keeping EOS last", stacklevel=3)
+        warnings.warn(message + "; they were truncated, keeping EOS last", stacklevel=caller_level())
     length = context_length if padding == "max_length" else max(map(len, rows))
     ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
     content = torch.zeros(len(rows), length, dtype=torch.long)
@@ -128,3 +134,19 @@ def batch_encoding(rows: list[list[int]], cut: list[bool], texts: list[str], con
         ids[i, at] = torch.tensor(row, dtype=torch.long)
         content[i, at] = 1
     return Encoding(ids, torch.ones_like(content) if pads_are_inputs else content, content)
+
+
+def warn_unknown_words(texts: list[str], unknown: list[list[str]], vocab_size: int) -> None:
+    """Warn of the words (`unknown[i]`: caption i's) that the vocabulary does not hold, naming them: a small
+    vocabulary (the demo models' 590 tokens) spells a word it lacks out in single characters, one with an
+    unknown token maps it there; either way the model has likely never seen it, and still scores it."""
+    words = list(dict.fromkeys(word for row in unknown for word in row))
+    if not words:
+        return
+    where = [text for text, row in zip(texts, unknown) if row]
+    shown = ", ".join(map(repr, words[:10])) + (f" and {len(words) - 10} more" if len(words) > 10 else "")
+    more = len(where) - 1
+    captions = f"{_shorten(where[0])!r}" + (f" and {more} more caption{'s' * (more > 1)}" if more else "")
+    warnings.warn(f"the tokenizer's vocabulary ({vocab_size} tokens) does not hold {shown} (in {captions}): "
+                  "the model has likely never seen them (spelled out in pieces of a character or two, or unknown)",
+                  UserWarning, stacklevel=caller_level())

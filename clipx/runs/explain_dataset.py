@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..explain import explain
+from ..explain import default_method, explain, method_options
 from ..model.clip import CLIP
 from .runner import RunResult, run
 from .sources import as_source, caption_list
@@ -26,7 +26,7 @@ Captions = Sequence[str] | Callable[[Any], "str | Sequence[str]"]
 
 
 def explain_dataset(model: CLIP, images: Any, folder: str | Path, captions: Captions | None = None,
-                    method: str = "relevance", shard_size: int = 256, batch_size: int = 8, progress: bool = True,
+                    method: str | None = None, shard_size: int = 256, batch_size: int = 8, progress: bool = True,
                     image_column: str | None = None, caption_column: str | None = None, **options: Any) -> RunResult:
     """Explain every image against its captions, streaming the maps to shards in `folder` (see
     `clipx.runs.run`: resumable, and split across ranks under torchrun).
@@ -36,6 +36,9 @@ def explain_dataset(model: CLIP, images: Any, folder: str | Path, captions: Capt
     and `caption_column` name members by extension; default the first image one, and `txt`).
     `captions`: a list every image is explained against; a function of the sample (a path, a dataset row,
     a WebDataset sample dict) giving a caption or a list; or None for each sample's own captions.
+
+    `method`: None is the model's default (`default_method` in clipx.explain). The run's config records the method and
+    every option it runs with, defaults included, so a run begun under other defaults is not resumed.
 
     Each item's result: `image` [n_captions, grid_h, grid_w], `scores` [n_captions], `text` [n_captions, L]
     where the method gives one, and `captions`. Read back with `RunResult(folder)`."""
@@ -55,8 +58,10 @@ def explain_dataset(model: CLIP, images: Any, folder: str | Path, captions: Capt
             raise ValueError("captions must be a non-empty list of strings, a function of a sample, or None for "
                              "each sample's own")
         described = fixed
+    method = default_method(model) if method is None else method
+    used = method_options(method, options)  # an option the method does not take fails here, not in every item
     config = {"task": "explain", "model": model.fingerprint(), "method": method,
-              "options": json.loads(json.dumps(options, default=repr)), "captions": described}
+              "options": json.loads(json.dumps(used, default=repr)), "captions": described}
     if data.describe() is not None:
         config["source"] = data.describe()
 

@@ -3,10 +3,16 @@ one result per item, and split across processes under torchrun (torch.distribute
 
 A run folder holds `manifest.json` (what the run computes, over which items, in shards of what size) and
 one `shard-NNNNN.safetensors` per shard of consecutive items. A shard appears under its name only once
-written whole (temp file + rename), so a run killed at any point (`kill -9` included) leaves complete
-shards and at most some temp files: started again, it redoes exactly the shards that have no file. Which
-items a shard holds depends only on the manifest, never on how many processes ran it, so one process and
-several give the same shards. Under torchrun each rank takes the shards `index % world_size == rank`.
+written whole and flushed to the disk (temp file + rename), so a run killed at any point (`kill -9`
+included) leaves complete shards and at most some temp files. Each shard carries the digest of its
+contents: started again, a run redoes the shards that have no file and those that do not match their
+digest (a flipped bit, a truncated or foreign file), saying which. Which items a shard holds depends only
+on the manifest, never on how many processes ran it, so one process and several give the same shards.
+Under torchrun each rank takes the shards `index % world_size == rank`.
+
+While a run writes into a folder it holds the folder's lock (`.clipx-run.lock`, fcntl.flock): a second run
+into the same folder, from any process, is refused at once. A complete run needs no writing, so it reads
+(and "resumes") on read-only media too.
 
 An item's result is a dict of tensors and JSON values (kept in the shard's metadata, e.g. its captions);
 an item whose processing raised is kept as its error message, and the run goes on.
@@ -14,23 +20,26 @@ an item whose processing raised is kept as its error message, and the run goes o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import traceback
+import warnings
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
-from ..files import read_json, save_safetensors, write_json
+from ..files import DIGEST, make_folder, read_json, read_safetensors, save_safetensors, write_error, write_json
 
-VERSION = 1
+VERSION = 2  # 2: every shard carries its digest. Runs of version 1 (shards without) still read and resume.
+LOCK = ".clipx-run.lock"
 Result = dict[str, Any]  # tensors, and JSON values
 # a batch of items -> one result or one exception per item, in order
 Process = Callable[[list[Any]], list["Result | BaseException"]]
@@ -52,6 +61,7 @@ class Manifest:
     config: dict[str, Any]
     items: list[Any]
     shard_size: int
+    version: int = VERSION
 
     @property
     def n_shards(self) -> int:
@@ -61,7 +71,7 @@ class Manifest:
         return self.items[index * self.shard_size:(index + 1) * self.shard_size]
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": VERSION, "config": self.config, "shard_size": self.shard_size,
+        return {"version": self.version, "config": self.config, "shard_size": self.shard_size,
                 "n_items": len(self.items), "items_sha256": _digest(self.items), "items": self.items}
 
     @classmethod
@@ -71,20 +81,20 @@ class Manifest:
         missing = {"version", "config", "shard_size", "items", "items_sha256"} - set(data)
         if missing:
             raise CheckpointError(f"{path} lacks {', '.join(sorted(missing))}: not a clipx run manifest")
-        if data["version"] != VERSION:
-            raise CheckpointError(f"{path} is version {data['version']!r}; this clipx reads version {VERSION}")
+        if type(data["version"]) is not int or not 1 <= data["version"] <= VERSION:
+            raise CheckpointError(f"{path} is version {data['version']!r}; this clipx reads versions 1 to {VERSION}")
         if not isinstance(data["items"], list) or _digest(data["items"]) != data["items_sha256"]:
             raise CheckpointError(f"{path}: its item list does not match its checksum (edited or truncated)")
         if not isinstance(data["shard_size"], int) or data["shard_size"] < 1:
             raise CheckpointError(f"{path}: shard_size must be a positive int, got {data['shard_size']!r}")
-        return cls(data["config"], data["items"], data["shard_size"])
+        return cls(data["config"], data["items"], data["shard_size"], data["version"])
 
 
 def run(folder: str | Path, items: Sequence[Any], process: Process, config: dict[str, Any],
         shard_size: int = 256, batch_size: int = 16, progress: bool = True) -> RunResult:
     """Process every item in batches, writing a shard per `shard_size` items into `folder`, skipping the
-    shards already there (a resumed run). `config` must equal the folder's if it holds a run: a folder is
-    one run. Under torchrun, with torch.distributed initialised by the caller's entry point
+    shards already there whole (a resumed run; a damaged one is redone, with a warning naming it). `config`
+    must equal the folder's if it holds a run: a folder is one run, and one run at a time writes into it. Under torchrun, with torch.distributed initialised by the caller's entry point
     (`init_distributed()`), each rank runs its share and waits for the others at the end."""
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be at least 1, got {shard_size} and {batch_size}")
@@ -99,29 +109,55 @@ def run(folder: str | Path, items: Sequence[Any], process: Process, config: dict
     folder = Path(folder)
     rank, world = _distributed()
     manifest = Manifest(config, items, shard_size)
+    lock, error = None, None
     if rank == 0:
-        _start(folder, manifest)
-    _barrier(world)
-    if rank != 0:
-        _check_same(folder, manifest)
-
-    todo = [i for i in range(rank, manifest.n_shards, world) if not (folder / _shard_name(i)).is_file()]
-    total = sum(len(manifest.shard_items(i)) for i in todo)
-    with tqdm(total=total, desc=f"rank {rank}" if world > 1 else "items", disable=not progress,
-              position=rank) as bar:
-        for index in todo:
-            shard = manifest.shard_items(index)
-            results = []
-            for start in range(0, len(shard), batch_size):
-                batch = shard[start:start + batch_size]
-                results += _process(process, batch)
-                bar.update(len(batch))
-            _write_shard(folder / _shard_name(index), index, shard, results)
-    _barrier(world)
-    if rank == 0:
-        for temp in folder.glob(".shard-*.tmp"):  # left by a killed run; every shard is whole by now
-            temp.unlink(missing_ok=True)
+        try:
+            lock = _start(folder, manifest)
+        except (OSError, ValueError) as e:
+            error = e
+    _raise_everywhere(error, world)
+    try:
+        if rank != 0:
+            _check_same(folder, manifest)
+        todo = _todo(RunResult(folder), range(rank, manifest.n_shards, world))
+        total = sum(len(manifest.shard_items(i)) for i in todo)
+        with tqdm(total=total, desc=f"rank {rank}" if world > 1 else "items", disable=not progress,
+                  position=rank) as bar:
+            for index in todo:
+                shard = manifest.shard_items(index)
+                results = []
+                for start in range(0, len(shard), batch_size):
+                    batch = shard[start:start + batch_size]
+                    results += _process(process, batch)
+                    bar.update(len(batch))
+                _write_shard(folder / _shard_name(index), index, shard, results)
+        _barrier(world)
+        if rank == 0 and lock is not None:
+            for temp in folder.glob(".shard-*.tmp"):  # left by a killed run; every shard is whole by now
+                temp.unlink(missing_ok=True)
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
     return RunResult(folder)
+
+
+def _todo(result: RunResult, indices: range) -> list[int]:
+    """The shards among `indices` to (re)do: those without a file, and those whose file is damaged, which
+    one warning names with what is wrong."""
+    todo, damaged = [], []
+    for index in indices:
+        if not (result.folder / _shard_name(index)).is_file():
+            todo.append(index)
+            continue
+        try:
+            result._shard_rows(index, tensors=())
+        except CheckpointError as e:
+            todo.append(index)
+            damaged.append(str(e))
+    if damaged:
+        warnings.warn(f"redoing {len(damaged)} damaged shard{'s' * (len(damaged) > 1)}:\n  " + "\n  ".join(damaged),
+                      UserWarning, stacklevel=3)
+    return todo
 
 
 def _process(process: Process, batch: list[Any]) -> list[Result | BaseException]:
@@ -157,15 +193,51 @@ def _write_shard(path: Path, index: int, items: list[Any], results: list[Result 
     save_safetensors(tensors, path, metadata=metadata)
 
 
-def _start(folder: Path, manifest: Manifest) -> None:
-    """Write the manifest of a new run, or check that the folder's run is this one."""
-    if (folder / "manifest.json").is_file():
-        _check_same(folder, manifest)
-        return
-    if folder.is_dir() and any(not p.name.endswith(".tmp") for p in folder.iterdir()):  # a killed start's temp
+def _start(folder: Path, manifest: Manifest) -> IO[str] | None:
+    """Take the folder's lock, then write the manifest of a new run or check that the folder's run is this
+    one. Returns the lock, None where the folder cannot be written (then only a complete run succeeds)."""
+    there = (folder / "manifest.json").is_file()
+    if not there and folder.is_dir() and any(not _ours(p.name) for p in folder.iterdir()):
         raise ValueError(f"{folder} is not empty and holds no run manifest: pick an empty or new folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(manifest.to_json(), folder / "manifest.json")
+    make_folder(folder)
+    lock = _lock(folder)
+    try:
+        if there:
+            _check_same(folder, manifest)
+        else:
+            write_json(manifest.to_json(), folder / "manifest.json")
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    return lock
+
+
+def _ours(name: str) -> bool:
+    """Files a run leaves in a folder before its manifest: a killed start's temp file, the lock."""
+    return name.endswith(".tmp") or name == LOCK
+
+
+def _lock(folder: Path) -> IO[str] | None:
+    """The folder's lock, held (fcntl.flock) until the returned file is closed, or None where the folder is
+    read-only. Another run holding it is a BlockingIOError naming the folder. The lock file is never
+    written to: a run that finds nothing to do changes nothing in the folder."""
+    import fcntl  # POSIX; here, so that reading runs needs no fcntl
+
+    path = folder / LOCK
+    try:
+        f = open(path, "a", encoding="utf-8")
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return None
+        raise write_error(e, path) from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise BlockingIOError(f"{folder} is being written by another run, which holds {path}: wait for it to "
+                              "end, or run into another folder") from None
+    return f
 
 
 def _check_same(folder: Path, manifest: Manifest) -> None:
@@ -224,6 +296,19 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def _raise_everywhere(error: Exception | None, world: int) -> None:
+    """Rank 0's failure to start the run, raised on every rank: the others would wait for it for ever."""
+    if world > 1:
+        import torch.distributed as dist
+
+        message = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(message, src=0)
+        if error is None and message[0] is not None:
+            raise RuntimeError(f"rank 0 could not start the run: {message[0]}")
+    if error is not None:
+        raise error
+
+
 def _barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
@@ -264,30 +349,64 @@ class RunResult:
         for index in range(self.manifest.n_shards):
             yield from self._read_shard(index, tensors)
 
+    def __repr__(self) -> str:
+        missing, n_shards = self.missing_shards(), self.manifest.n_shards
+        done = "complete" if not missing else f"{n_shards - len(missing)} of {n_shards} shards done"
+        try:  # counted from the shards' headers: a repr reads no tensor (`errors` checks the shards whole)
+            failed = f"{sum(self._failed_in(index) for index in range(n_shards) if index not in missing)} failed"
+        except (SafetensorError, OSError, ValueError, AttributeError):
+            failed = "a shard unreadable (.results() says which)"
+        return f"RunResult({str(self.folder)!r}: {len(self)} items in {n_shards} shards, {done}, {failed})"
+
+    def _failed_in(self, index: int) -> int:
+        with safe_open(str(self.folder / _shard_name(index)), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("clipx_run_shard", "null") or "null")
+        return len(meta["errors"]) if isinstance(meta, dict) and isinstance(meta.get("errors"), dict) else 0
+
     @property
     def errors(self) -> list[tuple[Any, str]]:
-        # the errors are in the shards' metadata: no tensor is read
+        # the errors are in the shards' metadata: no tensor is kept
         return [(item, error) for item, _, error in self.results(tensors=()) if error is not None]
 
     def stack(self, name: str) -> torch.Tensor:
         """Every successful item's `name` stacked, in item order (items that failed are left out: `errors`)."""
         return torch.stack([result[name] for _, result, _ in self.results(tensors=(name,)) if result is not None])
 
-    def _read_shard(self, index: int, tensors: Container[str] | None) -> Iterator[tuple[Any, Result | None, str | None]]:
+    def _read_shard(self, index: int, tensors: Container[str] | None) -> list[tuple[Any, Result | None, str | None]]:
+        try:
+            return self._shard_rows(index, tensors)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}: run it again to redo the shard") from None
+
+    def _shard_rows(self, index: int, tensors: Container[str] | None) -> list[tuple[Any, Result | None, str | None]]:
+        """Shard `index`'s (item, result, error) rows, the whole file checked against its digest first (a
+        CheckpointError naming the shard where it does not match, or is not this run's shard `index`)."""
         path, items = self.folder / _shard_name(index), self.manifest.shard_items(index)
-        with safe_open(path, "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("clipx_run_shard", "null") or "null")
-            if not isinstance(meta, dict) or meta.get("index") != index or meta.get("items_sha256") != _digest(items):
-                raise CheckpointError(f"{path} does not hold shard {index} of this run's items (moved from "
-                                      "another run, or tampered with): delete it and run again")
-            results: list[Result] = [{} for _ in items]
-            for key in f.keys():
-                position, name = key.split("/", 1)
-                if tensors is None or name in tensors:
-                    results[int(position)][name] = f.get_tensor(key)
+        try:
+            results, errors = self._shard_contents(path, index, items, tensors)
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+            raise CheckpointError(f"{path} is not a readable shard of this run ({type(e).__name__}: {e})") from None
+        return [(item, None if position in errors else results[position], errors.get(position))
+                for position, item in enumerate(items)]
+
+    def _shard_contents(self, path: Path, index: int, items: list[Any],
+                        tensors: Container[str] | None) -> tuple[list[Result], dict[int, str]]:
+        stored, metadata = read_safetensors(path)
+        if DIGEST not in metadata and self.manifest.version >= 2:
+            raise CheckpointError(f"{path} carries no digest, which every shard of this run has (a file from "
+                                  "elsewhere, or its header edited)")
+        meta = json.loads(metadata.get("clipx_run_shard", "null") or "null")
+        if not isinstance(meta, dict) or meta.get("index") != index or meta.get("items_sha256") != _digest(items):
+            raise CheckpointError(f"{path} does not hold shard {index} of this run's items (moved from "
+                                  "another run, or tampered with)")
+        results: list[Result] = [{} for _ in items]
+        for key, tensor in stored.items():
+            position, name = key.split("/", 1)
+            if tensors is None or name in tensors:
+                results[int(position)][name] = tensor
         errors = {int(k): v for k, v in meta.get("errors", {}).items()}
         for position, named in meta.get("values", {}).items():
             results[int(position)].update(named)
-        for position, item in enumerate(items):
-            error = errors.get(position)
-            yield item, (None if error is not None else results[position]), error
+        return results, errors

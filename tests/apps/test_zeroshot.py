@@ -117,3 +117,10 @@ def test_templates_module():
 def test_bad_input_is_a_clear_error(model, images, classes, templates, error, match):
     with pytest.raises(error, match=match):
         clipx.zeroshot(model, images, classes, templates)
+
+
+def test_classes_from_a_generator_are_read_once(model, images):
+    """all(...) over a generator used to consume it, leaving 'no class names given'."""
+    classes = ["a red circle", "a blue star"]
+    assert torch.equal(clipx.zeroshot(model, images, (c for c in classes)).logits,
+                       clipx.zeroshot(model, images, classes).logits)

@@ -149,6 +149,8 @@ def test_curves_start_and_end_at_image_and_baseline():
         assert i.scores[0].item() == pytest.approx(empty) and i.scores[-1].item() == pytest.approx(full)
         assert empty < full  # the baseline really removes information
     fractions, scores = d  # unpacks as a (fractions, scores) pair
+    assert repr(d) == (f"Curve(deletion, 11 steps, AUC {d.auc:.4g}, mean baseline; "
+                       f"score {d.scores[0].item():.4g} -> {d.scores[-1].item():.4g})")
     assert d.auc == auc(fractions, scores)
     assert deletion_curve(score_inside, IMAGE, s, baseline=torch.zeros(1, 3, 32, 32)).baseline == "tensor"
 

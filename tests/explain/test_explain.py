@@ -203,7 +203,7 @@ def test_no_leaks_over_200_calls(model):
 def test_bad_input(model, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'grad-cam'.*gradcam.*relevance"):
         clipx.explain(model, images(1), CAPTIONS, method="grad-cam")
-    with pytest.raises(TypeError, match="takes no option 'layer'.*start_layer=-1"):
+    with pytest.raises(TypeError, match="takes no option 'layer'.*start_layer=0"):
         clipx.explain(model, images(1), CAPTIONS, method="relevance", layer=3)
     with pytest.raises(ValueError, match="no texts"):
         clipx.explain(model, images(1), [])
@@ -242,6 +242,10 @@ def test_explanation_round_trip_and_pixel_maps(model, tmp_path):
     placed = exp.pixel_maps(original=True)
     assert placed[0].shape == (2, 40, 60)
     assert placed[0][:, :, :9].abs().sum() == 0  # left of the centre crop (x 10..50 of 60) stays empty
+    assert exp.pixel_maps(size=(5, 7)).shape == (2, 2, 5, 7)
+    for size in ((0, 0), (-1, 5), (3,), (2.5, 4), (True, 4)):
+        with pytest.raises(ValueError, match=r"size must be \(height, width\), two positive ints"):
+            exp.pixel_maps(size=size)
     exp.save(tmp_path / "exp.safetensors")
     back = Explanation.load(tmp_path / "exp.safetensors")
     assert back.method == "relevance" and back.tokens == exp.tokens and back.crop_boxes == exp.crop_boxes

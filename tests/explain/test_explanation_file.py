@@ -1,5 +1,6 @@
-"""Explanation files: options saved faithfully, every tampered or foreign file refused with its name,
-old files still readable, and .safetensors files written whole with the umask's permissions."""
+"""Explanation files: options saved faithfully, every tampered, damaged or foreign file refused with its
+name, old files still readable, and .safetensors files written whole with the umask's permissions, also
+on a full disk."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from safetensors.torch import save_file
 
 import clipx
 from clipx import Explanation
+from clipx.files import DIGEST, tensor_digest
+from damage import fill_disk, flip_bit, retype, swap, truncate
 
 TOKENS = [["<|startoftext|>", "a", "star", "<|endoftext|>"], ["<|startoftext|>", "two", "<|endoftext|>"]]
 
@@ -38,9 +41,13 @@ def contents(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["clipx_explanation"])
 
 
-def rewrite(path: Path, tensors: dict[str, torch.Tensor], meta: dict | str) -> None:
-    """The file as a tamperer would write it: safetensors' own writer, our metadata key."""
-    save_file(tensors, str(path), metadata={"clipx_explanation": meta if isinstance(meta, str) else json.dumps(meta)})
+def rewrite(path: Path, tensors: dict[str, torch.Tensor], meta: dict | str, digest: bool = True) -> None:
+    """The file as a tamperer would write it: safetensors' own writer, our metadata key, and a digest that
+    fits (so that the checks of the fields, not the digest's, are what refuses it)."""
+    metadata = {"clipx_explanation": meta if isinstance(meta, str) else json.dumps(meta)}
+    if digest:
+        metadata[DIGEST] = tensor_digest(tensors, metadata)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def assert_same(back: Explanation, exp: Explanation) -> None:
@@ -152,7 +159,7 @@ TAMPERINGS = {
     "option unknown tag": (_set("options", {"b": {"pickle": "x"}}), "option 'b' holds an unknown value"),
     "field missing": (_drop("texts"), "its metadata lacks texts"),
     "field unknown": (_set("owner", "x"), "its metadata has unknown fields owner"),
-    "newer format": (_set("format", 99), r"it has format 99, this clipx reads formats 1 to 2 \(a newer clipx writes"),
+    "newer format": (_set("format", 99), r"it has format 99, this clipx reads formats 1 to 3 \(a newer clipx writes"),
 }
 
 
@@ -171,6 +178,11 @@ def test_a_tampered_file_is_refused_naming_it_and_what_disagrees(tmp_path, name)
 @pytest.mark.parametrize("damage, message", [
     (lambda path: path.write_bytes(b"not a safetensors file at all"), "is not a readable .safetensors file"),
     (lambda path: path.write_bytes(path.read_bytes()[:-10]), "is not a readable .safetensors file"),
+    (truncate, "is not a readable .safetensors file"),
+    (lambda path: flip_bit(path, "scores", bit=9), "is damaged: its contents do not match the digest"),
+    (lambda path: retype(path, "scores", "I32"), "is damaged: its contents do not match the digest"),
+    (lambda path: swap(path, "image", "text"), "is damaged: its contents do not match the digest"),
+    (lambda path: rewrite(path, *contents(path), digest=False), "it carries no digest, which every file of format 3"),
     (lambda path: rewrite(path, contents(path)[0], "{not json"), "its metadata is not JSON"),
     (lambda path: rewrite(path, contents(path)[0], "[1, 2]"), "its metadata is a JSON list, not an object"),
     (lambda path: save_file({"a": torch.zeros(1)}, str(path)), "is not a saved clipx Explanation"),
@@ -189,6 +201,29 @@ def test_saving_an_inconsistent_explanation_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="cannot save this Explanation to .*texts must be a list of 2"):
         exp.save(tmp_path / "e.safetensors")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_of_format_2_without_a_digest_still_loads(tmp_path):
+    exp = explanation(steps=torch.arange(3))
+    exp.save(tmp_path / "e.safetensors")
+    tensors, meta = contents(tmp_path / "e.safetensors")
+    rewrite(tmp_path / "e.safetensors", tensors, {**meta, "format": 2}, digest=False)
+    back = Explanation.load(tmp_path / "e.safetensors")
+    assert_same(back, exp)
+    assert torch.equal(back.options["steps"], torch.arange(3))
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda path: path.mkdir(), ValueError, "cannot read {}: Is a directory"),
+    (lambda path: path.symlink_to(path), ValueError, "cannot read {}: Too many levels of symbolic links"),
+    (lambda path: path.symlink_to(path.parent / "gone"), FileNotFoundError, r"\[Errno 2\] No such file or directory: '{}'"),
+    (lambda path: None, FileNotFoundError, r"\[Errno 2\] No such file or directory: '{}'"),
+])
+def test_a_name_that_is_no_readable_file_is_named(tmp_path, make, error, message):
+    path = tmp_path / "e.safetensors"
+    make(path)
+    with pytest.raises(error, match="^" + message.format(re.escape(str(path))) + "$"):
+        Explanation.load(path)
 
 
 def test_a_file_of_the_previous_format_still_loads(tmp_path):
@@ -253,3 +288,13 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         explanation(n_steps=4).save(path)
     assert os.listdir(tmp_path) == ["e.safetensors"] and path.read_bytes() == before
+
+
+def test_a_full_disk_is_an_oserror_naming_the_file_and_the_old_file_stays(tmp_path, monkeypatch):
+    path = tmp_path / "e.safetensors"
+    explanation().save(path)
+    before = path.read_bytes()
+    tried = fill_disk(monkeypatch, after=100)
+    with pytest.raises(OSError, match=f"^\\[Errno 28\\] No space left on device: '{re.escape(str(path))}'$"):
+        explanation(n_steps=4).save(path)
+    assert tried and os.listdir(tmp_path) == ["e.safetensors"] and path.read_bytes() == before

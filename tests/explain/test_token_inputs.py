@@ -56,7 +56,22 @@ def test_the_callers_positions_are_kept_and_a_tokenizer_free_model_is_explained(
     ({"input_ids": torch.zeros(1, 500, dtype=torch.long)}, ValueError, "at most"),
     ({"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 4)}, ValueError,
      "attention_mask must be 0s and 1s shaped like input_ids"),
+    ({"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 0], [0, 0, 0]])},
+     ValueError, r"attention_mask rows \[1\] are all zeros"),
+    # a misspelt key: iterated, the mapping's keys would have been explained as two captions
+    ({"input_id": torch.ones(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3)}, TypeError,
+     r"texts is a mapping with the keys \['attention_mask', 'input_id'\], not captions"),
+    (torch.ones(1, 3, dtype=torch.long), TypeError, r"texts is a tensor \(1, 3\), not captions"),
 ])
 def test_bad_token_ids_are_refused_by_name(eager_model, given, error, message):
     with pytest.raises(error, match=message):
         clipx.explain(eager_model, pixels(), given)
+
+
+def test_ids_without_the_end_token_the_tower_pools_at_are_warned_about(eager_model):
+    """Pooled at position 0 (as transformers does), every such caption would score alike: said, not silent."""
+    enc = eager_model.tokenize(["a red circle", "a blue star"])
+    eos = eager_model.text.config.eos_token_id
+    cut = enc.input_ids.masked_fill(enc.input_ids == eos, 0)[1:]
+    with pytest.warns(UserWarning, match=rf"input_ids rows \[1\] hold no end-of-text token \(id {eos}\)"):
+        clipx.explain(eager_model, pixels(), {"input_ids": torch.cat([enc.input_ids[:1], cut])})

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import clipx
+import clipx.io.loading
 from clipx import CheckpointError, CheckpointNotFoundError
 from inputs import texts_to_ids
 
@@ -213,3 +214,21 @@ def test_zero_size_image(tiny_model):
 
     with pytest.raises(ValueError):
         tiny_model.preprocess([Image.new("RGB", (0, 10))])
+
+
+@pytest.mark.parametrize("placement, message", [
+    (dict(device="gpu"), r"device 'gpu' is not a torch device"),
+    (dict(device="meta"), r"device meta holds no values"),
+    (dict(device=f"cuda:{torch.cuda.device_count() + 3}"), r"this machine has \d+ CUDA devices? that torch can use"),
+    (dict(dtype=torch.int8), r"dtype must be a floating-point torch dtype .* got torch.int8"),
+    (dict(dtype="float17"), r"dtype must be a floating-point torch dtype .* got 'float17'"),
+])
+def test_a_device_or_dtype_the_model_cannot_take_is_refused_before_loading(placement, message, monkeypatch):
+    monkeypatch.setattr(clipx.io.loading, "resolve", lambda *a: pytest.fail("read files before checking"))
+    with pytest.raises(ValueError, match=message):
+        clipx.load("demo", **placement)
+
+
+def test_a_dtype_by_name_is_taken_as_transformers_takes_it():
+    assert next(clipx.load("demo", dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    assert next(clipx.load("demo", dtype="torch.float16").parameters()).dtype == torch.float16

@@ -239,6 +239,47 @@ def test_hub_cache_symlinks_to_blobs_are_followed(tiny_checkpoint, tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("name", ["preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"])
+@pytest.mark.parametrize("damage, message", [
+    ("missing blob", r"is a symbolic link to .*blob, which is missing or loops"),
+    ("loop", r"is a symbolic link to .*, which is missing or loops"),
+    ("folder", r"is a folder, not a file clipx can read"),
+])
+def test_a_side_file_that_exists_but_cannot_be_read_is_never_taken_as_absent(tiny_checkpoint, tmp_path, name,
+                                                                              damage, message):
+    """Taken as absent, a broken processor file would load the default processing and broken tokenizer files
+    no tokenizer, silently: each is refused, naming it."""
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    path = folder / name
+    path.unlink()
+    if damage == "missing blob":
+        path.symlink_to(Path("..", "blobs", "blob"))
+    elif damage == "loop":
+        path.symlink_to(path.name)
+    else:
+        path.mkdir()
+    with pytest.raises(CheckpointError, match=message) as caught:
+        clipx.load(folder)
+    assert str(path) in str(caught.value)
+
+
+def test_a_config_whose_end_token_the_tokenizer_never_emits_is_warned_about_at_load(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"].update(eos_token_id=400, pooling="eos")  # a word's id: no caption ends with it
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match=r"pools at eos_token_id=400 \(config.json\), but its tokenizer never emits "
+                                         r"it \(it makes \[49406, 49407\] of an empty caption\)"):
+        clipx.load(folder)
+    config["text_config"]["eos_token_id"] = 49407
+    (folder / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clipx.load(folder)
+
+
 def test_unusable_names_are_not_found(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="neither a local file or folder nor a valid hub id"):
         clipx.load("x" * 300)

@@ -72,6 +72,15 @@ def test_direct_logit_attribution_sums_to_the_logits(model):
     assert [v for _, v in up] == sorted(column.tolist(), reverse=True)[:3]
     assert [v for _, v in down] == sorted(column.tolist())[:3]
     assert all(direct.values[1, direct.labels.index(label), 1] == v for label, v in up + down)
+    n = len(parts.labels)
+    assert repr(direct) == (f"DirectLogits([2 images, {n} parts, {len(CAPTIONS)} texts]: vision.embed, "
+                            "vision.blocks.0.attn.head.0, ..., vision.ln_post.bias)")
+    assert repr(layers) == ("DirectLogits([2 images, 4 parts, 3 texts]: vision.embed, vision.blocks.0, "
+                            "vision.blocks.1, vision.ln_post.bias)")
+    dim = parts.values.shape[-1]
+    assert repr(parts).startswith(f"Decomposition([2 items, {n} parts, {dim} dim]: vision.embed, ")
+    per_position = clipx.decompose(model, px, per_position=True)
+    assert repr(per_position).endswith(f"; per_position {list(per_position.per_position.shape)})")
 
 
 def test_caption_parts_sum_to_the_text_embedding(model, tiny_siglip):

@@ -20,8 +20,10 @@ def planted(model, patch=PLANTED, scale=30.0):
     position = model.vision.prefix_tokens + patch
 
     def plant(x, hook):
+        # the norm is read before the clone is written, so relevance through every layer can differentiate it
+        boost = scale * x[:, position].norm(dim=-1, keepdim=True) * torch.ones_like(x[:, position])
         x = x.clone()
-        x[:, position] += scale * x[:, position].norm(dim=-1, keepdim=True) * torch.ones_like(x[:, position])
+        x[:, position] += boost
         return x
 
     return model.hooks(fwd_hooks=[("vision.blocks.1.hook_resid_pre", plant)])

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +19,12 @@ from safetensors.torch import load_file, save_file
 import clipx
 import clipx.assets
 from clipx.eval.metrics import auroc
+from clipx.files import DIGEST, read_safetensors, save_safetensors
 from clipx.mech.sae.autoencoder import SAEConfig, SparseAutoencoder
 from clipx.mech.sae.attach import attach_sae, splice_effect
 from clipx.mech.sae.features import feature_activations, nearest_captions, readout_directions, top_patches
 from clipx.mech.sae.training import fit, new_sae
+from damage import fill_disk, flip_bit, retype, swap, truncate
 from floats import assert_float32_close
 from paths import ROOT
 
@@ -159,6 +164,11 @@ def tamper_config(folder: Path, change) -> None:
     path.write_text(json.dumps(config))
 
 
+def replace_weights(folder: Path, tensors: dict) -> None:
+    """New weights, with a digest, and config.json naming it: a tamperer careful enough to pass the digests."""
+    tamper_config(folder, lambda c: c.update(weights_xxh3_128=save_safetensors(tensors, folder / "sae.safetensors")))
+
+
 @pytest.mark.parametrize("tamper, message", [
     (lambda f: (f / "sae.safetensors").unlink(), "no sae.safetensors"),
     (lambda f: (f / "config.json").unlink(), "no config.json"),
@@ -167,8 +177,8 @@ def tamper_config(folder: Path, change) -> None:
     (lambda f: tamper_config(f, lambda c: c.update(d_sae=65)), "'W_dec' has shape \\(64, 48\\).*d_sae=65"),
     (lambda f: tamper_config(f, lambda c: c.update(k=0)), "config.json.*k in 1..d_sae"),
     (lambda f: tamper_config(f, lambda c: c.update(tied=True)), "holds tensor 'W_enc'"),
-    (lambda f: save_file({k: v for k, v in load_file(f / "sae.safetensors").items() if k != "b_enc"},
-                         f / "sae.safetensors"), "lacks tensor 'b_enc'"),
+    (lambda f: replace_weights(f, {k: v for k, v in load_file(f / "sae.safetensors").items() if k != "b_enc"}),
+     "lacks tensor 'b_enc'"),
     (lambda f: (f / "config.json").write_text("{"), "not valid JSON"),
     (lambda f: tamper_config(f, lambda c: c.update(tied="no")), "tied a bool"),
 ], ids=["no-weights", "no-config", "missing-field", "unknown-field", "wrong-shape", "bad-k", "tied-but-W_enc",
@@ -178,6 +188,82 @@ def test_tampered_files_fail_loudly(tmp_path, tamper, message):
     tamper(tmp_path)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         SparseAutoencoder.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage", [lambda p: flip_bit(p, "b_dec", bit=29), lambda p: retype(p, "b_enc", "I32"),
+                                    lambda p: swap(p, "W_enc", "W_dec"), truncate],
+                         ids=["bit-flipped", "retyped", "swapped", "truncated"])
+def test_damaged_weights_are_refused_naming_them(tmp_path, damage):
+    small_sae().save(tmp_path)
+    damage(tmp_path / "sae.safetensors")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'sae.safetensors'))} is (damaged|not a readable)"):
+        SparseAutoencoder.load(tmp_path)
+
+
+def test_weights_of_another_save_are_refused(tmp_path):
+    """As a save stopped between its two files leaves them (the new weights, the old config.json), or as a
+    user copying one file of another SAE makes them."""
+    small_sae().save(tmp_path / "a")
+    other = small_sae()
+    with torch.no_grad():
+        other.b_dec.add_(1)
+    other.save(tmp_path / "b")
+    os.replace(tmp_path / "b" / "sae.safetensors", tmp_path / "a" / "sae.safetensors")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'a' / 'sae.safetensors'} is not the file "
+                                         f"{tmp_path / 'a' / 'config.json'} was saved with"):
+        SparseAutoencoder.load(tmp_path / "a")
+
+
+def test_a_save_interrupted_before_its_config_leaves_a_folder_that_is_refused(tmp_path, monkeypatch):
+    import clipx.mech.sae.autoencoder as module
+
+    small_sae().save(tmp_path)
+    other = small_sae(k=5)
+    with torch.no_grad():
+        other.b_dec.add_(1)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(module, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        other.save(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "sae.safetensors"]
+    assert json.loads((tmp_path / "config.json").read_text())["k"] == 4  # the old one, whole
+    with pytest.raises(ValueError, match="is not the file .*config.json was saved with"):
+        SparseAutoencoder.load(tmp_path)
+
+
+def test_a_full_disk_is_an_oserror_naming_the_file_and_the_saved_sae_stays(tmp_path, monkeypatch):
+    sae = small_sae()
+    sae.save(tmp_path)
+    before = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
+    fill_disk(monkeypatch, after=50)
+    with pytest.raises(OSError, match=f"^\\[Errno 28\\] No space left on device: '{tmp_path / 'sae.safetensors'}'$"):
+        small_sae(k=5).save(tmp_path)
+    assert {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)} == before
+    monkeypatch.undo()
+    assert SparseAutoencoder.load(tmp_path).config == sae.config
+
+
+def test_both_files_get_the_mode_the_umask_gives(tmp_path):
+    old = os.umask(0o027)
+    try:
+        small_sae().save(tmp_path)
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
+        "config.json": 0o640, "sae.safetensors": 0o640}
+
+
+def test_a_folder_saved_before_digests_still_loads(tmp_path):
+    sae = small_sae(input_scale=0.5)
+    sae.save(tmp_path)
+    tensors, metadata = read_safetensors(tmp_path / "sae.safetensors")
+    assert DIGEST in metadata
+    save_file(tensors, tmp_path / "sae.safetensors")
+    tamper_config(tmp_path, lambda c: c.pop("weights_xxh3_128"))
+    loaded = SparseAutoencoder.load(tmp_path)
+    assert loaded.config == sae.config and torch.equal(loaded.W_dec, sae.W_dec)
 
 
 # --- attaching -------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ def test_every_head_of_a_real_model_is_described(model):
         assert all(0 <= s <= 1 for s in d.shares) and sum(d.shares) <= 1
         assert d.total_variance == pytest.approx(float(head_outputs.double().var(0).sum()), rel=1e-5)
         assert d.label in str(d) and all(c in str(d) for c in d.captions)
+        assert repr(d) == str(d) and "tensor" not in repr(d)  # the table, not the directions' numbers
 
     tok = model.tokenize(captions)  # embeddings instead of captions, and a subset of heads: the same picks
     with torch.no_grad():

@@ -271,3 +271,18 @@ def test_old_spellings_work_and_warn(tiny_model):
                 pass
     with pytest.raises(KeyError, match="no hook point named 'vision.blocks.0.attn.hook_nothing'"):
         tiny_model.hook_point("vision.blocks.0.attn.hook_nothing")
+
+
+def test_a_cache_shows_names_and_shapes_in_a_few_lines(demo):
+    tok = demo.tokenize(["a red circle"])
+    x = dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+    _, cache = demo.run_with_cache(**x)
+    text = repr(cache)
+    lines = text.splitlines()
+    assert len(lines) == 20 and lines[0] == f"Cache of {len(cache)} activations and 0 gradients:"
+    assert "  vision.blocks.{0-3}.attn.hook_pattern: [1, 4, 65, 65]" in lines
+    assert lines[-1].startswith("  ... and ") and "list(cache)" in lines[-1]
+    _, cache = demo.run_with_cache(**x, names_filter=["vision.blocks.1.attn.hook_pattern",
+                                                      "vision.blocks.3.attn.hook_pattern", "text.hook_pooled"])
+    assert repr(cache).splitlines()[1:] == ["  vision.blocks.{1,3}.attn.hook_pattern: [1, 4, 65, 65]",
+                                            "  text.hook_pooled: [1, 128]"]

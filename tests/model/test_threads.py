@@ -112,3 +112,17 @@ def test_attention_blocks_switch_only_their_own_thread(model):
     after = run_threads(lambda k: (first, second)[k](), 2)
     assert seen == {"first": "eager", "second before": "sdpa", "second": "eager"}
     assert after == ["sdpa", "sdpa"] and model.attention_backend == "sdpa"
+
+
+def test_a_captum_layer_method_in_one_thread_leaves_the_others_alone(model):
+    """Captum hooks a layer with torch module hooks, which every thread shares: the adapter gives it a layer
+    only its own thread's forwards pass through, so the others' explanations and forwards stay their own."""
+    from captum.attr import LayerGradCam, LayerIntegratedGradients
+
+    methods = [LayerIntegratedGradients, LayerGradCam, "relevance", "relevance"]
+    expected = [clipx.explain(model, *inputs(k), method=methods[k]) for k in range(N_THREADS)]
+    got = run_threads(lambda k: [clipx.explain(model, *inputs(k), method=methods[k]) for _ in range(N_CALLS)])
+    for k in range(N_THREADS):
+        for exp in got[k]:
+            assert_float32_close(exp.image, expected[k].image, what=f"thread {k} ({methods[k]}) image")
+            assert_float32_close(exp.scores, expected[k].scores)

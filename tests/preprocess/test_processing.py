@@ -21,7 +21,7 @@ HF = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPIm
 transformers.logging.set_verbosity_error()  # ambiguous-channel and torchvision-fallback notices
 
 TOL = 1e-5
-MODES = ["RGB", "RGBA", "L", "LA", "P", "PA", "I", "I;16", "F", "CMYK", "1", "LAB"]
+MODES = ["RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "1", "LAB"]
 # around the crop: equal, one more / less, odd and even differences, thin, tiny, very wide or tall
 SIZES = [(224, 224), (225, 224), (224, 225), (225, 226), (226, 227), (227, 225), (300, 224), (223, 301),
          (640, 480), (481, 641), (100, 50), (50, 100), (7, 3), (3, 7), (1, 1), (1, 300), (300, 1), (30, 30)]
@@ -42,14 +42,6 @@ CONFIGS = {
 
 # --- helpers -------------------------------------------------------------------------------------
 def random_image(rng: np.random.Generator, width: int, height: int, mode: str = "RGB") -> Image.Image:
-    """A random image in `mode`; integer and float modes reach outside 0..255 to exercise clipping."""
-    if mode in ("I", "I;16", "F"):
-        low, high = {"I": (-300, 600), "I;16": (0, 1000), "F": (-20.0, 300.0)}[mode]
-        values = rng.uniform(low, high, (height, width))
-        if mode == "F":
-            return Image.fromarray(values.astype(np.float32), "F")
-        image = Image.fromarray(values.astype(np.int32), "I")
-        return image.convert("I;16") if mode == "I;16" else image
     rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
     return rgba.convert(mode)
 
@@ -125,7 +117,7 @@ def test_paths_match_hf(tmp_path, default_pair):
     ours, hf = default_pair
     rng = np.random.default_rng(4)
     paths = []
-    for mode in ("RGB", "RGBA", "LA", "L", "P", "I;16"):
+    for mode in ("RGB", "RGBA", "LA", "L", "P"):
         paths.append(tmp_path / f"{mode.replace(';', '_')}.png")
         random_image(rng, 45, 31, mode).save(paths[-1])
     transparent = random_image(rng, 45, 31, "P")
@@ -145,17 +137,37 @@ def test_paths_match_hf(tmp_path, default_pair):
     assert ImageProcessor(do_center_crop=False, size=30)(paths[-1]).shape == (1, 3, 60, 30)
 
 
-def test_high_bit_depth_is_clipped_not_scaled_like_hf(default_pair):
-    """PIL's convert("RGB"), which transformers uses, clips I / I;16 / F values to 0..255 (F is
-    floored first): a 16-bit image above 255 turns white rather than being scaled down."""
-    ours, hf = default_pair
-    values = np.array([[0, 100, 255, 256, 1000, 65535]], dtype=np.uint16)
-    image = Image.fromarray(values)
-    assert image.mode == "I;16"
+@pytest.mark.parametrize("mode, values, as_8_bit", [
+    ("I;16", [0, 100, 255, 256, 1000, 32768, 65535], lambda v: v * 255 / 65535),
+    ("F", [0.0, 0.001, 0.25, 0.5, 0.999, 1.0], lambda v: v * 255),
+    ("I", [0, 1, 100, 200, 254, 255], lambda v: v),
+])
+def test_high_bit_depth_is_scaled_by_its_range_not_clipped(mode, values, as_8_bit, tmp_path):
+    """PIL's convert("RGB") (transformers' too) clips 16-bit and float values at 255: a 16-bit photo turns
+    white. Here each is scaled by its type's range, as a picture or as a file, before the 8-bit recipe."""
+    values = np.array([values], dtype={"I;16": np.uint16, "F": np.float32, "I": np.int32}[mode])
+    image = Image.fromarray(values) if mode != "I" else Image.fromarray(values).convert("I")
+    assert image.mode == mode
     as_is = ImageProcessor(do_resize=False, do_center_crop=False)
-    shown = np.asarray(as_is.to_pil(as_is(image))[0])[..., 0]
-    assert shown.tolist() == [[0, 100, 255, 255, 255, 255]]
-    assert_close(ours(image), hf_pixels(hf, image), "I;16")
+    expected = np.round(as_8_bit(values.astype(np.float64))).astype(np.uint8)
+    assert np.asarray(as_is.to_pil(as_is(image))[0])[..., 0].tolist() == expected.tolist()
+    grey = Image.fromarray(expected).convert("RGB")
+    assert torch.equal(ImageProcessor()(image), ImageProcessor()(grey))
+    if mode == "I;16":  # PNG has no float or 32-bit integer mode
+        image.save(tmp_path / "wide.png")
+        assert torch.equal(ImageProcessor()(tmp_path / "wide.png"), ImageProcessor()(grey))
+
+
+@pytest.mark.parametrize("mode, values, message", [
+    ("F", [0.0, 1.5], r"images\[0\]: a 32-bit float image must hold values in \[0, 1\]; got \[0.0, 1.5\]"),
+    ("F", [0.0, float("nan")], r"a 32-bit float image must hold values in \[0, 1\]"),
+    ("I", [-1, 3], r"images\[0\]: a 32-bit integer image with values \[-1, 3\] has no known range"),
+    ("I", [0, 70000], r"values \[0, 70000\] has no known range; convert it to 8 bits"),
+])
+def test_high_bit_depth_without_a_known_range_is_refused(mode, values, message):
+    array = np.array([values], dtype=np.float32 if mode == "F" else np.int32)
+    with pytest.raises(ValueError, match=message):
+        ImageProcessor()(Image.fromarray(array))
 
 
 def test_numpy_arrays_match_hf(default_pair):
@@ -365,6 +377,10 @@ def test_bad_inputs_name_the_problem(tmp_path):
         (np.full((5, 5, 3), np.nan), ValueError, r"\[0, 1\]"),
         (np.full((5, 5, 3), 300), ValueError, "0..255"),
         (np.zeros((5, 5, 3), bool), TypeError, "dtype"),
+        # a thin strip, small on disk, that resizing its short edge to 224 px would blow up to 5e9 pixels
+        ([good, Image.new("RGB", (300_000, 3))], ValueError,
+         r"images\[1\]: a 300000x3 image resized to 22400000x224 would hold more than twice "
+         r"PIL.Image.MAX_IMAGE_PIXELS"),
     ]
     for images, error, message in cases:
         with pytest.raises(error, match=message):

@@ -111,6 +111,17 @@ def test_siglip_tokens_decode_save(siglip_folder, siglip_hf, tmp_path):
     assert_matches(tok, transformers.AutoTokenizer.from_pretrained(tmp_path), TEXTS[:300])
 
 
+def test_siglip_names_words_with_an_unknown_piece(siglip_folder):
+    tok = load_tokenizer(siglip_folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # words the vocabulary holds, however split
+        tok(["a photo of a cat", "Café au lait"])
+    with pytest.warns(UserWarning, match=r"\(500 tokens\) does not hold 'a☃b' \(in 'A☃B cat'\)") as record:
+        enc = tok(["a cat", "A☃B cat"])
+    assert record[0].filename == __file__
+    assert 2 in enc.input_ids[1].tolist()  # SigLIP's <unk>, id 2: the snowman is no piece of this model
+
+
 def test_siglip_needs_spiece_model(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "SiglipTokenizer"}))
     with pytest.raises(FileNotFoundError, match=f"spiece.model in .*{tmp_path.name}"):

@@ -130,8 +130,12 @@ def test_truncation_warns_once_and_keeps_eos(hf, tok):
 def test_bad_inputs(tok):
     with pytest.raises(ValueError, match="empty"):
         tok([])
-    with pytest.raises(TypeError, match=r"texts\[1\] is a int"):
+    with pytest.raises(TypeError, match=r"texts\[1\] is int 3, not a str"):
         tok(["a cat", 3])
+    with pytest.raises(TypeError, match=r"texts\[0\] is bytes b'a cat', not a str"):
+        tok([b"a cat"])
+    with pytest.raises(TypeError, match=r"texts is a mapping with the keys \['attention_mask', 'input_id'\], not captions"):
+        tok({"input_id": [1], "attention_mask": [1]})
     assert tok("a cat").input_ids.shape == (1, 4)  # a str is a batch of one
 
 

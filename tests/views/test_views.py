@@ -4,7 +4,6 @@ the Image widget's bytes, the HTML panel and the model's forward calls are check
 from __future__ import annotations
 
 import io
-import time
 
 import ipywidgets
 import numpy as np
@@ -85,17 +84,6 @@ def test_overlay_contour_outlines_the_top_region():
     assert 8 <= rows.min() and rows.max() < 40 and 8 <= cols.min() and cols.max() < 40  # around the hot square
     with pytest.raises(ValueError, match="percentage"):
         overlay(image, heatmap, contour_top=0)
-
-
-def test_overlay_of_a_224_image_is_fast():
-    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (224, 224, 3), dtype=np.uint8))
-    heatmap = torch.rand(14, 14)
-    times = []
-    for _ in range(10):
-        start = time.perf_counter()
-        to_png(overlay(image, heatmap, contour_top=20))
-        times.append(time.perf_counter() - start)
-    assert min(times) < 0.020  # the best of ten: other work on a shared machine only adds time
 
 
 def test_to_png_round_trips():

@@ -6,15 +6,16 @@ Captum's forward is the image input -> the logits of every caption (the captions
 per caption and attributed in one `attribute` call, with targets 0..T-1 for each image
 (a `baselines` tensor with one image per input image is repeated the same way). Plain attributions
 act on the pixels; layer attributions (`captum.attr.LayerGradCam`, `LayerIntegratedGradients`, ...)
-on the patch embedding (`model.vision.patch_embedding`, its output unless
-`attribute_to_layer_input=True`), which gives [d, grid_h, grid_w] per image whether it is a convolution
-or linear on flattened patches (NaFlex's). The attribution becomes the [grid_h, grid_w] map as the other
-methods reduce theirs, signed: a pixel attribution [3, H, W] summed over channels and over each
+on the patch tokens as the blocks receive them before positions (`vision.hook_embed`, the patch
+embedding's output, after a patch norm where the family has one), laid out as the [d, grid_h, grid_w]
+map a convolution gives, for every patch embedding. The attribution becomes the [grid_h, grid_w] map as
+the other methods reduce theirs, signed: a pixel attribution [3, H, W] summed over channels and over each
 patch's pixels (Saliency's |gradient| stays positive; Integrated Gradients' completeness survives);
 a layer attribution [d, grid_h, grid_w] summed over d. Image only.
 
-Layer methods attach torch module hooks to the patch embedding, which every thread shares: unlike
-the registered methods, they are not for two threads explaining with one model at once.
+Captum hooks the layer with torch module hooks, which every thread would share: it gets a module of this
+call's own instead, which only this thread's forwards pass through (a clipx hook, private to the thread,
+routes the patch tokens through it), so other threads explaining with the model never meet them.
 """
 
 from __future__ import annotations
@@ -77,10 +78,27 @@ def _attribute(x: Inputs, cls: type, layer: bool, gradients: bool, options: dict
     baselines = options.get("baselines")
     if isinstance(baselines, torch.Tensor) and baselines.dim() == 4 and baselines.shape[0] == n_images:
         options = {**options, "baselines": baselines.to(inputs).repeat_interleave(n_texts, 0)}
-    attribution = cls(forward, x.model.vision.patch_embedding) if layer else cls(forward)
+    targets = list(range(n_texts)) * n_images
     with torch.enable_grad():
-        attr = attribution.attribute(inputs, target=list(range(n_texts)) * n_images, **options)
+        if not layer:
+            attr = cls(forward).attribute(inputs, target=targets, **options)
+        else:
+            tap = torch.nn.Identity()  # this call's own layer for Captum to hook
+            with x.model.hooks(fwd_hooks=[("vision.hook_embed", _through(tap, x))]):
+                attr = cls(forward, tap).attribute(inputs, target=targets, **options)
     return Maps(scores, _patch_map(x, attr.detach()).reshape(n_images, n_texts, *x.grid))
+
+
+def _through(tap: torch.nn.Module, x: Inputs):
+    """A hook at vision.hook_embed that passes the patch tokens [B, prefix + n, d] through `tap` as the
+    grid [B, d, grid_h, grid_w], and takes back what Captum's hooks on `tap` make of them."""
+    prefix, (grid_h, grid_w) = x.prefix, x.grid
+
+    def hook(tokens: torch.Tensor, _) -> torch.Tensor:
+        grid = tokens[:, prefix:].transpose(1, 2).reshape(len(tokens), -1, grid_h, grid_w)
+        return torch.cat([tokens[:, :prefix], tap(grid).flatten(2).transpose(1, 2)], dim=1)
+
+    return hook
 
 
 def _patch_map(x: Inputs, attr: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,11 @@ trained under an L1 penalty (Bricken et al. 2023). The reconstruction is feature
 scaled back. Decoder rows are kept at unit norm, so a feature's activation is its size along its
 direction and an L1 penalty cannot be dodged by shrinking features and growing rows.
 
-`save(folder)` writes `sae.safetensors` and `config.json`; `SparseAutoencoder.load` checks both
-against each other, so an edited or truncated file fails loudly rather than loading wrong.
+`save(folder)` writes `sae.safetensors`, which carries the digest of its tensors, then `config.json`, which
+names that digest (`weights_xxh3_128`): each whole or not at all, with the umask's mode. `SparseAutoencoder.load`
+checks the weights against their digest and the two files against each other, so an edited, damaged or
+truncated file, or a save interrupted between its two files, fails loudly rather than loading wrong.
+Folders saved before digests (no `weights_xxh3_128`) load as before.
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...assets import DEMO_SAES
+from ...files import DIGEST, make_folder, read_safetensors, save_safetensors, write_json
 from ...model.clip import CLIP
 
 ACTIVATIONS = ("topk", "relu")
 POSITIONS = ("patches", "all")
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "sae.safetensors"
+BINDING = "weights_xxh3_128"  # the entry of config.json naming the digest of the weights saved with it
 
 
 @dataclass
@@ -131,10 +135,11 @@ class SparseAutoencoder(nn.Module):
     # --- files ---------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         tensors = {name: p.detach().contiguous() for name, p in self.named_parameters()}
-        save_file(tensors, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+        digest = save_safetensors(tensors, folder / WEIGHTS_FILE)
+        # last: a save that stops before it leaves the old config.json, which names the old weights' digest
+        write_json({**dataclasses.asdict(self.config), BINDING: digest}, folder / CONFIG_FILE, indent=2)
         return folder
 
     @classmethod
@@ -146,8 +151,12 @@ class SparseAutoencoder(nn.Module):
             if not path.is_file():
                 raise FileNotFoundError(f"no {path.name} in {folder}: an SAE folder holds {CONFIG_FILE} and "
                                         f"{WEIGHTS_FILE} (SparseAutoencoder.save writes them)")
-        sae = cls(_read_config(config_path))
-        tensors = load_file(str(weights_path))
+        config, bound = _read_config(config_path)
+        sae = cls(config)
+        tensors, metadata = read_safetensors(weights_path)  # a ValueError naming it where damaged
+        if bound is not None and metadata.get(DIGEST) != bound:
+            raise ValueError(f"{weights_path} is not the file {config_path} was saved with (a save interrupted "
+                             "between its two files, or one copied from another SAE): save the SAE again")
         expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
         for name in sorted(set(tensors) | set(expected)):
             if name not in tensors:
@@ -163,13 +172,17 @@ class SparseAutoencoder(nn.Module):
         return sae.eval()
 
 
-def _read_config(path: Path) -> SAEConfig:
+def _read_config(path: Path) -> tuple[SAEConfig, str | None]:
+    """The config, and the digest of the weights saved with it (None in folders saved before digests)."""
     try:
         fields = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(fields, dict):
         raise ValueError(f"{path} should hold a JSON object of SAE config fields")
+    bound = fields.pop(BINDING, None)
+    if bound is not None and not isinstance(bound, str):
+        raise ValueError(f"{path}: {BINDING} must be the weights' digest, a string; got {bound!r}")
     known = {f.name for f in dataclasses.fields(SAEConfig)}
     unknown = sorted(set(fields) - known)
     missing = sorted(known - set(fields))
@@ -178,6 +191,6 @@ def _read_config(path: Path) -> SAEConfig:
     if missing:
         raise ValueError(f"{path}: missing config field(s) {', '.join(missing)}")
     try:
-        return SAEConfig(**fields)
+        return SAEConfig(**fields), bound
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
