@@ -300,6 +300,7 @@ def explanation_grid(explanations: Mapping[str, "Explanation"], image: int = 0, 
     is labelled with its score, each row with its label and the method with its non-default options."""
     if scale not in ("shared", "panel"):
         raise ValueError(f"scale must be 'shared' or 'panel', got {scale!r}")
+    texts = _common_captions(explanations, image)
     rows, labels = [], []
     for label, exp in explanations.items():
         picture = Image.fromarray(exp.images[image].numpy()).resize((size, size), Image.BILINEAR)
@@ -315,7 +316,25 @@ def explanation_grid(explanations: Mapping[str, "Explanation"], image: int = 0, 
         rows.append(cells)
         title = method_title(exp.method, exp.options)
         labels.append(label if title == label else f"{label}\n{title}")
-    return grid(rows, labels, next(iter(explanations.values())).texts)
+    return grid(rows, labels, texts)
+
+
+def _common_captions(explanations: Mapping[str, "Explanation"], image: int) -> list[str]:
+    """The captions every explanation holds, in one order: columns are labelled once, for all rows."""
+    if not explanations:
+        raise ValueError("explanation_grid needs at least one explanation: {label: clipx.explain(...)}")
+    (first_label, first), *rest = explanations.items()
+    for label, exp in rest:
+        if len(exp.images) != len(first.images):
+            raise ValueError(f"explanation_grid: {label!r} explains {len(exp.images)} image(s), {first_label!r} "
+                             f"{len(first.images)}; every row must explain the same images")
+        if list(exp.texts) != list(first.texts):
+            raise ValueError(f"explanation_grid: {label!r} explains the captions {list(exp.texts)}, {first_label!r} "
+                             f"{list(first.texts)}; every row must explain the same captions in the same order")
+    if not -len(first.images) <= image < len(first.images):
+        raise ValueError(f"explanation_grid: image {image} is out of range: the explanations hold "
+                         f"{len(first.images)} image(s)")
+    return list(first.texts)
 
 
 def _legend_cell(scale: Scale, size: tuple[int, int]) -> Image.Image:

@@ -271,3 +271,20 @@ def test_static_fallbacks_show_what_the_widget_shows(eager_model, images, view_c
     bundle, _ = DisplayFormatter().format(view)  # what a notebook stores: the widget and its pictures
     assert {"application/vnd.jupyter.widget-view+json", "image/png", "text/html", "text/plain"} <= set(bundle)
     assert bundle["text/plain"] == f"{view_class.__name__}(2 images x 2 captions)"
+
+
+def test_explanation_grid_refuses_rows_that_would_sit_under_the_wrong_captions(eager_model, images):
+    forward = clipx.explain(eager_model, images, TEXTS, method="rollout")
+    reversed_ = clipx.explain(eager_model, images, TEXTS[::-1], method="relevance")
+    fewer = clipx.explain(eager_model, images, TEXTS[:1], method="relevance")
+    one_image = clipx.explain(eager_model, images[:1], TEXTS, method="relevance")
+    with pytest.raises(ValueError, match=r"'relevance' explains the captions \['a blue square', 'a red circle'\]"):
+        explanation_grid({"rollout": forward, "relevance": reversed_})
+    with pytest.raises(ValueError, match="same captions in the same order"):
+        explanation_grid({"rollout": forward, "relevance": fewer})
+    with pytest.raises(ValueError, match="'relevance' explains 1 image"):
+        explanation_grid({"rollout": forward, "relevance": one_image})
+    with pytest.raises(ValueError, match="at least one explanation"):
+        explanation_grid({})
+    with pytest.raises(ValueError, match="image 2 is out of range"):
+        explanation_grid({"rollout": forward}, image=2)
