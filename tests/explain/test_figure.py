@@ -74,8 +74,8 @@ def test_signed_maps_are_diverging_around_zero():
 
 
 def test_titles_say_caption_score_and_the_options_that_differ():
-    fig = two_pairs(start_layer=0, start_layer_text=-1, exclude_high_norm=None).figure(scoring="softmax")
-    assert fig._suptitle.get_text() == "relevance (start_layer=0)"
+    fig = two_pairs(start_layer=-1, start_layer_text=-1, exclude_high_norm=None).figure(scoring="softmax")
+    assert fig._suptitle.get_text() == "relevance (start_layer=-1)"
     p = 1 / (1 + np.exp(-2.0))
     assert [ax.get_title() for ax in panels(fig, 2)] == [f"a red dog\nlogit 10.00, softmax {p:.2f}",
                                                           f"a cat\nlogit 8.00, softmax {1 - p:.2f}"]

@@ -108,9 +108,9 @@ def test_shared_scales_hold_every_pair_and_pair_scales_one(model):
 def test_titles_name_the_options_that_differ_from_the_defaults(model):
     default = clipx.explain(model, images(1), CAPTIONS[:2], method="relevance")
     assert method_title(default.method, default.options) == "relevance"
-    changed = clipx.explain(model, images(1), CAPTIONS[:2], method="relevance", start_layer=0, start_layer_text=-1,
+    changed = clipx.explain(model, images(1), CAPTIONS[:2], method="relevance", start_layer=-1, start_layer_text=-1,
                             neutral="")
-    assert method_title(changed.method, changed.options) == "relevance (start_layer=0, neutral='')"
+    assert method_title(changed.method, changed.options) == "relevance (start_layer=-1, neutral='')"
     baseline = torch.zeros(3, 32, 32)
     passed = non_default("integrated_gradients", {"n_steps": 32, "image_baseline": baseline})
     assert list(passed) == ["image_baseline"] and passed["image_baseline"] is baseline
