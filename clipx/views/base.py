@@ -27,6 +27,9 @@ from .controls import INLINE
 from .render import overlay, to_png
 
 
+HINT = "<small>click the picture to pick a patch; hover to read the map</small>"
+
+
 class View(widgets.VBox):
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], cmap: str | None = None,
                  size: int = 448) -> None:
@@ -48,14 +51,14 @@ class View(widgets.VBox):
                                            style=INLINE, layout=widgets.Layout(width="260px"))
         self.status = widgets.HTML()
         self.picture = widgets.Image(format="png")
-        self.hover = widgets.HTML("<small>click the picture to pick a patch</small>")
+        self.hover = widgets.HTML()
         self.panel = widgets.HTML()
         self.static = ""  # what the side controls show, as HTML, for the static fallback
         self.patch = tuple(n // 2 for n in self.grid)  # the picked patch, (row, col): the centre until clicked
         self.pointed: tuple[Any, Scale | None] | None = None  # the map under the picture and its scale, for hover
-        # clicks arrive as they happen; moves at most every 80 ms, so hovering does not queue up renders
         for widget, name in ((self.picture, "picture"), (self.hover, "hover"), (self.caption_choice, "captions")):
             widget.add_class(f"clipx-{name}")  # names the page's tests (and a user's CSS) can find them by
+        # clicks arrive as they happen; moves at most every 80 ms, so hovering does not queue up messages
         self.clicks = Event(source=self.picture, watched_events=["click"])
         self.moves = Event(source=self.picture, watched_events=["mousemove", "mouseleave"], wait=80,
                            throttle_or_debounce="throttle")
@@ -69,9 +72,11 @@ class View(widgets.VBox):
         re-render on any change of `watch`, render now."""
         row = widgets.Layout(flex_flow="row wrap", align_items="center")
         self.children = [*(widgets.HBox(list(r), layout=row) for r in rows), self.status,
+                         # the panel goes beneath the picture where the page is too narrow for both side by side
                          widgets.HBox([widgets.VBox([self.picture, self.hover]),
                                        widgets.VBox([self.panel, *side],
-                                                    layout=widgets.Layout(max_width="520px", margin="0 0 0 12px"))])]
+                                                    layout=widgets.Layout(max_width="520px", margin="0 0 0 12px"))],
+                                      layout=widgets.Layout(flex_flow="row wrap"))]
         for control in watch:
             control.observe(self.refresh, "value")
         self.refresh()
@@ -133,15 +138,18 @@ class View(widgets.VBox):
         cell = self.at(event, values.shape) if event.get("type") != "mouseleave" else None
         patch = self.at(event, self.grid) if cell is not None else None
         if cell is None or patch is None:
-            self.hover.value = "<small>click the picture to pick a patch</small>"
+            self.hover.value = HINT
             return
         value = float(values[cell])
         text = f"{value:.4g}" if scale is None else f"{scale.format(value)} ({value:.4g}) {scale.label}"
         self.hover.value = f"<small>patch {patch}: {html.escape(text)}</small>"
 
     def point(self, values: Any, scale: Scale | None) -> None:
-        """The map the picture now shows ([h, w], any resolution), which hovering reads; None: not the image."""
+        """The map the picture now shows ([h, w], any resolution), which hovering reads; None: the picture is not
+        the image, so there is nothing to point at."""
         self.pointed = None if values is None else (as_array(values), scale)
+        if values is None or not self.hover.value:
+            self.hover.value = "" if values is None else HINT
 
     # --- helpers the explorers share ---------------------------------------------------------
     def overlay(self, image: int, heatmap: Any, scale: Scale | None = None) -> Image.Image:

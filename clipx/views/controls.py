@@ -123,7 +123,7 @@ def _parse(typed: Any, default: Any) -> Any:
 
 class Toggles(widgets.HBox):
     """Several choices picked with plain clicks (no ctrl-click), all in view: one toggle button each; `value`
-    holds the pressed ones in the order of `options`."""
+    holds the pressed ones in the order given, then in the order pressed."""
 
     value = traitlets.Tuple()
 
@@ -134,13 +134,14 @@ class Toggles(widgets.HBox):
         for button in self.buttons:
             button.observe(self._pressed, "value")
         self.children = ([widgets.Label(description)] if description else []) + self.buttons
-        self.value = tuple(o for o in self.options if o in value)
+        self.value = tuple(value)
         self._setting = False
         self.observe(self._set, "value")
 
     def _pressed(self, _change: Any) -> None:
         if not self._setting:
-            self.value = tuple(b.description for b in self.buttons if b.value)
+            pressed = [b.description for b in self.buttons if b.value]
+            self.value = tuple([o for o in self.value if o in pressed] + [o for o in pressed if o not in self.value])
 
     def _set(self, change: dict) -> None:
         """The buttons follow a value set from Python, without each one's press setting a partial value."""

@@ -36,9 +36,10 @@ class Explorer(View):
         self.new_caption = widgets.Text(placeholder="type a caption, press Enter", continuous_update=False,
                                         layout=widgets.Layout(width="auto", min_width="300px"))
         self.new_caption.observe(self._add_caption, "value")
+        self.captions_header = widgets.HTML()  # what the caption list's columns are
         self.build([[self.image_choice, self.method, self.opacity], [self.options]],
                    watch=[self.image_choice, self.caption_choice, self.method, self.options, self.opacity],
-                   side=[self.caption_choice, self.new_caption])
+                   side=[self.captions_header, self.caption_choice, self.new_caption])
 
     def _new_method(self, change: dict) -> None:
         with self.holding():
@@ -69,8 +70,8 @@ class Explorer(View):
 
     def render(self) -> tuple[Image.Image, str]:
         i, text, patch = self.image_choice.value, self.caption_choice.value, self.patch
-        exp, j = self.explained(text)
         pairs = [self.explained(t) for t in self.texts]
+        exp, j = pairs[self.texts.index(text)]
         # one scale for every pair explained together, so a caption that does not match looks weak
         scale = None if exp.image is None else image_scale(exp)
         self.point(None if exp.image is None else exp.image[i, j], scale)
@@ -83,10 +84,12 @@ class Explorer(View):
                   token_html(exp.tokens[j], exp.text[i, j], self.cmap, text_scale(exp)))
         logits = torch.stack([e.scores[i, k] for e, k in pairs])
         here = None if exp.image is None else [value_at(e.image[i, k], patch, self.grid) for e, k in pairs]
-        self.set_options(self.caption_choice, caption_rows(self.texts, logits, self.model.config.scoring, here, scale),
-                         default=text)
-        self.static = scores_table(self.texts, logits, selected=text, scoring=self.model.config.scoring)
-        return picture, header + legend + tokens + f"<p><small>captions (at patch {patch}: each one's map there):</small></p>"
+        scoring = self.model.config.scoring
+        self.set_options(self.caption_choice, caption_rows(self.texts, logits, scoring, here, scale), default=text)
+        self.captions_header.value = (f"<small>{'p' if scoring == 'softmax' else 'sigmoid'} · logit"
+                                      f"{'' if here is None else f' · map at patch {patch}'} · caption</small>")
+        self.static = scores_table(self.texts, logits, selected=text, scoring=scoring)
+        return picture, header + legend + tokens
 
 
 def value_at(values: Any, patch: tuple[int, int], grid: tuple[int, int]) -> float:

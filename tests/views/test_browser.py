@@ -268,7 +268,7 @@ def test_explorer_in_jupyterlab(pw, lab, tmp_path):
             raise
     finally:
         browser.close()
-    print("update times in the browser: " + ", ".join(f"{what} {seconds * 1000:.0f} ms" for what, seconds in times.items()))
+    print("update times in the browser: " + ", ".join(f"{what} {s * 1000:.0f} ms" for what, s in times.items()))
 
 
 def save_failure_screenshot(page) -> None:

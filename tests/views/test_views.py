@@ -15,7 +15,7 @@ from PIL import Image
 import clipx
 from clipx.explain import method_options
 from clipx.explain.legend import Scale, image_scale
-from clipx.views.base import enlarged
+from clipx.views.base import HINT, enlarged
 from clipx.views import (AttentionView, Compare, Explorer, TokenPatchView, explanation_grid, grid, heads_grid,
                          matrix, overlay, to_png, token_html)
 from widgets import changes, click, event, png_size
@@ -225,7 +225,7 @@ def test_explorer_click_picks_a_patch_and_hover_reads_the_map(eager_model, image
     value = float(exp.image[0, j, 1, 2])
     assert view.hover.value == f"<small>patch (1, 2): {scale.format(value)} ({value:.4g}) {scale.label}</small>"
     view.moved({"type": "mouseleave", "dataX": -3, "dataY": 5})
-    assert "click the picture" in view.hover.value
+    assert view.hover.value == HINT
     assert view.at({"dataX": view.shown[0], "dataY": view.shown[1]}, view.grid) == (view.grid[0] - 1, view.grid[1] - 1)
     assert view.at({"dataX": view.shown[0] + 1, "dataY": 0}, view.grid) is None
     assert forward_calls["n"] == 0  # pointing only re-renders
@@ -310,7 +310,8 @@ def test_clicking_a_token_button_selects_it(eager_model, images):
     before = bytes(view.picture.value)
     view.token.children[1].click()
     assert view.token.value == 1 and bytes(view.picture.value) != before
-    assert view.token.children[1].layout.border.startswith("2px solid #") and "transparent" in view.token.children[3].layout.border
+    borders = [button.layout.border for button in view.token.children]
+    assert borders[1] == "2px solid #222" and all(b.endswith("transparent") for k, b in enumerate(borders) if k != 1)
 
 
 # --- AttentionView -------------------------------------------------------------------------------
@@ -323,6 +324,7 @@ def test_attention_view_records_once_and_only_rerenders(eager_model, images, for
     assert click(view, (0, 0)) and "patch (0, 0)" in view.panel.value
     assert changes(view, view.tower, "text")
     assert view.caption_choice.layout.display is None and view.image_choice.layout.display == "none"
+    assert view.hover.value == "" and not click(view, (1, 1))  # the picture is the token matrix now
     assert changes(view, view.caption_choice, TEXTS[1])
     assert changes(view, view.query, 1, what="panel")
     assert changes(view, view.head, -1)
@@ -331,11 +333,11 @@ def test_attention_view_records_once_and_only_rerenders(eager_model, images, for
 
 # --- Compare -------------------------------------------------------------------------------------
 def test_compare_shows_each_chosen_method(eager_model, images):
-    view = Compare(eager_model, images, TEXTS, methods=["relevance", "rollout"], size=64)
+    view = Compare(eager_model, images, TEXTS, methods=["rollout", "relevance"], size=64)
     assert [b.description for b in view.methods.buttons] == clipx.methods()  # every method in view, one click each
     two = png_size(view.picture.value)
     view.methods.buttons[clipx.methods().index("similarity")].value = True  # a plain click, no ctrl
-    assert view.methods.value == ("relevance", "rollout", "similarity")
+    assert view.methods.value == ("rollout", "relevance", "similarity")  # as given, then as pressed
     three = png_size(view.picture.value)
     assert three[0] > two[0] > 2 * 64 and "similarity" in view.panel.value
     assert changes(view, view.caption_choice, TEXTS[1])
