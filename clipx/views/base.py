@@ -75,7 +75,8 @@ class View(widgets.VBox):
                          # the panel goes beneath the picture where the page is too narrow for both side by side
                          widgets.HBox([widgets.VBox([self.picture, self.hover]),
                                        widgets.VBox([self.panel, *side],
-                                                    layout=widgets.Layout(max_width="520px", margin="0 0 0 12px"))],
+                                                    layout=widgets.Layout(flex="1 1 300px", max_width="520px",
+                                                                          margin="0 0 0 12px"))],
                                       layout=widgets.Layout(flex_flow="row wrap"))]
         for control in watch:
             control.observe(self.refresh, "value")
