@@ -23,11 +23,12 @@ class Explanations:
     def __init__(self, model: CLIP, pixel_values: torch.Tensor, texts: list[str], progress: Progress) -> None:
         self.model, self.pixel_values, self.progress = model, pixel_values, progress
         self.texts = texts  # the view's own list: captions it adds are seen here
-        self._done: dict[tuple, dict[str, tuple[Explanation, int]]] = {}
+        self._done: dict[str, dict[str, tuple[Explanation, int]]] = {}
 
     def get(self, method: str, text: str, **options: Any) -> tuple[Explanation, int]:
         """The Explanation holding `text` (by `method` with `options`), and the caption's column in it."""
-        done = self._done.setdefault((method, *sorted(options.items())), {})
+        # keyed by the options' repr: typed options may be lists, which a dict key cannot hold
+        done = self._done.setdefault(repr((method, sorted(options.items()))), {})
         missing = [t for t in self.texts if t not in done]
         if missing:
             with self.progress(f"computing {method} for {len(self.pixel_values)} images x {len(missing)} captions…"):
@@ -45,8 +46,10 @@ class Patterns:
             _, cache = model.run_with_cache(pixel_values=pixel_values, input_ids=tok.input_ids,
                                             attention_mask=tok.attention_mask, names_filter="*.attn.hook_pattern")
         self.cache = cache
-        self.lengths = tok.attention_mask.sum(1).tolist()
-        self.tokens = model.tokenizer.tokens(tok.input_ids, tok.attention_mask)
+        # each caption's own tokens: SigLIP attends to its padding too, which would fill most of the matrix
+        content = tok.attention_mask if tok.content_mask is None else tok.content_mask
+        self.positions = [row.nonzero().flatten() for row in content.bool()]
+        self.tokens = model.tokenizer.tokens(tok.input_ids, content)
 
     def get(self, tower: str, layer: int | str, index: int, head: int | None) -> torch.Tensor:
         """[L, L] attention of image or caption `index` in one layer (layer "head": the vision pooling
@@ -54,6 +57,6 @@ class Patterns:
         where = "head" if layer == "head" else f"blocks.{layer}"
         pattern = self.cache[f"{tower}.{where}.attn.hook_pattern"][index]
         if tower == "text":
-            n = self.lengths[index]
-            pattern = pattern[:, :n, :n]
+            keep = self.positions[index]
+            pattern = pattern[:, keep][:, :, keep]
         return pattern.mean(0) if head is None else pattern[head]

@@ -6,7 +6,6 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-import ipywidgets as widgets
 from PIL import Image
 
 from ..explain import method_options
@@ -15,6 +14,7 @@ from ..explain.legend import image_scale, text_scale
 from ..model.clip import CLIP
 from .base import View
 from .cache import Explanations
+from .controls import Toggles
 from .render import colour_bar_html, grid, token_html
 
 
@@ -22,15 +22,14 @@ class Compare(View):
     """The chosen methods' image maps in a row, and each one's token relevance beside them."""
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], methods: Sequence[str] | None = None,
-                 cmap: str | None = None, size: int = 160) -> None:
+                 cmap: str | None = None, size: int = 192) -> None:
         for method in methods or ():
             method_options(method)  # an unknown name fails here, clearly, not as the selector's TraitError
         super().__init__(model, images, texts, cmap, size)
         self.results = Explanations(model, self.pixel_values, self.texts, self.progress)
-        self.methods = widgets.SelectMultiple(options=registered(), value=tuple(methods or registered()),
-                                              description="methods", rows=4)
+        self.methods = Toggles(registered(), methods or registered(), "methods")
         controls = [self.image_choice, self.caption_choice, self.methods, self.opacity]
-        self.build([controls[:2], controls[2:]], watch=controls)
+        self.build([[self.image_choice, self.opacity], [self.methods]], watch=controls, side=[self.caption_choice])
 
     def render(self) -> tuple[Image.Image, str]:
         i, text = self.image_choice.value, self.caption_choice.value

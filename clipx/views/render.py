@@ -148,17 +148,22 @@ def colour_bar_html(scale: Scale, label: str | None = None, width: int = 140) ->
             f' <i>{html.escape(scale.label if label is None else label)}</i></div>')
 
 
+def probabilities(logits: Any, scoring: str = "softmax") -> np.ndarray:
+    """Each caption's probability from its logit: a softmax over the captions, or each one's own sigmoid."""
+    logits = as_array(logits).astype(np.float64)
+    if scoring == "sigmoid":
+        return 1 / (1 + np.exp(-logits))
+    if scoring == "softmax":
+        probs = np.exp(logits - logits.max())
+        return probs / probs.sum()
+    raise ValueError(f"scoring must be 'softmax' or 'sigmoid', got {scoring!r}")
+
+
 def scores_table(texts: Sequence[str], logits: Any, selected: str | None = None, scoring: str = "softmax") -> str:
     """Each caption's logit and its probability, as an HTML table: a softmax over the captions, or with
     scoring="sigmoid" (SigLIP's; `model.config.scoring` says which) each caption's own sigmoid."""
     logits = as_array(logits).astype(np.float64)
-    if scoring == "sigmoid":
-        probs = 1 / (1 + np.exp(-logits))
-    elif scoring == "softmax":
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-    else:
-        raise ValueError(f"scoring must be 'softmax' or 'sigmoid', got {scoring!r}")
+    probs = probabilities(logits, scoring)
     weight = {True: "bold", False: "normal"}
     rows = "".join(f'<tr style="font-weight:{weight[t == selected]}"><td>{html.escape(t)}</td>'
                    f'<td style="text-align:right">{v:.2f}</td><td style="text-align:right">{p:.1%}</td></tr>'

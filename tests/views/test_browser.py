@@ -1,12 +1,16 @@
-"""The Explorer in a real JupyterLab, driven by a real (headless) Chromium.
+"""The explorers in a real JupyterLab, driven by a real (headless) Chromium.
 
-The test starts JupyterLab on 127.0.0.1 with a random token in a temporary root folder holding a
-copy of notebooks/01-quickstart.ipynb (Lab autosaves: the repository's file is never served),
-opens the notebook, runs all cells, clicks another method on the Explorer (the last thing the
-notebook displays) and checks that the overlay picture changed. Screenshots go to
-tests/artifacts/browser-explorer.png (the page) and browser-explorer-widget.png (the Explorer);
-a failure saves browser-explorer-failure.png. The server and the browser are stopped in every
-outcome.
+The test starts JupyterLab on 127.0.0.1 with a random token in a temporary root folder holding
+copies of notebooks/01-quickstart.ipynb and 04-token-patch-similarity.ipynb (Lab autosaves: the
+repository's files are never served), opens each, runs all its cells and points at the view it
+displays last. On the Explorer (01): hovering the picture shows the map's value there, a click on
+a patch, on a caption row, a changed option and another method each change the view. On the
+TokenPatchView (04): a click on a token and on a patch each change the view (the picture; the
+token strip). It prints how long each update took, from the browser's event to the new picture or
+strip on the page; bounds are generous timeouts, not speed checks. Screenshots go to
+tests/artifacts/browser-explorer.png (the page), browser-explorer-widget.png (the Explorer) and
+browser-token-patch-widget.png; a failure saves browser-explorer-failure.png. The server and the
+browser are stopped in every outcome.
 
 Needs Debian's `chromium` (`apt-get install chromium`; .ci/run installs it) and the `playwright`
 package from the `test` extra. Playwright's own browser download is not used: it fails here.
@@ -35,6 +39,7 @@ from paths import ROOT, TESTS
 
 REPO = ROOT
 NOTEBOOK = REPO / "notebooks" / "01-quickstart.ipynb"
+TOKEN_NOTEBOOK = REPO / "notebooks" / "04-token-patch-similarity.ipynb"
 ARTIFACTS = TESTS / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -126,11 +131,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture()
 def lab(tmp_path):
-    """A JupyterLab serving a temporary folder that holds a copy of notebook 01."""
-    assert NOTEBOOK.exists(), f"{NOTEBOOK} is missing"
+    """A JupyterLab serving a temporary folder that holds copies of notebooks 01 and 04."""
     root = tmp_path / "root"
     root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    for notebook in (NOTEBOOK, TOKEN_NOTEBOOK):
+        assert notebook.exists(), f"{notebook} is missing"
+        shutil.copy(notebook, root / notebook.name)
     port, token = free_port(), secrets.token_hex(16)
     lab = Lab(url=f"http://127.0.0.1:{port}", token=token, log=tmp_path / "jupyterlab.log")
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -255,12 +261,14 @@ def test_explorer_in_jupyterlab(pw, lab, tmp_path):
         browser.set_default_timeout(UPDATE_S * 1000)
         page = browser.pages[0] if browser.pages else browser.new_page()
         try:
-            drive_explorer(page, lab, path)
+            times = drive_explorer(page, lab, path)
+            times.update(drive_token_patch_view(page, lab, TOKEN_NOTEBOOK.name))
         except BaseException:
             save_failure_screenshot(page)
             raise
     finally:
         browser.close()
+    print("update times in the browser: " + ", ".join(f"{what} {s * 1000:.0f} ms" for what, s in times.items()))
 
 
 def save_failure_screenshot(page) -> None:
@@ -271,50 +279,124 @@ def save_failure_screenshot(page) -> None:
         print(f"no failure screenshot: {error}")
 
 
-def drive_explorer(page, lab: Lab, path: str) -> None:
+def run_all(page, lab: Lab, path: str) -> None:
+    """Open the notebook and run all its cells through Lab's own command (it resolves once every cell has run,
+    false on an error); fail on any error output."""
     page.goto(f"{lab.url}/lab/tree/{path}?token={lab.token}", timeout=NOTEBOOK_OPEN_S * 1000)
     wait_for(page, NOTEBOOK_READY, path, NOTEBOOK_OPEN_S, f"{path} to open with an idle kernel", lab)
-
-    # Run all cells through Lab's own command; it resolves once every cell has run (false on an error).
     page.evaluate(RUN_ALL, path)
-    wait_for(page, "() => window.__runAll !== undefined", None, RUN_ALL_S, "Run All Cells to finish", lab)
+    wait_for(page, "() => window.__runAll !== undefined", None, RUN_ALL_S, f"Run All Cells of {path} to finish", lab)
     result = page.evaluate("() => window.__runAll")
     problems = cell_errors(page.evaluate(NOTEBOOK_JSON, path))
     assert not problems and result == {"ok": True}, f"running {path} failed ({result}):\n" + "\n".join(problems)
-    wait_for(page, KERNEL_IDLE, path, UPDATE_S, "the kernel to go idle after Run All", lab)
+    wait_for(page, KERNEL_IDLE, path, UPDATE_S, f"the kernel of {path} to go idle after Run All", lab)
 
-    # The Explorer: the last output holding an overlay picture and the method buttons.
-    explorer = (page.locator(".jp-OutputArea-output")
-                .filter(has=page.locator("img.widget-image"))
-                .filter(has=page.get_by_role("button", name=METHOD_AFTER, exact=True))
-                .last)
-    if not wait_visible(explorer):
+
+def find_view(page, lab: Lab, has: str, what: str):
+    """The last output holding a view's picture and the element `has` (a CSS selector)."""
+    view = (page.locator(".jp-OutputArea-output").filter(has=page.locator("img.clipx-picture"))
+            .filter(has=page.locator(has)).last)
+    if not wait_visible(view):
         fallback = page.locator(".jp-OutputArea-output img[src^='data:image/png']").count()
-        pytest.fail("no Explorer widget on the page" + (
+        pytest.fail(f"no {what} widget on the page" + (
             ": its static PNG / HTML fallback is shown instead, so Lab has no ipywidgets renderer "
             "(is jupyterlab_widgets installed in the environment that runs JupyterLab?)" if fallback else "")
             + f"\n--- JupyterLab log ---\n{lab.log_tail()}")
-    explorer.scroll_into_view_if_needed()
-    picture = explorer.locator("img.widget-image").first
-    before_button = explorer.get_by_role("button", name=METHOD_BEFORE, exact=True)
-    assert "mod-active" in (before_button.get_attribute("class") or ""), f"{METHOD_BEFORE} is not selected"
+    view.evaluate("el => el.scrollIntoView({block: 'center'})")
+    return view
+
+
+def timed(page, lab: Lab, path: str, action, changed: str, arg, what: str) -> float:
+    """Seconds from `action` (a user's click or keypress) until the page script `changed` holds for `arg`,
+    polled every 20 ms; then waits for the kernel to go idle, so the next action starts from rest."""
+    start = time.perf_counter()
+    action()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(changed, arg=arg, timeout=UPDATE_S * 1000, polling=20)
+    except PlaywrightTimeout:
+        pytest.fail(f"timed out after {UPDATE_S} s waiting for the view to change after {what}"
+                    f"\n--- JupyterLab log ---\n{lab.log_tail()}")
+    seconds = time.perf_counter() - start
+    wait_for(page, KERNEL_IDLE, path, UPDATE_S, f"the kernel to go idle after {what}", lab)
+    return seconds
+
+
+def point_at(picture, fraction: tuple[float, float]) -> dict:
+    """The position (pixels from the picture's top left corner, as Playwright takes it) at fractions of its
+    width and height."""
+    box = picture.bounding_box()
+    return {"x": box["width"] * fraction[0], "y": box["height"] * fraction[1]}
+
+
+def drive_explorer(page, lab: Lab, path: str) -> dict[str, float]:
+    run_all(page, lab, path)
+    explorer = find_view(page, lab, ".clipx-options", "Explorer")
+    picture = explorer.locator("img.clipx-picture")
     handle = picture.element_handle()
     wait_for(page, IMAGE_SHOWN, handle, UPDATE_S, "the Explorer's overlay to load", lab)
-    src_before, shot_before = picture.get_attribute("src"), picture.screenshot()
+    method = explorer.locator(".widget-dropdown select").filter(has=page.locator(f"option[value='{METHOD_AFTER}']"))
+    assert method.input_value() == METHOD_BEFORE, f"{METHOD_BEFORE} is not selected"
+    times, shot_before = {}, picture.screenshot()
 
-    explorer.get_by_role("button", name=METHOD_AFTER, exact=True).click()
-    wait_for(page, IMAGE_REPLACED, [handle, src_before], UPDATE_S,
-             f"the overlay to change after clicking {METHOD_AFTER!r}", lab)
-    wait_for(page, KERNEL_IDLE, path, UPDATE_S, f"the kernel to go idle after clicking {METHOD_AFTER!r}", lab)
-    shot_after = picture.screenshot()
-    changed = np.abs(png(shot_after) - png(shot_before)).max(axis=-1) > 8
-    assert changed.mean() > 0.01, (f"the overlay's pixels hardly changed after clicking {METHOD_AFTER!r} "
-                                   f"({changed.mean():.2%} of them)")
+    hover = explorer.locator(".clipx-hover")
+    times["hover"] = timed(page, lab, path, lambda: picture.hover(position=point_at(picture, (0.7, 0.4))),
+                           "el => el.textContent.includes('patch (')", hover.element_handle(),
+                           "hovering the picture")
+    assert METHOD_BEFORE in hover.inner_text(), f"the hover line does not say what the value is: {hover.inner_text()!r}"
+
+    src = picture.get_attribute("src")
+    captions = explorer.locator(".clipx-captions select")
+    rows_before = captions.inner_text()
+    times["click a patch"] = timed(page, lab, path, lambda: picture.click(position=point_at(picture, (0.1, 0.1))),
+                                   IMAGE_REPLACED, [handle, src], "clicking a patch")
+    assert captions.inner_text() != rows_before, "the caption rows do not show the values at the clicked patch"
+
+    src = picture.get_attribute("src")
+    times["click a caption row"] = timed(page, lab, path, lambda: captions.locator("option").nth(1).click(),
+                                         IMAGE_REPLACED, [handle, src], "clicking a caption row")
+
+    src = picture.get_attribute("src")
+    box = explorer.locator(".clipx-options input").first
+
+    def change_option():
+        box.fill(str(int(box.input_value()) + 1))
+        box.press("Enter")
+
+    times["change an option"] = timed(page, lab, path, change_option, IMAGE_REPLACED, [handle, src],
+                                      "changing an option")
+
+    src = picture.get_attribute("src")
+    times["pick a method"] = timed(page, lab, path, lambda: method.select_option(METHOD_AFTER), IMAGE_REPLACED,
+                                   [handle, src], f"picking {METHOD_AFTER!r}")
+    changed = np.abs(png(picture.screenshot()) - png(shot_before)).max(axis=-1) > 8
+    assert changed.mean() > 0.01, f"the overlay's pixels hardly changed ({changed.mean():.2%} of them)"
 
     explorer.evaluate("el => el.scrollIntoView({block: 'center'})")  # the whole Explorer on the page
     page.screenshot(path=ARTIFACTS / "browser-explorer.png")
     explorer.screenshot(path=ARTIFACTS / "browser-explorer-widget.png")
     print(f"screenshots: {ARTIFACTS / 'browser-explorer.png'}, {ARTIFACTS / 'browser-explorer-widget.png'}")
+    return times
+
+
+def drive_token_patch_view(page, lab: Lab, path: str) -> dict[str, float]:
+    run_all(page, lab, path)
+    view = find_view(page, lab, ".clipx-tokens", "TokenPatchView")
+    picture = view.locator("img.clipx-picture")
+    handle = picture.element_handle()
+    wait_for(page, IMAGE_SHOWN, handle, UPDATE_S, "the TokenPatchView's overlay to load", lab)
+    times = {}
+    src = picture.get_attribute("src")
+    times["click a token"] = timed(page, lab, path, lambda: view.locator(".clipx-tokens button").nth(1).click(),
+                                   IMAGE_REPLACED, [handle, src], "clicking a token")
+    strip = view.locator(".clipx-tokens")
+    text = strip.inner_text()
+    times["click a patch (tokens)"] = timed(
+        page, lab, path, lambda: picture.click(position=point_at(picture, (0.9, 0.9))),
+        "([el, old]) => el.innerText !== old", [strip.element_handle(), text], "clicking a patch")
+    view.screenshot(path=ARTIFACTS / "browser-token-patch-widget.png")
+    return times
 
 
 def test_a_missing_browser_skips_here_and_fails_under_ci(monkeypatch, tmp_path):

@@ -13,10 +13,12 @@ from IPython.core.formatters import DisplayFormatter
 from PIL import Image
 
 import clipx
-from clipx.explain.legend import Scale
+from clipx.explain import method_options
+from clipx.explain.legend import Scale, image_scale
+from clipx.views.base import HINT, enlarged
 from clipx.views import (AttentionView, Compare, Explorer, TokenPatchView, explanation_grid, grid, heads_grid,
                          matrix, overlay, to_png, token_html)
-from widgets import changes, png_size
+from widgets import changes, click, event, png_size
 
 TEXTS = ["a red circle", "a blue square"]
 
@@ -152,7 +154,8 @@ def test_html_escapes_captions_and_tokens(eager_model, images):
     table = clipx.views.scores_table(AWKWARD, [1.0, 2.0, 3.0], selected=AWKWARD[2])
     assert "<script>" not in table and table.count("&lt;script&gt;alert(&#x27;&amp;&#x27;)&lt;/script&gt;") == 1
     view = Explorer(eager_model, images[:1], [AWKWARD[2]])
-    assert "<script>" not in view.panel.value and "&lt;script&gt;" in view.panel.value
+    assert "<script>" not in view._repr_html_() and "&lt;script&gt;" in view._repr_html_()
+    assert view.caption_choice.options[0][0].endswith(AWKWARD[2])  # a list box shows its labels as text
 
 
 def test_grids_have_a_cell_per_entry(eager_model, images):
@@ -171,12 +174,12 @@ def test_grids_have_a_cell_per_entry(eager_model, images):
 def test_explorer_is_a_widget_and_every_choice_changes_the_picture(eager_model, images):
     view = Explorer(eager_model, images, TEXTS)
     assert isinstance(view, ipywidgets.VBox) and isinstance(clipx.views.Explorer, type)
-    assert png_size(view.picture.value) == (224, 224)
+    assert png_size(view.picture.value) == (448, 448)
     assert changes(view, view.caption_choice, TEXTS[1])
     assert changes(view, view.method, "rollout")
     assert changes(view, view.image_choice, 1)
     assert changes(view, view.opacity, 0.9)
-    assert "blue square" in view.panel.value and "logit" in view.panel.value
+    assert "blue square" in view._repr_html_() and "logit" in view._repr_html_()
 
 
 def test_display_only_changes_never_run_the_model(eager_model, images, forward_calls):
@@ -196,7 +199,8 @@ def test_typing_a_caption_recomputes_and_shows_progress(eager_model, images, for
     view.status.observe(lambda change: seen.append(change["new"]), "value")
     assert changes(view, view.new_caption, "  a green triangle ")
     assert forward_calls["n"] >= 1
-    assert view.caption_choice.value == "a green triangle" and "a green triangle" in view.caption_choice.options
+    assert view.caption_choice.value == "a green triangle"
+    assert [text for _, text in view.caption_choice.options] == [*TEXTS, "a green triangle"]
     assert "triangle" in view.panel.value
     assert any("computing" in s for s in seen) and view.status.value == ""
     forward_calls["n"] = 0
@@ -206,17 +210,88 @@ def test_typing_a_caption_recomputes_and_shows_progress(eager_model, images, for
     assert forward_calls["n"] == 1
 
 
+def test_explorer_click_picks_a_patch_and_hover_reads_the_map(eager_model, images, forward_calls):
+    view = Explorer(eager_model, images, TEXTS)
+    forward_calls["n"] = 0
+    assert view.patch == tuple(n // 2 for n in view.grid)  # the centre until clicked
+    assert click(view, (0, 3)) and view.patch == (0, 3)
+    exps = [view.results.get("relevance", t) for t in TEXTS]
+    scale = image_scale(exps[0][0])
+    for (label, text), (exp, j) in zip(view.caption_choice.options, exps):  # each caption's map at the patch
+        assert text in label and scale.format(float(exp.image[0, j, 0, 3])) in label.split("  ·  ")
+    assert not click(view, (0, 3))  # the same patch again: nothing to redo
+    view.moved(event(view, (1, 2), "mousemove", where=(0.1, 0.9)))
+    exp, j = exps[0]
+    value = float(exp.image[0, j, 1, 2])
+    assert view.hover.value == f"<small>patch (1, 2): {scale.format(value)} ({value:.4g}) {scale.label}</small>"
+    view.moved({"type": "mouseleave", "dataX": -3, "dataY": 5})
+    assert view.hover.value == HINT
+    assert view.at({"dataX": view.shown[0], "dataY": view.shown[1]}, view.grid) == (view.grid[0] - 1, view.grid[1] - 1)
+    assert view.at({"dataX": view.shown[0] + 1, "dataY": 0}, view.grid) is None
+    assert forward_calls["n"] == 0  # pointing only re-renders
+
+
+def test_explorer_options_come_from_the_signature_and_rerun_only_what_changed(eager_model, images, forward_calls):
+    view = Explorer(eager_model, images, TEXTS, method="relevance")
+    assert list(view.options.inputs) == list(method_options("relevance"))
+    assert isinstance(view.options.inputs["start_layer"], ipywidgets.IntText)
+    forward_calls["n"] = 0
+    assert changes(view, view.options.inputs["start_layer"], 1)
+    assert view.options.value == {"start_layer": 1} and forward_calls["n"] == 1  # one call, every caption
+    assert "start_layer=1" in view.panel.value  # the title says which options differ from the defaults
+    for control, value in ((view.caption_choice, TEXTS[1]), (view.image_choice, 1), (view.opacity, 0.3)):
+        control.value = value
+    view.options.inputs["start_layer"].value = 0  # the default again: its explanations are still there
+    assert view.options.value == {} and forward_calls["n"] == 1
+    view.method.value = "occlusion"
+    assert list(view.options.inputs) == list(method_options("occlusion")) and view.options.value == {}
+    box = view.options.inputs["progress"]  # None by default: a text box that takes a literal
+    assert isinstance(box, ipywidgets.Text) and box.placeholder == "None"
+    calls = forward_calls["n"]
+    before = bytes(view.picture.value)
+    box.value = "no such literal"
+    assert "progress" in view.options.error.value and bytes(view.picture.value) == before
+    assert forward_calls["n"] == calls  # nothing ran for text that is not a value
+    view.method.value = "relevance"
+    view.options.inputs["start_layer"].value = 99  # a value the method refuses: said beside the options
+    assert "start_layer 99 is outside" in view.options.error.value
+    assert "start_layer=99" not in view.panel.value
+
+
+def test_pictures_are_enlarged_without_blur(eager_model, images):
+    view = Explorer(eager_model, images[:1], TEXTS[:1], size=96)
+    small = eager_model.processor.to_pil(view.pixel_values)[0]
+    factor = 96 // small.width
+    assert np.array_equal(np.asarray(view.pictures[0])[::factor, ::factor], np.asarray(small))  # nearest: blocks
+    assert enlarged(Image.new("RGB", (200, 100)), 50).size == (50, 50)
+
+
+def test_attention_view_leaves_the_padding_of_siglip_captions_out(images):
+    model = clipx.load("demo-siglip")
+    view = AttentionView(model, images[:1], ["a red circle"])
+    view.tower.value = "text"
+    tok = model.tokenize(["a red circle"])
+    assert int(tok.attention_mask.sum()) > int(tok.content_mask.sum())  # SigLIP attends to its padding
+    assert [label.split(": ", 1)[1] for label, _ in view.query.options] == \
+        model.tokenizer.tokens(tok.input_ids, tok.content_mask)[0]
+    assert view.patterns.get("text", 0, 0, None).shape == (len(view.query.options),) * 2
+
+
 # --- TokenPatchView ------------------------------------------------------------------------------
 def test_token_patch_view(eager_model, images, forward_calls):
     view = TokenPatchView(eager_model, images, TEXTS)
     forward_calls["n"] = 0
-    assert [label.split(": ", 1)[1] for label, _ in view.token.options] == \
-        ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]
-    assert changes(view, view.token, 3)
-    assert changes(view, view.row, 0) and changes(view, view.col, 0)
-    assert changes(view, view.row, 3, what="panel")
+    assert view.token.tokens == ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]
+    assert view.token.value == 3  # the caption's last word, not the "a" that matches every patch alike
+    assert changes(view, view.token, 2)
+    assert click(view, (0, 0)) and view.patch == (0, 0)
+    strip = [b.description for b in view.token.children]
+    assert click(view, (3, 1))
+    assert [b.description for b in view.token.children] != strip  # the tokens that match the new patch
+    exp, j = view.results.get("similarity", TEXTS[0], variant="maskclip")
+    assert view.token.children[2].tooltip == f"red: {float(exp.token_maps[0, j, 2, 3, 1]):.4g}"
     view.caption_choice.value = TEXTS[1]
-    assert "square" in view.token.options[3][0]
+    assert view.token.tokens[3] == "square" and view.token.value == 3
     assert forward_calls["n"] == 0  # all similarity maps came from the first call
     assert view.variant.value == "maskclip" and changes(view, view.variant, "tokens")
     assert forward_calls["n"] == 1  # the other variant: one call for all pairs
@@ -230,6 +305,15 @@ def test_token_patch_view(eager_model, images, forward_calls):
         TokenPatchView(eager_model, images, TEXTS, variant="value path")
 
 
+def test_clicking_a_token_button_selects_it(eager_model, images):
+    view = TokenPatchView(eager_model, images, TEXTS)
+    before = bytes(view.picture.value)
+    view.token.children[1].click()
+    assert view.token.value == 1 and bytes(view.picture.value) != before
+    borders = [button.layout.border for button in view.token.children]
+    assert borders[1] == "2px solid #222" and all(b.endswith("transparent") for k, b in enumerate(borders) if k != 1)
+
+
 # --- AttentionView -------------------------------------------------------------------------------
 def test_attention_view_records_once_and_only_rerenders(eager_model, images, forward_calls):
     view = AttentionView(eager_model, images, TEXTS)
@@ -237,9 +321,10 @@ def test_attention_view_records_once_and_only_rerenders(eager_model, images, for
     assert changes(view, view.layer, 1)
     assert changes(view, view.head, 2)
     assert changes(view, view.source, "patch")
-    assert changes(view, view.col, 0)
+    assert click(view, (0, 0)) and "patch (0, 0)" in view.panel.value
     assert changes(view, view.tower, "text")
     assert view.caption_choice.layout.display is None and view.image_choice.layout.display == "none"
+    assert view.hover.value == "" and not click(view, (1, 1))  # the picture is the token matrix now
     assert changes(view, view.caption_choice, TEXTS[1])
     assert changes(view, view.query, 1, what="panel")
     assert changes(view, view.head, -1)
@@ -248,12 +333,17 @@ def test_attention_view_records_once_and_only_rerenders(eager_model, images, for
 
 # --- Compare -------------------------------------------------------------------------------------
 def test_compare_shows_each_chosen_method(eager_model, images):
-    view = Compare(eager_model, images, TEXTS, methods=["relevance", "rollout"], size=64)
+    view = Compare(eager_model, images, TEXTS, methods=["rollout", "relevance"], size=64)
+    assert [b.description for b in view.methods.buttons] == clipx.methods()  # every method in view, one click each
     two = png_size(view.picture.value)
-    view.methods.value = ("relevance", "rollout", "similarity")
+    view.methods.buttons[clipx.methods().index("similarity")].value = True  # a plain click, no ctrl
+    assert view.methods.value == ("rollout", "relevance", "similarity")  # as given, then as pressed
     three = png_size(view.picture.value)
     assert three[0] > two[0] > 2 * 64 and "similarity" in view.panel.value
     assert changes(view, view.caption_choice, TEXTS[1])
+    view.methods.value = ("rollout",)
+    assert [b.description for b in view.methods.buttons if b.value] == ["rollout"]
+    assert not click(view, (0, 0))  # the picture is a grid of methods: nothing to pick on it
     view.methods.value = ()
     assert png_size(view.picture.value) == (64, 64)
 
