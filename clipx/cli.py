@@ -19,8 +19,10 @@ def score(args: argparse.Namespace) -> None:
 
     from .io.loading import load
     from .preprocess.image import open_image
+    from .preprocess.text import check_texts
 
     image = open_image(_image(args.image))  # a bad image fails before the model loads
+    check_texts(args.captions)  # and an empty caption
     model = load(args.model)
     try:
         model.set_attention(args.attention)
