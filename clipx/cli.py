@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .extras import MissingPackageError
 from .version import DISTRIBUTION, __version__
 
 
@@ -18,8 +19,10 @@ def score(args: argparse.Namespace) -> None:
 
     from .io.loading import load
     from .preprocess.image import open_image
+    from .preprocess.text import check_texts
 
     image = open_image(_image(args.image))  # a bad image fails before the model loads
+    check_texts(args.captions)  # and an empty caption
     model = load(args.model)
     try:
         model.set_attention(args.attention)
@@ -40,6 +43,7 @@ def score(args: argparse.Namespace) -> None:
 
 
 def explain(args: argparse.Namespace) -> None:
+    from .runs.runner import MANIFEST as RUN_MANIFEST
     from .runs.sources import SHARD_SUFFIXES
 
     # everything the user gave is checked before the model loads and runs
@@ -52,7 +56,9 @@ def explain(args: argparse.Namespace) -> None:
     if args.png and not many:
         raise ValueError("--png is for a folder, shards or a dataset: one image always gives PNGs")
     args.out = Path(args.out or ("clipx-run" if many and not args.png else "clipx-out"))
-    _check_writable(args.out)
+    # a run already there may be complete, and readable from read-only media: the run names what it cannot write
+    if not (many and not args.png and (args.out / RUN_MANIFEST).is_file()):
+        _check_writable(args.out, "--out", "the overlays" if args.png or not many else "the run's shards")
     if many:
         return explain_pngs(args) if args.png else explain_run(args)
     if args.image_column is not None or args.caption_column is not None:
@@ -244,18 +250,19 @@ def _write_overlay(original, exp, i: int, j: int, path: Path, scoring: str | Non
     write_bytes(to_png(picture), path)  # whole or not at all
 
 
-def _check_writable(out: Path) -> None:
-    """Fails unless the overlays can be written into folder `out` (made later), writing nothing."""
+def _check_writable(out: Path, option: str, what: str) -> None:
+    """Fails unless `what` can be written into folder `out` (made later), writing nothing; the error names
+    the `option` that gave `out`."""
     import tempfile
 
     existing = next(p for p in (out, *out.parents) if p.exists())  # "." at the latest
     if not existing.is_dir():
-        raise ValueError(f"--out {out}: {existing} is a file; --out names a folder for the overlays")
+        raise ValueError(f"{option} {out}: {existing} is a file; {option} names a folder for {what}")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise ValueError(f"--out {out}: cannot write in {existing} ({e.strerror or e}); "
+        raise ValueError(f"{option} {out}: cannot write in {existing} ({e.strerror or e}); "
                          "choose a folder you can write to") from None
 
 
@@ -305,7 +312,7 @@ def index(args: argparse.Namespace) -> None:
         change = idx.update(batch_size=args.batch_size)
         done = f"updated: {len(change['added'])} added, {len(change['changed'])} changed, {len(change['removed'])} removed"
     else:
-        _check_writable(out)
+        _check_writable(out, "--out", "the index")
         idx = Index.build(load(args.model), args.folder, model_name=args.model, batch_size=args.batch_size)
         done = "built"
     idx.save(out)
@@ -320,7 +327,7 @@ def search(args: argparse.Namespace) -> None:
     if args.explain is not None:  # checked before the model loads
         if args.method is not None:
             _options(args.opt, args.method)
-        _check_writable(Path(args.explain))
+        _check_writable(Path(args.explain), "--explain", "the overlays")
     elif args.method is not None or args.opt:
         raise ValueError("--method and --opt choose how --explain DIR draws its overlays: give --explain DIR")
     idx = Index.load(args.index, model=None if args.model is None else load(args.model), model_name=args.model)
@@ -373,6 +380,37 @@ def _slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())[:40] or "caption"
 
 
+def positive_int(text: str) -> int:
+    """The type of an option that counts something (images per batch or shard, hits, classes shown)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command's parser: captions and images may come after the options as well as before them (argparse
+    alone stops reading `nargs="*"` positionals at the first option), and a bad argument is one line,
+    `clipx CMD: error: ...`, exit 2, like every other error of the command."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # parse_known_intermixed_args's own two passes
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """--help with every option's default, where there is one to show and the help does not say it already."""
 
@@ -393,7 +431,7 @@ OPT_HELP = ("an option of the method as NAME=VALUE, VALUE a Python literal (a ba
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipx", description="Explainability kit for CLIP.", formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(name: str, run, help: str, description: str | None = None) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=description or help, formatter_class=_Help)
@@ -422,8 +460,8 @@ def parser() -> argparse.ArgumentParser:
                    "and caption, in --out/<image>/, instead of a run of shards")
     e.add_argument("--bare", action="store_true", help="write each overlay alone, the size of the image: no "
                    "title, colour bar or crop outline")
-    e.add_argument("--shard-size", type=int, default=256, help="a run: images per shard")
-    e.add_argument("--batch-size", type=int, default=8, help="a run: images per explain call")
+    e.add_argument("--shard-size", type=positive_int, default=256, help="a run: images per shard")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="a run: images per explain call")
     e.add_argument("--hf-dataset", action="store_true", help="IMAGE is a Hugging Face dataset saved with save_to_disk")
     e.add_argument("--split", help="--hf-dataset: the split of a saved DatasetDict")
     e.add_argument("--image-column", help="--hf-dataset: the image column (default image); shards: the image "
@@ -436,16 +474,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--templates", help="openai (80), default (7), shapes (the demo's), or a file of templates with "
                                        "{} (one a line); without it, the class names as they are")
     c.add_argument("--model", default="demo", help=MODEL_HELP)
-    c.add_argument("--top", type=int, default=5, help="classes shown per image")
+    c.add_argument("--top", type=positive_int, default=5, help="classes shown per image")
     x = command("index", index, "embed every image of a folder for search (again: only new and changed files)")
     x.add_argument("folder", help="a folder of images (searched recursively)")
     x.add_argument("--out", required=True, help="folder for the index (embeddings.safetensors, index.json)")
     x.add_argument("--model", default="demo", help=MODEL_HELP)
-    x.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    x.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     q = command("search", search, "the images of an index that best match a caption")
     q.add_argument("index", help="a folder written by clipx index")
     q.add_argument("caption")
-    q.add_argument("--k", type=int, default=10, help="how many hits")
+    q.add_argument("--k", type=positive_int, default=10, help="how many hits")
     q.add_argument("--model", help="the model the index was built with (default: the one it names, demo unless "
                                    "the index was built with another)")
     q.add_argument("--explain", metavar="DIR", help="write one overlay PNG per hit into DIR")
@@ -465,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     # JupyterLab's own options pass through `clipx lab`; any other command refuses what it does not know
     args, unknown = p.parse_known_args(argv)
     if unknown and args.command != "lab":
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+        p.exit(2, f"clipx {args.command}: error: unrecognized arguments: {' '.join(unknown)}\n")
     args.jupyter_args = unknown
     try:
         with warnings.catch_warnings():
@@ -475,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             args.run(args)
     # the errors clipx's checks raise (CheckpointError is a ValueError, CheckpointNotFoundError an
     # OSError); anything else, torch's RuntimeErrors included, is a bug and keeps its traceback
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, MissingPackageError) as e:
         print(f"clipx {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -26,6 +26,25 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_has_values(name: str, tensor: Any) -> None:
+    """A ValueError naming `name` where it is a tensor on the meta device: a shape without values, which
+    torch fails on deep inside ("Cannot copy out of meta tensor")."""
+    if getattr(tensor, "is_meta", False):
+        raise ValueError(f"{name} is a meta tensor: it has a shape but no values (torch.device('meta')); "
+                         "give one on the CPU or a GPU")
+
+
+def check_grad_possible(what: str) -> None:
+    """A RuntimeError saying so where `what`, which takes gradients, is called inside torch.inference_mode(),
+    which no code can turn gradients back on in for tensors made there (torch's own error reads "element 0
+    of tensors does not require grad")."""
+    import torch
+
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what} needs gradients, which torch.inference_mode() rules out: call it outside "
+                           "the inference_mode block (inside torch.no_grad() is fine)")
+
+
 def caller_level() -> int:
     """The stacklevel, for a warnings.warn in the function calling this one, of the first frame
     outside clipx and torch: the user's own line, however deep inside the call the check ran."""

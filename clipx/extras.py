@@ -8,9 +8,13 @@ from types import ModuleType
 from .version import DISTRIBUTION
 
 
+class MissingPackageError(ImportError):
+    """An optional package a feature needs is not installed: the user's to fix (pip install), not a bug."""
+
+
 def require(module: str, needed_for: str, extra: str) -> ModuleType:
-    """`module` imported, or an ImportError that says what needs it and which pip extra installs it."""
+    """`module` imported, or a MissingPackageError that says what needs it and which pip extra installs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{needed_for} needs the {module} package: pip install '{DISTRIBUTION}[{extra}]'") from None
+        raise MissingPackageError(f"{needed_for} needs the {module} package: pip install '{DISTRIBUTION}[{extra}]'") from None

@@ -29,7 +29,7 @@ import re
 import secrets
 import stat
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -235,6 +235,20 @@ def write_json(data: Any, path: str | Path, indent: int | None = None, durable: 
     """`data` as JSON at `path`, whole or not at all, so that a reader never takes a truncated file for
     the whole."""
     write_text(json.dumps(data, indent=indent) + ("\n" if indent is not None else ""), path, durable)
+
+
+def library_write(write: Callable[[], Any], path: str | Path) -> None:
+    """Run a library's own writer (tokenizers', in Rust, which reports a full disk as "... (os error 28)"),
+    its file system's errors raised as OSErrors naming `path`."""
+    try:
+        write()
+    except OSError:
+        raise
+    except Exception as e:
+        error = os_error_in(e, path)
+        if error is None:
+            raise
+        raise error from None
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None,

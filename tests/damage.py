@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import struct
 from pathlib import Path
 
 from safetensors import SafetensorError
 
 import clipx.files
+import clipx.runs.runner
 
 
 def header(path: Path) -> tuple[dict, int]:
@@ -79,3 +81,23 @@ def fill_disk(monkeypatch, after: int = 0) -> list[Path]:
     monkeypatch.setattr(clipx.files, "_write", write)
     monkeypatch.setattr(clipx.files, "save_file", save_file)
     return tried
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """`folder` as on read-only media: creating or writing a file in it fails with EROFS."""
+    real_open, real_os_open = open, os.open
+
+    def refused(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def open_(path, mode="r", *args, **kwargs):
+        if Path(path).is_relative_to(folder) and set(mode) & set("wax+"):
+            refused(path)
+        return real_open(path, mode, *args, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if Path(path).is_relative_to(folder) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refused(path)
+        return real_os_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(clipx.runs.runner, "open", open_, raising=False)
+    monkeypatch.setattr(os, "open", os_open)

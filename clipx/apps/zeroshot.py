@@ -6,6 +6,7 @@ A class's embedding is the normalised mean of its prompts' normalised text embed
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import caller_level, check_int
 from ..explain import Explanation
 from ..model.clip import CLIP
 from ..preprocess.image import check_pixel_values, image_list
@@ -36,6 +38,11 @@ def prompts(classnames: Sequence[str], templates: Sequence[Template] | None = No
     repeated = sorted({c for c in classnames if classnames.count(c) > 1})
     if repeated:
         raise ValueError(f"class names must be distinct; repeated: {', '.join(map(repr, repeated))}")
+    folded = [c.strip().casefold() for c in classnames]
+    alike = sorted({c for c in classnames if folded.count(c.strip().casefold()) > 1})
+    if alike:  # most tokenizers lower-case: such classes are one embedding, and split its score between them
+        warnings.warn(f"class names differ only in case or spaces: {', '.join(map(repr, alike))}; a tokenizer "
+                      "that lower-cases (CLIP's) embeds them alike", stacklevel=caller_level())
     templates = ["{}"] if templates is None else [templates] if isinstance(templates, str) else list(templates)
     if not templates:
         raise ValueError("no templates given: pass strings with '{}' or callables, or None for the class names alone")
@@ -101,6 +108,10 @@ class ZeroShot:
         """Explain image i against its predicted class's embedding (the ensemble, not one prompt): one
         `clipx.explain` call through `explain_embedding`, so `scores[0, 0]` equals `logits[i, class]`.
         The caption it names is the class name; caption-side maps are None (see `explain_embedding`)."""
+        n = self.logits.shape[0]
+        if check_int("i", i) not in range(-n, n):
+            raise IndexError(f"image {i} of {n}: i is an image's index, 0..{n - 1} (or -1..-{n} from the end)")
+        i %= n  # -1, the last image, is a slice of one from the tensor's images too
         c = int(self.predictions[i])
         image = self.images[i:i + 1] if isinstance(self.images, torch.Tensor) else [self.images[i]]
         return explain_embedding(self.model, image, self.classifier[c], self.classnames[c], method, **options)
@@ -114,6 +125,7 @@ def zeroshot(model: CLIP, images: Any, classnames: Sequence[str], templates: Seq
     """Classify images (PIL, paths, arrays, or pixel_values) among `classnames`, each class embedded through
     `templates` (see `zeroshot_classifier`; `clipx.templates` has OpenAI's 80 ImageNet ones). Images run
     `batch_size` at a time."""
+    classnames = classnames if isinstance(classnames, str) else list(classnames)  # a generator is read once
     classifier = zeroshot_classifier(model, classnames, templates)
     if isinstance(images, torch.Tensor):  # one [3, H, W] image is a batch of one, not three channels to slice
         items = check_pixel_values(images, "images")

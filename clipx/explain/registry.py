@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import check_has_values
 from ..model.clip import CLIP
 from ..model.inputs import prepare_images
 from ..preprocess.text import check_texts
@@ -83,10 +84,10 @@ def explain(model: CLIP, images: Any, texts: Any, method: str | type | None = No
     method, fn, allowed = _resolve(default_method(model) if method is None else method)
     used = _used(method, allowed, options)
     token_inputs = _token_inputs(model, texts)
-    if neutral is not None:
+    if neutral is not None:  # the captions must hold words; the neutral one may be empty (what an empty caption shares)
         texts = with_neutral(method, texts, neutral, token_inputs is not None, CAPTION_BLIND)
     with torch.inference_mode(False):  # inputs made here are normal tensors autograd can save
-        inputs = _prepare(model, images, texts, token_inputs)
+        inputs = _prepare(model, images, texts, token_inputs, neutral)
         maps = fn(inputs, **options)
     if neutral is not None:
         inputs, maps = subtract_neutral(inputs, maps)
@@ -112,6 +113,8 @@ def _token_inputs(model: CLIP, texts: Any) -> tuple[torch.Tensor, torch.Tensor, 
     model._tower("text")
     ids = texts["input_ids"]
     mask = texts["attention_mask"] if "attention_mask" in texts.keys() else None
+    check_has_values("input_ids", ids)
+    check_has_values("attention_mask", mask)
     if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"input_ids must be an integer tensor [n_texts, length], got {ids!r:.80}")
     ids = ids[None] if ids.ndim == 1 else ids
@@ -134,11 +137,13 @@ def _token_inputs(model: CLIP, texts: Any) -> tuple[torch.Tensor, torch.Tensor, 
     return ids, mask, mask if content is None else content.to(device)
 
 
-def _prepare(model: CLIP, images: Any, texts: Any,
-             token_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> Inputs:
+def _prepare(model: CLIP, images: Any, texts: Any, token_inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+             neutral: str | None) -> Inputs:
     model._tower("vision"), model._tower("text")  # both towers, or a clear error naming the missing one
+    name, weight = next(model.named_parameters())
+    check_has_values(f"the model's {name}", weight)  # model.to("meta"): shapes without values
     if token_inputs is None:
-        texts = check_texts(texts)
+        texts = check_texts(texts, words=neutral is None)
         tok = model.tokenize(texts)
         input_ids, attention_mask = tok.input_ids, tok.attention_mask
         content = tok.attention_mask if tok.content_mask is None else tok.content_mask

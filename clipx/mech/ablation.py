@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import check_int
@@ -83,8 +84,9 @@ def ablate(model: CLIP, parts: Iterable[str] | str, mode: str = "zero", referenc
            positions: Iterable[int] | None = None, seed: int = 0) -> Iterator[CLIP]:
     """Inside the block, each part writes zero (mode="zero"), its mean output over the reference inputs
     (mode="mean": per position where the lengths agree, else over positions too), or the output of a
-    reference input drawn at random for each item and each part (mode="resample", drawn by a generator
-    seeded with `seed`). reference: the inputs of one forward (`{"pixel_values": px}`, `{"input_ids": ...}`),
+    reference input drawn at random for each item and each part (mode="resample": item i of any forward
+    in the block gets the draw that `seed`, the part and i make, whatever the batch holds around it and
+    however many forwards ran before). reference: the inputs of one forward (`{"pixel_values": px}`, `{"input_ids": ...}`),
     for vision parts images as `clipx.explain` takes them, or a `Cache` recorded from them that holds the
     parts' hooks. positions: only these token positions
     (0 is an image's class token), else all. Only this thread's forwards are affected, as with `model.hooks`."""
@@ -104,11 +106,14 @@ def ablate(model: CLIP, parts: Iterable[str] | str, mode: str = "zero", referenc
         def value(site: Site, x: torch.Tensor) -> torch.Tensor:
             return _fit(means[site], x.shape[1])
     else:
-        generator = torch.Generator().manual_seed(seed)
+        seed, part = check_int("seed", seed, minimum=0), {site: k for k, site in enumerate(chosen)}
 
         def value(site: Site, x: torch.Tensor) -> torch.Tensor:
             source = _same_length(recorded[site], x, "resample-ablation")
-            return source[torch.randint(len(source), (x.shape[0],), generator=generator)]
+            # row i's draw from (seed, part, i) alone: not from a generator the batch's other rows and the
+            # block's earlier forwards would have advanced
+            rows = [np.random.default_rng([seed, part[site], i]).integers(len(source)) for i in range(x.shape[0])]
+            return source[torch.tensor(rows, device=source.device)]
     with _replacing(model, chosen, value, positions):
         yield model
 

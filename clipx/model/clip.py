@@ -201,7 +201,7 @@ class CLIP(HookedModule):
             text = self._text_forward(input_ids, attention_mask, **flags)
             text_embeds = _normalize(text.embeds)
         if vision is not None and text is not None:
-            logits_per_image = self.hook_logits_per_image(self.logits(image_embeds, text_embeds))
+            logits_per_image = self.hooked_logits(image_embeds, text_embeds)
             logits_per_text = logits_per_image.T
         return CLIPOutput(logits_per_image, logits_per_text, image_embeds, text_embeds, vision, text)
 
@@ -232,6 +232,12 @@ class CLIP(HookedModule):
         if not bias or self.logit_bias is None:
             return logits
         return logits + self.logit_bias.to(image_embeds.dtype)
+
+    def hooked_logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """`logits` through `hook_logits_per_image`, as `forward` scores: what every explanation method that
+        scores embeddings itself (of perturbed or interpolated images, of a layer's readout) calls, so that a
+        hook there changes its maps as it changes forward's logits."""
+        return self.hook_logits_per_image(self.logits(image_embeds, text_embeds))
 
     def fingerprint(self) -> str:
         """sha256 of the config and the readout weights (projections, final norms, logit scale and bias): what

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import CheckpointError
-from ..files import read_json
+from ..files import read_json, write_json
 from .layout import CLIP_LAYOUT, Layout
 
 # Fields that size the model: a float (1e9), a string or a bool in their place is an error, not a guess.
@@ -314,7 +313,8 @@ class CLIPConfig:
         return {name: getattr(self, name) for name in _JOINT_MODES}
 
     def save(self, folder: str | Path) -> None:
-        Path(folder, "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """config.json in `folder`, whole or not at all (`clipx.files.replacing`)."""
+        write_json(self.to_dict(), Path(folder, "config.json"), indent=2)
 
 
 def _eos_pooling(d: dict[str, Any]) -> dict[str, Any]:

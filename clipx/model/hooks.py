@@ -26,6 +26,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from ..errors import check_grad_possible
+
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 # A name, a glob ("vision.blocks.*.attn.hook_pattern"), a list of names, or a predicate on names.
 NameFilter = Union[str, Iterable[str], Callable[[str], bool], None]
@@ -285,6 +287,8 @@ class HookedModule(nn.Module):
         """
         names_filter = _deprecated_keyword("names", "names_filter", names, names_filter)
         want_grad = objective is not None
+        if want_grad:
+            check_grad_possible("run_with_cache(objective=...)")
         with torch.set_grad_enabled(want_grad or torch.is_grad_enabled()), \
                 self.recording(names_filter, requires_grad=want_grad) as cache:
             out = self(*args, **kwargs)

@@ -4,7 +4,7 @@ whose pipeline is complete, read as it is (XLM-R's SentencePiece Unigram, BERT's
 
 from __future__ import annotations
 
-import json
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from tokenizers.models import BPE, Unigram
 
 from ..assets import CLIP_BPE_DIR
 from ..errors import CheckpointError
-from ..files import check_readable, is_file, read_json
+from ..files import (check_readable, is_file, library_write, make_folder, read_json, replacing, write_bytes,
+                     write_json)
 from .text import (DEFAULT_CONTEXT_LENGTH, SIGLIP_CONTEXT_LENGTH, SPECIAL_KEYS, Encoding, batch_encoding,
                    check_padding, check_texts, context_length_or_default, read_special_tokens, warn_unknown_words)
 
@@ -173,7 +174,7 @@ class Tokenizer:
         the family's own ("longest" for CLIP; SigLIP allows only "max_length").
         truncation: cut captions longer than context_length, keeping EOS last, with a warning;
         False raises a ValueError for them instead."""
-        texts = check_texts(texts)
+        texts = check_texts(texts, words=False)
         padding = check_padding(padding, self.fixed_length)
         # set per call: context_length is a plain attribute the caller may change
         self._backend.enable_truncation(self.context_length)
@@ -238,20 +239,25 @@ class Tokenizer:
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write tokenizer.json and tokenizer_config.json (and for CLIP vocab.json + merges.txt), the hub's
-        layout, loadable here and by transformers' AutoTokenizer."""
+        layout, loadable here and by transformers' AutoTokenizer; each file whole or not at all
+        (`clipx.files.replacing`)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         self._backend.no_truncation()  # the per-call settings must not be saved
         self._backend.no_padding()
-        self._backend.save(str(folder / "tokenizer.json"))
-        if self.tokenizer_class == "CLIPTokenizer":
-            self._backend.model.save(str(folder))  # vocab.json + merges.txt, for readers of the slow format
+        with replacing(folder / "tokenizer.json") as temp:
+            library_write(lambda: self._backend.save(str(temp)), folder / "tokenizer.json")
+        if self.tokenizer_class == "CLIPTokenizer":  # vocab.json + merges.txt, for readers of the slow format
+            with tempfile.TemporaryDirectory() as scratch:  # the BPE model names its files itself: made aside
+                library_write(lambda: self._backend.model.save(scratch), folder)
+                for name in ("vocab.json", "merges.txt"):
+                    write_bytes((Path(scratch) / name).read_bytes(), folder / name)
         config = self._source_config or {"tokenizer_class": self.tokenizer_class,
                                          **{key: getattr(self, key) for key in SPECIAL_KEYS}}
         config = {**config, "model_max_length": self.context_length}
         if self.fixed_length:  # SigLIP 2's side, which its class would otherwise default to left
             config["padding_side"] = self.padding_side
-        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_json(config, folder / "tokenizer_config.json", indent=2)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, context_length={self.context_length})"

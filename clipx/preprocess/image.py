@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
-from ..errors import CheckpointError
-from ..files import is_file, read_json
+from ..errors import CheckpointError, check_has_values
+from ..files import is_file, make_folder, read_json, write_text
 
 CONFIG_NAME = "preprocessor_config.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -123,10 +123,11 @@ class ImageProcessor:
         return {"image_processor_type": "CLIPImageProcessor", **d}
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Writes `folder/preprocessor_config.json`, which transformers' CLIPImageProcessor loads too."""
+        """Writes `folder/preprocessor_config.json`, which transformers' CLIPImageProcessor loads too, whole or
+        not at all (`clipx.files.replacing`)."""
         path = Path(folder) / CONFIG_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        make_folder(path.parent)
+        write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", path)
         return path
 
     # --- preprocessing ---------------------------------------------------------------------------
@@ -246,6 +247,7 @@ def image_list(images: Any) -> list:
 
 def check_pixel_values(x: torch.Tensor, name: str) -> torch.Tensor:
     """A preprocessed tensor, [3, H, W] or [B, 3, H, W] float -> [B, 3, H, W], values untouched."""
+    check_has_values(name, x)
     if not x.is_floating_point():
         raise TypeError(f"{name}: a tensor must be preprocessed pixel values, float [B,3,H,W]; got dtype {x.dtype}")
     if x.ndim == 3:

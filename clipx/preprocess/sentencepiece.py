@@ -10,7 +10,6 @@ unless the ids already end with one, and pad to context_length with the pad toke
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..extras import require
-from ..files import check_readable, is_file, read_json
+from ..files import check_readable, is_file, make_folder, read_json, write_bytes, write_json
 from .text import (SIGLIP_CONTEXT_LENGTH, batch_encoding, check_padding, check_texts, context_length_or_default,
                    read_special_tokens, warn_unknown_words)
 
@@ -110,7 +109,7 @@ class SiglipTokenizer:
         """Tokenize a caption or a list of captions (a str is a batch of one), padded to context_length.
         truncation: cut captions longer than context_length, keeping EOS last, with a warning;
         False raises a ValueError for them instead."""
-        texts = check_texts(texts)
+        texts = check_texts(texts, words=False)
         padding = check_padding(padding, fixed_length=True)
         rows, cut = [], []
         for text in texts:
@@ -167,14 +166,14 @@ class SiglipTokenizer:
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write spiece.model and tokenizer_config.json, which transformers' AutoTokenizer loads as a
-        SiglipTokenizer."""
+        SiglipTokenizer; each whole or not at all (`clipx.files.replacing`)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SPIECE).write_bytes(self._sp.serialized_model_proto())
+        make_folder(folder)
+        write_bytes(self._sp.serialized_model_proto(), folder / SPIECE)
         config = {"tokenizer_class": "SiglipTokenizer", "model_max_length": self.context_length,
                   "do_lower_case": self.do_lower_case, "eos_token": self.eos_token, "pad_token": self.pad_token,
                   "unk_token": self.unk_token}
-        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_json(config, folder / "tokenizer_config.json", indent=2)
 
     def __repr__(self) -> str:
         return f"SiglipTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length})"

@@ -85,8 +85,10 @@ def _shorten(text: str, width: int = 50) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def check_texts(texts: str | list[str]) -> list[str]:
-    """A caption or a list of captions -> a non-empty list of str."""
+def check_texts(texts: str | list[str], words: bool = True) -> list[str]:
+    """A caption or a list of captions -> a non-empty list of str; with `words`, each one holding some (an
+    empty caption is scored by its start and end tokens alone, the same for every image it meets: a score
+    nobody asked for). A tokenizer takes empty ones (words=False): its maker's tests, a neutral caption."""
     if hasattr(texts, "keys"):  # iterated, a mapping of token ids would give its keys as captions
         raise TypeError(f"texts is a mapping with the keys {sorted(map(str, texts.keys()))}, not captions; "
                         "token ids go in as {'input_ids': ..., 'attention_mask': ...} where a function takes them")
@@ -99,6 +101,9 @@ def check_texts(texts: str | list[str]) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__} {text!r:.40}, not a str")
+        if words and not text.strip():
+            raise ValueError(f"texts[{i}] is {'empty' if not text else f'only spaces ({text!r})'}: give each "
+                             "caption some words")
     return texts
 
 

@@ -40,6 +40,7 @@ from ..files import DIGEST, make_folder, read_json, read_safetensors, save_safet
 
 VERSION = 2  # 2: every shard carries its digest. Runs of version 1 (shards without) still read and resume.
 LOCK = ".clipx-run.lock"
+MANIFEST = "manifest.json"
 Result = dict[str, Any]  # tensors, and JSON values
 # a batch of items -> one result or one exception per item, in order
 Process = Callable[[list[Any]], list["Result | BaseException"]]
@@ -76,7 +77,7 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
-        path = folder / "manifest.json"
+        path = folder / MANIFEST
         data = read_json(path)
         missing = {"version", "config", "shard_size", "items", "items_sha256"} - set(data)
         if missing:
@@ -196,7 +197,7 @@ def _write_shard(path: Path, index: int, items: list[Any], results: list[Result 
 def _start(folder: Path, manifest: Manifest) -> IO[str] | None:
     """Take the folder's lock, then write the manifest of a new run or check that the folder's run is this
     one. Returns the lock, None where the folder cannot be written (then only a complete run succeeds)."""
-    there = (folder / "manifest.json").is_file()
+    there = (folder / MANIFEST).is_file()
     if not there and folder.is_dir() and any(not _ours(p.name) for p in folder.iterdir()):
         raise ValueError(f"{folder} is not empty and holds no run manifest: pick an empty or new folder")
     make_folder(folder)
@@ -205,7 +206,7 @@ def _start(folder: Path, manifest: Manifest) -> IO[str] | None:
         if there:
             _check_same(folder, manifest)
         else:
-            write_json(manifest.to_json(), folder / "manifest.json")
+            write_json(manifest.to_json(), folder / MANIFEST)
     except BaseException:
         if lock is not None:
             lock.close()

@@ -23,6 +23,9 @@ class Compare(View):
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], methods: Sequence[str] | None = None,
                  cmap: str | None = None, size: int = 192) -> None:
+        methods = None if methods is None else list(methods)
+        if methods == []:  # not "all nine", which is what None asks for
+            raise ValueError("methods is empty: name one or more (clipx.methods() lists them), or None for all")
         for method in methods or ():
             method_options(method)  # an unknown name fails here, clearly, not as the selector's TraitError
         super().__init__(model, images, texts, cmap, size)

@@ -26,7 +26,7 @@ from clipx.files import DIGEST, read_safetensors
 from clipx.runs.explain_dataset import explain_dataset
 from clipx.cli import main
 from clipx.runs.runner import RunResult, run
-from damage import fill_disk, flip_bit, retype, swap, truncate
+from damage import fill_disk, flip_bit, read_only, retype, swap, truncate
 from paths import TESTS
 
 WORKER = TESTS / "runs_worker.py"
@@ -336,26 +336,6 @@ def test_the_cli_says_a_full_disk_in_one_line_naming_the_shard(tmp_path, monkeyp
     err = capsys.readouterr().err  # after the progress bar
     assert err.endswith(f"\nclipx explain: error: [Errno 28] No space left on device: "
                         f"'{out / 'shard-00001.safetensors'}'\n") and "Traceback" not in err
-
-
-def read_only(monkeypatch, folder: Path) -> None:
-    """`folder` as on read-only media: creating or writing a file in it fails with EROFS."""
-    real_open, real_os_open = open, os.open
-
-    def refused(path):
-        raise OSError(errno.EROFS, "Read-only file system", str(path))
-
-    def open_(path, mode="r", *args, **kwargs):
-        if Path(path).is_relative_to(folder) and set(mode) & set("wax+"):
-            refused(path)
-        return real_open(path, mode, *args, **kwargs)
-
-    def os_open(path, flags, *args, **kwargs):
-        if Path(path).is_relative_to(folder) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            refused(path)
-        return real_os_open(path, flags, *args, **kwargs)
-    monkeypatch.setattr(runs_module, "open", open_, raising=False)
-    monkeypatch.setattr(os, "open", os_open)
 
 
 def test_a_complete_run_reads_and_resumes_on_read_only_media(tmp_path, monkeypatch):

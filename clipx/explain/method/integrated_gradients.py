@@ -12,12 +12,13 @@ not, and two threads explaining with one model would interpolate each other's em
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ...errors import check_int
+from ...errors import check_has_values, check_int
 from ..core import Inputs, Maps, Values, register
 
 
@@ -33,8 +34,7 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
     out, cache = x.run(["vision.hook_embed", "text.hook_embed"])
     text_embeds, image_embeds = out.text_embeds.detach(), out.image_embeds.detach()
 
-    baseline = torch.as_tensor(image_baseline, dtype=x.pixel_values.dtype, device=x.pixel_values.device)
-    baseline = baseline.expand_as(x.pixel_values).contiguous()
+    baseline = _image_baseline(image_baseline, x.pixel_values)
     # special tokens (BOS, EOS, padding) stay: the baseline is "the same caption with no words"
     tok = model.tokenizer if model.tokenizer is not None else model.text.config
     special = [i for i in (getattr(tok, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id"))
@@ -52,12 +52,12 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
         pixels = x.pixel_values[:1].expand(embed.shape[0], -1, -1, -1)
         with model.hooks(fwd_hooks=[("vision.hook_embed", lambda _, hook: embed)]):
             features = model.encode_image(pixels, x.interpolate_pos_encoding)
-        return model.logits(F.normalize(features, dim=-1), text_embeds)      # [n, n_texts]
+        return model.hooked_logits(F.normalize(features, dim=-1), text_embeds)      # [n, n_texts]
 
     def text_logits(embed: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with model.hooks(fwd_hooks=[("text.hook_embed", lambda _, hook: embed)]):
             features = model.encode_text(input_ids, attention_mask)
-        return model.logits(image_embeds, F.normalize(features, dim=-1)).T     # [n, n_images]
+        return model.hooked_logits(image_embeds, F.normalize(features, dim=-1)).T     # [n, n_images]
 
     options = dict(n_steps=n_steps, internal_batch_size=internal_batch_size)
     with torch.enable_grad():
@@ -68,7 +68,26 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
                                               additional_forward_args=(x.input_ids, x.attention_mask),
                                               **options).sum(-1)
                             for i in range(x.pixel_values.shape[0])], dim=0)
-    return Maps(out.logits_per_image, x.patch_grid(image.detach()), text.detach() * x.attention_mask)
+    # Captum sums its steps in float32: the maps in the model's dtype, as every other method gives them
+    dtype = out.logits_per_image.dtype
+    return Maps(out.logits_per_image, x.patch_grid(image.detach()).to(dtype), (text.detach() * x.attention_mask).to(dtype))
+
+
+def _image_baseline(value: torch.Tensor | float, pixel_values: torch.Tensor) -> torch.Tensor:
+    """`image_baseline` as pixel_values [B, 3, H, W]: one number, one image [3, H, W] for all, or one per image."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"image_baseline must be a number (in normalised pixels: 0.0 is the mean colour) or a "
+                        f"tensor of preprocessed pixels, got {value!r:.80}")
+    check_has_values("image_baseline", value)
+    baseline = torch.as_tensor(value, dtype=pixel_values.dtype, device=pixel_values.device)
+    try:
+        baseline = baseline.expand_as(pixel_values).contiguous()
+    except RuntimeError:
+        raise ValueError(f"image_baseline of shape {tuple(baseline.shape)} does not fit the pixel_values "
+                         f"{tuple(pixel_values.shape)}: give one number, one image [3, H, W] or one per image") from None
+    if not torch.isfinite(baseline).all():
+        raise ValueError("image_baseline holds NaN or infinite values")
+    return baseline
 
 
 def _embedding(model, tower: str, forward: Callable[[], torch.Tensor]) -> torch.Tensor:

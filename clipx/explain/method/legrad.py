@@ -2,7 +2,9 @@
 Feature Formation Sensitivity", 2024), as in WalBouss/LeGrad's CLIP wrapper.
 
 For each layer l from `start_layer` on: layer l's output tokens read out as an image embedding
-(`layer_embedding`), its cosine with the caption embedding s_l; the ReLU of ds_l / dA_l (A_l that
+(`layer_embedding`), its logit with the caption embedding s_l (the cosine LeGrad takes, scaled as the model
+scales it, which the normalisation below cancels; through `hook_logits_per_image`, so a hook there shapes
+the maps as it shapes the scores); the ReLU of ds_l / dA_l (A_l that
 layer's attention pattern), averaged over heads and query rows, prefix keys (a class token)
 dropped. The maps of the layers are summed, then min-max normalised per pair. Image only. `exclude_high_norm=ratio` drops the high-norm patches
 (`clipx.mech.high_norm`) as keys: they get 0 before the normalisation.
@@ -36,8 +38,10 @@ def legrad(x: Inputs, start_layer: int = -2, exclude_high_norm: float | None = N
         pattern = cache[f"vision.blocks.{i}.attn.hook_pattern"]
         tokens = cache[f"vision.blocks.{i}.hook_resid_post"]
         feature = F.normalize(layer_embedding(vision, tokens), dim=-1)
-        similarity = feature @ out.text_embeds.T  # [n_images, n_texts]
-        total = total + per_caption(similarity, [pattern],
+        # the layer's logits, the cosine scaled (and shifted by a bias, which no gradient sees): the same map
+        # after the normalisation below, and a hook on hook_logits_per_image shapes them as it shapes the scores
+        logits = x.model.hooked_logits(feature, out.text_embeds)  # [n_images, n_texts]
+        total = total + per_caption(logits, [pattern],
                                     lambda g: drop_keys(g[0].clamp(min=0).mean(1).mean(1), keep)[:, x.prefix:])
     low = total.amin(-1, keepdim=True)
     span = (total.amax(-1, keepdim=True) - low).clamp(min=1e-12)

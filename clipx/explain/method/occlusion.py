@@ -59,8 +59,9 @@ def occlusion(x: Inputs, window: int | tuple[int, int] = 1, stride: int | tuple[
 
     captions = Captions.encode(x)
     embeds = perturbed_embeddings(x, len(masks), occlude, baseline, batch_size, progress, "occlusion")
-    # the drop from the embeddings' difference: logits of ~25 would round it to their own ulp
-    drops = captions.logits(embeds[:, :1] - embeds[:, 1:], bias=False)    # [B, n_windows, T]
+    with torch.no_grad():  # the logit scale is a parameter: maps that kept its graph would hold the model's
+        drops = captions.drops(embeds[:, :1], embeds[:, 1:])               # [B, n_windows, T]
+        scores = captions.logits(embeds[:, 0])
     cover = masks.flatten(1).to(drops.dtype)                               # [n_windows, n_patches]
     image = torch.einsum("bwt,wp->btp", drops, cover) / cover.sum(0).clamp(min=1)
-    return Maps(captions.logits(embeds[:, 0]), x.patch_grid(image))
+    return Maps(scores, x.patch_grid(image))

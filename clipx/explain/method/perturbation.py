@@ -36,11 +36,20 @@ class Captions:
         with torch.no_grad():
             return cls(x.model, F.normalize(x.model.encode_text(x.input_ids, x.attention_mask), dim=-1))
 
-    def logits(self, image_embeds: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    def logits(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """Normalised image embeddings [..., D] -> logits [..., T], as `model(...).logits_per_image` makes
-        them (`model.logits`; bias=False for a difference of embeddings)."""
-        flat = self.model.logits(image_embeds.reshape(-1, image_embeds.shape[-1]), self.embeds, bias)
+        them, through a hook on `hook_logits_per_image` too (`model.hooked_logits`)."""
+        flat = self.model.hooked_logits(image_embeds.reshape(-1, image_embeds.shape[-1]), self.embeds)
         return flat.reshape(*image_embeds.shape[:-1], -1)
+
+    def drops(self, embeds: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+        """logit(image) - logit(perturbed image), [B, 1, D] and [B, n, D] -> [B, n, T]. From the embeddings'
+        difference, whose logit the bias does not enter (logits of ~25 would round a small drop to their own
+        ulp); where a hook on `hook_logits_per_image` defines the score, the difference of hooked logits."""
+        if self.model.hook_logits_per_image.fwd_hooks:
+            return self.logits(embeds) - self.logits(perturbed)
+        diff = embeds - perturbed
+        return self.model.logits(diff.reshape(-1, diff.shape[-1]), self.embeds, bias=False).reshape(*diff.shape[:-1], -1)
 
 
 def image_embeddings(x: Inputs, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,9 @@ def rise(x: Inputs, n_masks: int = 1000, cell_size: int = 2, p: float = 0.5, see
 
     patch = x.model.vision.config.patch_size
     (gh, gw), (height, width) = x.grid, x.pixel_values.shape[-2:]
+    if cell_size > max(gh, gw):  # masks are upsampled to cells of cell_size patches: a 100-cell mask is 81 s
+        raise ValueError(f"cell_size {cell_size} is larger than the image's {gh} x {gw} patch grid: each mask "
+                         f"would show or hide the whole image, so the map would be flat; use 1..{max(gh, gw)}")
     cell = cell_size * patch  # in pixels
     rows, cols = math.ceil(height / cell) + 1, math.ceil(width / cell) + 1
     generator = torch.Generator().manual_seed(seed)
@@ -58,7 +61,9 @@ def rise(x: Inputs, n_masks: int = 1000, cell_size: int = 2, p: float = 0.5, see
         m = masks(k)
         return m * image + (1 - m) * background
 
-    scores = Captions.encode(x).logits(perturbed_embeddings(x, n_masks, masked, baseline, batch_size, progress, "rise"))
+    embeds = perturbed_embeddings(x, n_masks, masked, baseline, batch_size, progress, "rise")
+    with torch.no_grad():  # the logit scale is a parameter: maps that kept its graph would hold the model's
+        scores = Captions.encode(x).logits(embeds)
     visible = torch.cat([F.avg_pool2d(masks(slice(s, s + batch_size))[..., :gh * patch, :gw * patch], patch)
                          .flatten(1) for s in range(0, n_masks, batch_size)])  # [n_masks, n_patches]
     image = torch.einsum("bmt,mp->btp", scores[:, 1:], visible) / (n_masks * p)

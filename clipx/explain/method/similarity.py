@@ -9,12 +9,18 @@ projection, cosine with the image embedding (text map) and with every patch (`to
 `maskclip` (Zhou, Loy & Dai, "Extract Free Dense Labels from CLIP", ECCV 2022): the patch
 features instead come through the last block's value path alone, out_proj(v_proj(ln1(x))),
 skipping the query-key attention, the residual and the MLP, which keeps them local.
+The maps are cosines, which no logit enters: a hook on `hook_logits_per_image` changes the scores only,
+and a warning says so.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
+
+from ...errors import caller_level
 
 from ...model.towers import refuse
 from ..core import Inputs, Maps, Values, register
@@ -30,6 +36,10 @@ def check_variant(variant: str) -> None:
 @register("similarity", Values("signed", "cosine similarity"))
 def similarity(x: Inputs, variant: str = "tokens") -> Maps:
     check_variant(variant)
+    if x.model.hook_logits_per_image.fwd_hooks:
+        warnings.warn("similarity's maps are cosines, which no logit enters: the hook on hook_logits_per_image "
+                      "changes its scores, not its maps (the gradient and perturbation methods follow it)",
+                      stacklevel=caller_level())
     vision, text = x.model.vision, x.model.text
     if variant == "maskclip":
         refuse(vision.cannot_value_path(), "similarity variant 'maskclip' needs the last block's value path")

@@ -18,7 +18,7 @@ Folders saved before digests (no `weights_xxh3_128`) load as before.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...assets import DEMO_SAES
-from ...files import DIGEST, make_folder, read_safetensors, save_safetensors, write_json
+from ...files import DIGEST, make_folder, read_json, read_safetensors, save_safetensors, write_json
 from ...model.clip import CLIP
 
 ACTIVATIONS = ("topk", "relu")
@@ -57,15 +57,24 @@ class SAEConfig:
         if not isinstance(self.hook_name, str) or not isinstance(self.tied, bool):
             raise ValueError(f"hook_name must be a str and tied a bool, got {self.hook_name!r} and {self.tied!r}")
         for field in ("d_in", "d_sae"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+            if not _is_int(getattr(self, field)) or getattr(self, field) < 1:
                 raise ValueError(f"{field} must be a positive int, got {getattr(self, field)!r}")
-        if self.activation == "topk" and not (isinstance(self.k, int) and 1 <= self.k <= self.d_sae):
+        if self.activation == "topk" and not (_is_int(self.k) and 1 <= self.k <= self.d_sae):
             raise ValueError(f"activation='topk' needs an int k in 1..d_sae={self.d_sae}, got k={self.k!r}")
-        if self.activation == "relu" and not (isinstance(self.l1, (int, float)) and self.l1 >= 0):
+        if self.activation == "relu" and not (_is_number(self.l1) and self.l1 >= 0):
             raise ValueError(f"activation='relu' needs an L1 coefficient l1 >= 0, got l1={self.l1!r}")
         check_positions(self.positions)
-        if not self.input_scale > 0:
-            raise ValueError(f"input_scale must be > 0, got {self.input_scale!r}")
+        if not (_is_number(self.input_scale) and self.input_scale > 0):
+            raise ValueError(f"input_scale must be a finite number > 0, got {self.input_scale!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no k
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float: not a string of one ("1.0"), not a bool, not JSON's Infinity or NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_positions(positions: str) -> str:
@@ -174,12 +183,7 @@ class SparseAutoencoder(nn.Module):
 
 def _read_config(path: Path) -> tuple[SAEConfig, str | None]:
     """The config, and the digest of the weights saved with it (None in folders saved before digests)."""
-    try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"{path} should hold a JSON object of SAE config fields")
+    fields = read_json(path)  # a CheckpointError (a ValueError) naming it where it is no JSON object
     bound = fields.pop(BINDING, None)
     if bound is not None and not isinstance(bound, str):
         raise ValueError(f"{path}: {BINDING} must be the weights' digest, a string; got {bound!r}")

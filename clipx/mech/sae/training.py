@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ...errors import check_grad_possible
 from ...model.clip import CLIP
 from .autoencoder import SAEConfig, SparseAutoencoder, skipped_tokens
 
@@ -95,12 +96,14 @@ def new_sae(activations: torch.Tensor, hook_name: str, d_sae: int, k: int | None
     return sae
 
 
+@torch.enable_grad()  # inside the caller's torch.no_grad() too: training is what gradients are for
 def fit(sae: SparseAutoencoder, activations: torch.Tensor, steps: int = 2000, lr: float = 1e-3,
         batch_size: int = 1024, seed: int = 0, resample_every: int | None = 250,
         progress: bool = True) -> SAEStats:
     """Train `sae` in place on activations [n_tokens, d_in]: minibatches of `batch_size` tokens drawn with
     a seeded generator; loss = mean squared error over the (scaled) width, plus l1 x sum of features for a
     ReLU SAE. `resample_every=None` turns dead-feature resampling off."""
+    check_grad_possible("fit")
     if activations.ndim != 2:
         raise ValueError(f"activations should be [n_tokens, d_in], got shape {tuple(activations.shape)}")
     sae._check_width(activations)
@@ -138,6 +141,7 @@ def train_sae(model: CLIP, hook_name: str, images: Any, d_sae: int = 1024, k: in
     Dataset such as `shapes.ShapesDataset`, or an iterable of pixel batches. TopK with `k` features per
     token, or ReLU with an `l1` penalty (give one; TopK with k=32 when neither is given). `positions`: "patches" (the class token left out,
     as its statistics differ) or "all". Returns (sae, stats)."""
+    check_grad_possible("train_sae")
     if k is None and l1 is None:
         k = 32
     activations = token_activations(hook_activations(model, hook_name, images, positions, image_batch_size))
