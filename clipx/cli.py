@@ -75,7 +75,7 @@ def explain_one(args: argparse.Namespace) -> None:
     print(_described(exp))
     width = max(len(c) for c in args.captions)
     print(f"{'caption':<{width}}  {'logit':>8}  overlay")
-    for caption, logit, path in _write_overlays(original, exp, args.out):
+    for caption, logit, path in _write_overlays(original, exp, args.out, model.config.scoring, args.bare):
         print(f"{caption:<{width}}  {logit:8.3f}  {path}")
 
 
@@ -107,7 +107,7 @@ def explain_pngs(args: argparse.Namespace) -> None:
             failed.append((name, e))
             continue
         (args.out / name).mkdir(parents=True, exist_ok=True)
-        for caption, logit, path in _write_overlays(sample.image, exp, args.out / name):
+        for caption, logit, path in _write_overlays(sample.image, exp, args.out / name, model.config.scoring, args.bare):
             written += 1
             print(f"{name}  {caption}  {logit:.3f}  {path}")
     print(f"{len(source.items) - len(failed)} of {len(source.items)} images explained: {written} PNGs in {args.out}")
@@ -220,21 +220,28 @@ def _saved_dataset(path: str, split: str | None):
     return dataset
 
 
-def _write_overlays(original, exp, folder: Path) -> Iterator[tuple[str, float, Path]]:
+def _write_overlays(original, exp, folder: Path, scoring: str | None = None,
+                    bare: bool = False) -> Iterator[tuple[str, float, Path]]:
     """The one image's overlay for each caption into `folder` (NN-caption.png): (caption, logit, path) of each."""
     for j, caption in enumerate(exp.texts):
         path = folder / f"{j:02d}-{_slug(caption)}.png"
-        _write_overlay(original, exp, 0, j, path)
+        _write_overlay(original, exp, 0, j, path, scoring, bare)
         yield caption, exp.scores[0, j].item(), path
 
 
-def _write_overlay(original, exp, i: int, j: int, path: Path) -> None:
-    """Image i's map for caption j over the original image, as a PNG."""
+def _write_overlay(original, exp, i: int, j: int, path: Path, scoring: str | None = None, bare: bool = False) -> None:
+    """Image i's map for caption j over the original image, as a PNG: titled with the caption, its score (and
+    probability by `scoring`) and the method with its options, the crop the model saw outlined, the colour
+    bar beneath; `bare`: the overlay alone, the size of the original."""
+    from .explain.legend import image_scale
     from .files import write_bytes
-    from .views.render import overlay, to_png
+    from .views.render import explanation_card, overlay, to_png
 
-    # one caption's full-size maps at a time: a big photo's maps for every caption would not fit in memory
-    write_bytes(to_png(overlay(original, exp.pixel_maps(original=True, text=j)[i][0])), path)  # whole or not at all
+    if bare:  # one caption's full-size maps at a time: a big photo's maps for every caption would not fit in memory
+        picture = overlay(original, exp.pixel_maps(original=True, text=j)[i][0], scale=image_scale(exp))
+    else:
+        picture = explanation_card(original, exp, i, j, scoring)
+    write_bytes(to_png(picture), path)  # whole or not at all
 
 
 def _check_writable(out: Path) -> None:
@@ -329,7 +336,7 @@ def search(args: argparse.Namespace) -> None:
         if exp is not None:
             overlay_path = Path(args.explain) / f"{hit.rank:02d}-{_slug(Path(hit.path).stem)}.png"
             overlay_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_overlay(open_image(hit.path), exp, i, 0, overlay_path)
+            _write_overlay(open_image(hit.path), exp, i, 0, overlay_path, idx.model.config.scoring)
         print(f"{hit.rank:>4}  {hit.score:8.3f}  {hit.path}" + (f"  {overlay_path}" if exp else ""))
 
 
@@ -413,6 +420,8 @@ def parser() -> argparse.ArgumentParser:
                                  "(default clipx-run)")
     e.add_argument("--png", action="store_true", help="a folder, shards or a dataset: one overlay PNG per image "
                    "and caption, in --out/<image>/, instead of a run of shards")
+    e.add_argument("--bare", action="store_true", help="write each overlay alone, the size of the image: no "
+                   "title, colour bar or crop outline")
     e.add_argument("--shard-size", type=int, default=256, help="a run: images per shard")
     e.add_argument("--batch-size", type=int, default=8, help="a run: images per explain call")
     e.add_argument("--hf-dataset", action="store_true", help="IMAGE is a Hugging Face dataset saved with save_to_disk")

@@ -241,7 +241,8 @@ def test_overlay_of_a_big_photo_makes_no_float64_copies():
     """numpy's allocations show in tracemalloc: a float64 RGB copy of the image alone is 6 float32 maps."""
     import tracemalloc
 
-    from clipx.views.render import normalise, overlay, shade
+    from clipx.explain.legend import Scale
+    from clipx.views.render import overlay
 
     side = 1500
     rng = np.random.default_rng(0)
@@ -255,5 +256,7 @@ def test_overlay_of_a_big_photo_makes_no_float64_copies():
         tracemalloc.stop()
     map_bytes = side * side * 4
     assert peak < 4 * map_bytes, f"overlay's numpy peak is {peak / map_bytes:.1f} full-size float32 maps"
-    want = np.asarray(image, np.float64) * 0.7 + shade(normalise(heatmap)) * 0.3
-    assert np.abs(np.asarray(out) - want).max() < 1  # the blend, truncated to 8 bits
+    colours = Scale.fit(heatmap).rgba(heatmap, alpha=0.3).astype(np.float64)
+    opacity = colours[..., 3:] / 255
+    want = np.asarray(image, np.float64) * (1 - opacity) + colours[..., :3] * opacity
+    assert np.abs(np.asarray(out) - want).max() <= 1  # the blend, rounded to 8 bits

@@ -60,10 +60,35 @@ def test_explain_writes_one_overlay_per_caption(tiny_checkpoint, tmp_path, capsy
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == ["00-a-red-circle.png", "01-a-blue-square.png"]
     first, second = (Image.open(p) for p in pngs)
-    assert first.size == second.size == (224, 224)  # on the original image
+    assert first.width >= 224 and first.height > 224  # the original image, titled, its colour bar beneath
     assert first.tobytes() != second.tobytes()
     printed = capsys.readouterr().out
     assert "a red circle" in printed and str(pngs[0]) in printed
+
+
+def test_explain_pngs_are_labelled_and_bare_on_request(tiny_checkpoint, tmp_path):
+    """A wide photo: the card holds the bare overlay with the crop the model saw outlined; outside the crop
+    the bare overlay is the photo itself, since the model saw nothing there."""
+    import numpy as np
+
+    photo = Image.new("RGB", (90, 40), (90, 90, 90))
+    photo.paste((200, 40, 40), (40, 10, 55, 30))
+    photo.save(tmp_path / "wide.png")
+    model = ["--model", str(tiny_checkpoint[0])]
+    for kind in ("card", "bare"):
+        assert main(["explain", str(tmp_path / "wide.png"), "a red square", *model, "--out", str(tmp_path / kind),
+                     *(["--bare"] if kind == "bare" else [])]) == 0
+    card, bare = (np.asarray(Image.open(tmp_path / kind / "00-a-red-square.png").convert("RGB"), np.int16)
+                  for kind in ("card", "bare"))
+    original = np.asarray(photo, np.int16)
+    assert bare.shape == original.shape
+    assert (bare[:, :24] == original[:, :24]).all() and (bare[:, 66:] == original[:, 66:]).all()  # the crop: x 25..65
+    assert card.shape[0] > 40 and card.shape[1] >= 90
+    top, left = next((y, x) for y in range(card.shape[0] - 39) for x in range(card.shape[1] - 89)
+                     if (card[y:y + 40, x:x + 8] == original[:, :8]).all())  # where the photo sits in the card
+    inside = card[top:top + 40, left:left + 90]
+    assert (inside[5:35, 25] == 255).all()  # the crop's left edge, outlined in white
+    assert (inside[2:38, 30:60] == bare[2:38, 30:60]).all() and (inside[:, :23] == original[:, :23]).all()
 
 
 def test_explain_bad_input_exits_2(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -94,7 +119,7 @@ def test_explain_on_a_demo_scene_tells_its_objects_apart(tmp_path):
     """The README's main job: two captions naming the two objects give different overlays."""
     out = tmp_path / "out"
     assert main(["explain", str(demo_image("shapes-scene")), "a blue star", "a yellow circle",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--bare"]) == 0
     star, circle = (Image.open(p).convert("RGB") for p in sorted(out.glob("*.png")))
     assert star.size == circle.size == (224, 224)
     assert star.tobytes() != circle.tobytes()
@@ -122,7 +147,7 @@ def test_explain_paints_an_exif_turned_photo_upright(tiny_checkpoint, tmp_path, 
     model = ["--model", str(tiny_checkpoint[0])]
     for name in ("upright", "phone"):
         assert main(["explain", str(tmp_path / f"{name}.png"), "a red square", "a dark room", *model,
-                     "--out", str(tmp_path / name)]) == 0
+                     "--out", str(tmp_path / name), "--bare"]) == 0
     for want, got in zip(sorted((tmp_path / "upright").glob("*.png")), sorted((tmp_path / "phone").glob("*.png"))):
         want, got = Image.open(want), Image.open(got)
         assert got.size == upright.size
@@ -427,7 +452,7 @@ def test_index_then_search_with_overlays(tmp_path, capsys):
     assert lines[0].split() == ["rank", "logit", "path", "overlay"] and len(lines) == 4
     written = sorted(overlays.glob("*.png"))
     assert [line.split()[-1] for line in lines[1:]] == [str(p) for p in written]
-    assert all(Image.open(p).size == (64, 64) for p in written)  # over the original scene
+    assert all(Image.open(p).width >= 64 and Image.open(p).height > 64 for p in written)  # the scene, labelled
 
 
 def test_search_with_faiss_prints_the_torch_hits(tmp_path, capsys):

@@ -71,12 +71,13 @@ def test_explain_runs_the_models_own_method_by_default(tmp_path, capsys):
 
 def test_explain_takes_every_method_option(tmp_path, capsys):
     """--opt NAME=VALUE, repeatable, values as Python literals (a bare word a string): the overlay is the one
-    those options give, and the printed options are the ones that ran."""
+    those options give, and the printed options are the ones that ran (bare overlays: a card's title names
+    the options, so it differs wherever they do)."""
     scene = "demo:yellow-diamond-orange-triangle-blue-star"
     overlays = {}
     for name, extra in {"default": [], "last": ["--opt", "start_layer=-1"],
                         "both": ["--opt", "start_layer=-1", "--opt", "start_layer_text = 0"]}.items():
-        assert main(["explain", scene, "a yellow diamond", *extra, "--out", str(tmp_path / name)]) == 0
+        assert main(["explain", scene, "a yellow diamond", *extra, "--bare", "--out", str(tmp_path / name)]) == 0
         overlays[name] = Image.open(tmp_path / name / "00-a-yellow-diamond.png").tobytes()
         method, _ = _printed_explanation(capsys)
         overlays[name + " options"] = method
@@ -146,7 +147,7 @@ def test_explain_folder_with_png_writes_one_overlay_per_image_and_caption(tiny_c
         Image.new("RGB", size, (200, 30, 30)).save(folder / name)
     (folder / "broken.png").write_bytes(b"no png")
     captions = ["a red square", "a blue circle"]
-    assert main(["explain", "images", *captions, "--png", "--model", str(tiny_checkpoint[0])]) == 0
+    assert main(["explain", "images", *captions, "--png", "--bare", "--model", str(tiny_checkpoint[0])]) == 0
     out = tmp_path / "clipx-out"  # the overlays' default folder, not a run's
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
     assert written == sorted(f"{name.replace('.', '_')}/{j:02d}-{slug}.png" for name in sizes

@@ -11,6 +11,7 @@ over one retained graph, each only as deep as the activations asked for.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,19 +34,56 @@ class Maps:
     token_maps: torch.Tensor | None = None
 
 
+KINDS = ("signed", "positive", "level")
+
+
+@dataclass(frozen=True)
+class Values:
+    """What a method's maps hold, so that pictures draw them honestly (`legend.Scale`). kind: "signed" (zero
+    means no effect and either sign can occur: drawn diverging around zero), "positive" (never below zero:
+    drawn sequential from zero) or "level" (only differences mean something, such as an expected logit:
+    drawn sequential from the smallest value); label: what the value is, for the colour bar."""
+
+    kind: str
+    label: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Values kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
+
 Method = Callable[..., Maps]
 METHODS: dict[str, Method] = {}
+VALUES: dict[str, Values] = {}
 # methods whose image map is the same for every caption (no gradient, no caption in it)
 CAPTION_BLIND: set[str] = set()
 
 
-def register(name: str, caption_blind: bool = False) -> Callable[[Method], Method]:
+def register(name: str, values: Values, caption_blind: bool = False) -> Callable[[Method], Method]:
+    """Adds a method under `name`; `values` says what its maps hold (every method must say: a picture
+    cannot tell a signed map from a non-negative one by its data)."""
     def add(fn: Method) -> Method:
         METHODS[name] = fn
+        VALUES[name] = values
         if caption_blind:
             CAPTION_BLIND.add(name)
         return fn
     return add
+
+
+def defaults(method: str) -> dict[str, Any]:
+    """The options of a method, by the name an Explanation records, and their defaults: a registered method's,
+    or a Captum class's (`captum.Saliency`: its `attribute`'s keyword defaults); {} for a name neither knows."""
+    if method in METHODS:
+        return {p.name: p.default for p in list(inspect.signature(METHODS[method]).parameters.values())[1:]}
+    if method.startswith("captum."):
+        import captum.attr  # imported here: Captum costs `import clipx` half a second
+
+        cls = getattr(captum.attr, method.removeprefix("captum."), None)
+        if inspect.isclass(cls):
+            return {p.name: p.default for p in inspect.signature(cls.attribute).parameters.values()
+                    if p.default is not p.empty}
+    return {}
 
 
 @dataclass

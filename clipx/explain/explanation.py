@@ -76,11 +76,16 @@ class Explanation:
 
     # --- rendering (matplotlib) -------------------------------------------------------------------
     def figure(self, **kwargs: Any):
-        """A matplotlib Figure: one overlay per image x caption pair, tokens coloured beneath."""
+        """A matplotlib Figure: one overlay per image x caption pair, titled with its caption and score, its words
+        beneath labelled with their values, the method and its non-default options above, and colour bars; the
+        maps diverging around zero where the method's values are signed. Keywords (`figure.explanation_figure`):
+        scale="shared" (one scale for all pairs, so a weak pair looks weak) or "panel"; alpha (the overlay's
+        opacity where a map is strongest); cmap; scoring ("softmax" or "sigmoid": the model's `config.scoring`,
+        to show each pair's probability); cell_size."""
         return explanation_figure(self, **kwargs)
 
     def show(self, **kwargs: Any) -> None:
-        """The figure, shown by pyplot (inline in a notebook)."""
+        """The figure, shown by pyplot (inline in a notebook); the keywords are `figure`'s."""
         import matplotlib.pyplot as plt
 
         self.figure(pyplot=True, **kwargs)

@@ -11,7 +11,7 @@ import torch
 from ..model.clip import CLIP
 from ..model.inputs import prepare_images
 from ..preprocess.text import check_texts
-from .core import CAPTION_BLIND, METHODS, Inputs, Method
+from .core import CAPTION_BLIND, METHODS, Inputs, Method, defaults
 from .explanation import Explanation
 from .neutral import subtract_neutral, with_neutral
 
@@ -60,7 +60,7 @@ def _resolve(method: Any) -> tuple[str, Method, dict[str, Any]]:
         fn = METHODS[method]
     except KeyError:
         raise ValueError(f"unknown method {method!r}; clipx.methods() has: {', '.join(methods())}") from None
-    return method, fn, {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
+    return method, fn, defaults(method)
 
 
 def explain(model: CLIP, images: Any, texts: Any, method: str | type | None = None,

@@ -7,9 +7,11 @@ from .explorer import Explorer
 from .feature import FeatureView, patch_strip
 from ..explain.figure import explanation_figure
 from .gallery import Gallery, hits_grid
-from .render import explanation_grid, grid, heads_grid, mark_patch, matrix, overlay, scores_table, to_png, token_html
+from .render import (colour_bar, colour_bar_html, explanation_card, explanation_grid, grid, heads_grid, labelled,
+                     mark_patch, matrix, overlay, scores_table, to_png, token_html)
 from .token_patch import TokenPatchView
 
-__all__ = ["AttentionView", "Compare", "Explorer", "FeatureView", "Gallery", "TokenPatchView", "explanation_figure",
-           "explanation_grid", "grid", "heads_grid", "hits_grid", "mark_patch", "matrix", "overlay", "patch_strip",
-           "scores_table", "to_png", "token_html"]
+__all__ = ["AttentionView", "Compare", "Explorer", "FeatureView", "Gallery", "TokenPatchView", "colour_bar",
+           "colour_bar_html", "explanation_card", "explanation_figure", "explanation_grid", "grid", "heads_grid",
+           "hits_grid", "labelled", "mark_patch", "matrix", "overlay", "patch_strip", "scores_table", "to_png",
+           "token_html"]

@@ -9,6 +9,7 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
+from ..explain.legend import Scale
 from ..model.clip import CLIP
 from .base import View
 from .cache import Patterns
@@ -21,7 +22,7 @@ class AttentionView(View):
     attention, with one query token's row over the caption. All patterns come from one recorded
     forward; every control only re-renders."""
 
-    def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], cmap: str = "jet",
+    def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], cmap: str | None = None,
                  size: int = 224) -> None:
         super().__init__(model, images, texts, cmap, size)
         self.patterns = Patterns(model, self.pixel_values, self.texts, self.progress)
@@ -60,7 +61,8 @@ class AttentionView(View):
             pattern = self.patterns.get("vision", "head", i, head)  # [1, patches]: the probe's one row
             where = "the pooling head (after the last layer)"
         query = p + row * self.grid[1] + col if from_patch else 0
-        picture = self.overlay(i, pattern[query, p:].reshape(self.grid))
+        weights = pattern[query, p:]
+        picture = self.overlay(i, weights.reshape(self.grid), Scale.fit(weights, "positive", "attention weight"))
         if from_patch:
             picture = mark_patch(picture, row, col, self.grid)
         source = f"patch ({row}, {col})" if from_patch else f"the {self.readout}"
@@ -76,6 +78,7 @@ class AttentionView(View):
         self.set_options(self.query, [(f"{k}: {t}", k) for k, t in enumerate(tokens)], default=len(tokens) - 1)
         pattern = self.patterns.get("text", self.layer.value, j, head)  # [n_tokens, n_tokens], queries as rows
         q = self.query.value
-        return matrix(pattern, tokens, self.cmap), (
+        scale = Scale.fit(pattern, "positive", "attention weight")  # the matrix and its row alike
+        return matrix(pattern, tokens, self.cmap, scale=scale), (
             f"<p>attention from <b>{html.escape(tokens[q])}</b> (row {q}), layer {self.layer.value}, "
-            f"head {self.head.label}:</p>" + token_html(tokens, pattern[q], self.cmap))
+            f"head {self.head.label}:</p>" + token_html(tokens, pattern[q], self.cmap, scale))

@@ -18,13 +18,14 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
+from ..explain.legend import ALPHA, Scale
 from ..model.clip import CLIP
 from ..model.inputs import prepare_images
 from .render import overlay, to_png
 
 
 class View(widgets.VBox):
-    def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], cmap: str = "jet",
+    def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], cmap: str | None = None,
                  size: int = 224) -> None:
         super().__init__()
         self.model, self.cmap = model, cmap
@@ -38,7 +39,7 @@ class View(widgets.VBox):
         self.image_choice = widgets.Dropdown(options=[(name, i) for i, name in enumerate(names)], description="image")
         self.caption_choice = widgets.Dropdown(options=self.texts, description="caption",
                                                layout=widgets.Layout(width="360px"))
-        self.opacity = widgets.FloatSlider(value=0.5, min=0, max=1, step=0.05, description="opacity")
+        self.opacity = widgets.FloatSlider(value=ALPHA, min=0, max=1, step=0.05, description="opacity")
         self.status = widgets.HTML()
         self.picture = widgets.Image(format="png")
         self.panel = widgets.HTML(layout=widgets.Layout(max_width="480px", margin="0 0 0 12px"))
@@ -84,8 +85,9 @@ class View(widgets.VBox):
             self.status.value = ""
 
     # --- helpers the explorers share ---------------------------------------------------------
-    def overlay(self, image: int, heatmap: Any) -> Image.Image:
-        return overlay(self.pictures[image], heatmap, self.cmap, self.opacity.value)
+    def overlay(self, image: int, heatmap: Any, scale: Scale | None = None) -> Image.Image:
+        """Picture `image` with the heatmap over it on `scale` (default: the map's own range)."""
+        return overlay(self.pictures[image], heatmap, self.cmap, self.opacity.value, scale=scale)
 
     def patch_sliders(self) -> tuple[widgets.IntSlider, widgets.IntSlider]:
         """Row and column of a patch on the grid, starting at the centre."""

@@ -11,17 +11,18 @@ from PIL import Image
 
 from ..explain import method_options
 from ..explain import methods as registered
+from ..explain.legend import image_scale, text_scale
 from ..model.clip import CLIP
 from .base import View
 from .cache import Explanations
-from .render import grid, token_html
+from .render import colour_bar_html, grid, token_html
 
 
 class Compare(View):
     """The chosen methods' image maps in a row, and each one's token relevance beside them."""
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], methods: Sequence[str] | None = None,
-                 cmap: str = "jet", size: int = 160) -> None:
+                 cmap: str | None = None, size: int = 160) -> None:
         for method in methods or ():
             method_options(method)  # an unknown name fails here, clearly, not as the selector's TraitError
         super().__init__(model, images, texts, cmap, size)
@@ -36,9 +37,11 @@ class Compare(View):
         cells, rows = [], []
         for method in self.methods.value:
             exp, j = self.results.get(method, text)
-            cells.append(self.overlay(i, None if exp.image is None else exp.image[i, j]))
-            tokens = token_html(exp.tokens[j], None if exp.text is None else exp.text[i, j], self.cmap)
-            rows.append(f"<tr><td>{html.escape(method)}</td><td>{tokens}</td></tr>")
+            scale = None if exp.image is None else image_scale(exp)  # each method in its own units
+            cells.append(self.overlay(i, None if exp.image is None else exp.image[i, j], scale))
+            legend = "" if scale is None else colour_bar_html(scale)
+            tokens = "" if exp.text is None else token_html(exp.tokens[j], exp.text[i, j], self.cmap, text_scale(exp))
+            rows.append(f"<tr><td>{html.escape(method)}</td><td>{legend}{tokens}</td></tr>")
         if not cells:
             return self.pictures[i], "<p>choose one or more methods</p>"
         logit = float(exp.scores[i, j])  # the same model's logit, whichever method

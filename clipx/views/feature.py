@@ -11,11 +11,12 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image, ImageOps
 
+from ..explain.legend import Scale
 from ..model.clip import CLIP
 from ..mech.sae.autoencoder import SparseAutoencoder
 from ..mech.sae.features import PatchActivation, caption_similarity, feature_activations, top_patches
 from .base import View
-from .render import grid, mark_patch, to_png
+from .render import colour_bar_html, grid, mark_patch, to_png
 
 
 def patch_strip(pictures: Sequence[Image.Image], patches: Sequence[PatchActivation], patch_grid: tuple[int, int],
@@ -41,7 +42,7 @@ class FeatureView(View):
     direction (`clipx.mech.sae.features`' readout approximation). Features are computed once, on creation."""
 
     def __init__(self, model: CLIP, sae: SparseAutoencoder, images: Any, captions: Sequence[str] | None = None,
-                 top: int = 8, cmap: str = "jet", size: int = 224) -> None:
+                 top: int = 8, cmap: str | None = None, size: int = 224) -> None:
         # the base view picks a caption per map; this one reads captions only as a list to rank
         super().__init__(model, images, list(captions or ["(no captions)"]), cmap, size)
         self.sae, self.top, self.captions = sae, top, list(captions or [])
@@ -56,11 +57,13 @@ class FeatureView(View):
     def render(self) -> tuple[Image.Image, str]:
         f, i = self.feature.value, self.image_choice.value
         values = self.activations[..., f]
-        picture = self.overlay(i, values[i])
+        scale = Scale.fit(values, "positive", f"feature {f}'s activation")  # one for all images: weak ones look weak
+        picture = self.overlay(i, values[i], scale)
         patches = top_patches(self.activations, f, self.top)
         firing = float((values > 0).float().mean())
         panel = (f"<p><b>feature {f}</b> fires on {firing:.1%} of the patches; "
-                 f"at most {float(values.max()):.2f}</p><p>top patches (activation above each):</p>")
+                 f"at most {float(values.max()):.2f}</p>{colour_bar_html(scale)}"
+                 "<p>top patches (activation above each):</p>")
         if patches:
             strip = base64.b64encode(to_png(patch_strip(self.pictures, patches, self.grid))).decode()
             where = ", ".join(f"image {p.image} ({p.row}, {p.col})" for p in patches)

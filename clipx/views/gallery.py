@@ -11,17 +11,20 @@ import ipywidgets as widgets
 from PIL import Image, ImageDraw
 
 from ..explain import Explanation
+from ..explain.legend import ALPHA, image_scale
 from ..apps.index import Hits, Index
 from .explorer import Explorer
-from .render import _font, grid, overlay, to_png
+from .render import _font, grid, labelled, overlay, to_png
 
 PER_ROW = 8
 
 
-def hits_grid(hits: Hits, explanation: Explanation | None = None, size: int = 96, cmap: str = "jet",
-              alpha: float = 0.5) -> Image.Image:
+def hits_grid(hits: Hits, explanation: Explanation | None = None, size: int = 96, cmap: str | None = None,
+              alpha: float = ALPHA) -> Image.Image:
     """The hits as the model saw them (preprocessed), best first, PER_ROW to a row, each labelled with its
-    rank and score; with `explanation` (`hits.explain()`), each hit's map over it."""
+    rank and score; with `explanation` (`hits.explain()`), each hit's map over it, all on one scale (a weak
+    hit looks weak), its colour bar beneath."""
+    scale = None if explanation is None else image_scale(explanation, cmap=cmap)
     if explanation is not None:  # the hits as it preprocessed them: no file is read again
         pictures = [Image.fromarray(image.numpy()) for image in explanation.images]
     else:
@@ -31,12 +34,13 @@ def hits_grid(hits: Hits, explanation: Explanation | None = None, size: int = 96
     for i, (hit, picture) in enumerate(zip(hits, pictures)):
         picture = picture.resize((size, size), Image.BILINEAR)
         if explanation is not None:
-            picture = overlay(picture, explanation.image[i, 0], cmap, alpha)
+            picture = overlay(picture, explanation.image[i, 0], alpha=alpha, scale=scale)
         cell = Image.new("RGB", (size, size + 14), "white")
         cell.paste(picture, (0, 0))
         ImageDraw.Draw(cell).text((2, size + 1), f"#{hit.rank}  {hit.score:.2f}", fill="black", font=_font())
         cells.append(cell)
-    return grid([cells[k:k + PER_ROW] for k in range(0, len(cells), PER_ROW)])
+    table = grid([cells[k:k + PER_ROW] for k in range(0, len(cells), PER_ROW)])
+    return table if scale is None else labelled(table, scale, size=11)
 
 
 class Gallery(widgets.VBox):
@@ -45,7 +49,7 @@ class Gallery(widgets.VBox):
     image and the query below. Pass an `Index`, or a model and `images` (a folder or paths) to index."""
 
     def __init__(self, index_or_model: Any, images: Any = None, query: str = "", k: int = 8,
-                 method: str = "relevance", overlays: bool = True, cmap: str = "jet", size: int = 96) -> None:
+                 method: str = "relevance", overlays: bool = True, cmap: str | None = None, size: int = 96) -> None:
         super().__init__()
         if isinstance(index_or_model, Index):
             self.index = index_or_model

@@ -9,6 +9,7 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
+from ..explain.legend import Scale, map_values
 from ..explain.method.similarity import VARIANTS, check_variant
 from ..model.clip import CLIP
 from .base import View
@@ -22,7 +23,7 @@ class TokenPatchView(View):
     `variant` picks the patch features: "maskclip" (default; they localise) or the plain last-layer "tokens"."""
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], variant: str = "maskclip",
-                 cmap: str = "jet", size: int = 224) -> None:
+                 cmap: str | None = None, size: int = 224) -> None:
         check_variant(variant)  # before the toggle below would refuse it less clearly
         super().__init__(model, images, texts, cmap, size)
         self.results = Explanations(model, self.pixel_values, self.texts, self.progress)
@@ -38,9 +39,10 @@ class TokenPatchView(View):
         tokens = exp.tokens[j]
         self.set_options(self.token, [(f"{k}: {t}", k) for k, t in enumerate(tokens)], default=min(1, len(tokens) - 1))
         k = self.token.value
-        maps = exp.token_maps[i, j]  # [L, grid_h, grid_w]
-        picture = mark_patch(self.overlay(i, maps[k]), row, col, self.grid)
+        maps = exp.token_maps[i, j, :len(tokens)]  # [tokens, grid_h, grid_w]
+        scale = Scale.of(maps, map_values("similarity"))  # the maps and the tokens' row alike: cosines
+        picture = mark_patch(self.overlay(i, maps[k], scale), row, col, self.grid)
         panel = (f"<p>patches that match <b>{html.escape(tokens[k])}</b>: the map</p>"
                  f"<p>tokens that match patch ({row}, {col}), the white box:</p>"
-                 + token_html(tokens, maps[:len(tokens), row, col], self.cmap))
+                 + token_html(tokens, maps[:, row, col], self.cmap, scale))
         return picture, panel

@@ -276,7 +276,7 @@ def test_explanation_round_trip_and_pixel_maps(model, tmp_path):
     for key in ("image", "text", "scores", "images"):
         assert torch.equal(getattr(back, key), getattr(exp, key))
     fig = exp.figure()
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 4 + 2  # the pairs, the maps' colour bar and the words'
 
 
 def test_show_hands_the_figure_to_pyplot(tiny_model, monkeypatch):
@@ -287,9 +287,9 @@ def test_show_hands_the_figure_to_pyplot(tiny_model, monkeypatch):
     monkeypatch.setattr(plt, "show", lambda: shown.append([plt.figure(n) for n in plt.get_fignums()]))
     plt.close("all")
     exp.show()
-    assert len(shown) == 1 and len(shown[0]) == 1 and len(shown[0][0].axes) == 2
+    assert len(shown) == 1 and len(shown[0]) == 1 and len(shown[0][0].axes) == 4  # 2 pairs, 2 colour bars
     plt.close("all")
-    assert len(exp.figure().axes) == 2 and plt.get_fignums() == []  # figure() stays out of pyplot
+    assert len(exp.figure().axes) == 4 and plt.get_fignums() == []  # figure() stays out of pyplot
 
 
 @pytest.mark.parametrize("size", [(333, 1000), (1000, 333), (50, 30), (31, 77), (65, 63)])

@@ -57,7 +57,8 @@ def test_hits_grid_shows_the_explanations_images_without_reading_the_files_again
     assert [np.array(p).tolist() for p in preprocessed] == explanation.images.tolist()  # the same pixels
     plain = clipx.views.hits_grid(hits, size=32)
     monkeypatch.setattr(eager_model, "preprocess", None)  # the explanation holds them: nothing is preprocessed again
-    assert clipx.views.hits_grid(hits, explanation, size=32).size == plain.size
+    explained = clipx.views.hits_grid(hits, explanation, size=32)
+    assert explained.width >= plain.width and explained.height > plain.height  # the hits, their colour bar beneath
 
 
 def test_clicking_a_hit_opens_an_explorer_below(gallery):

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 
 from ...errors import check_int
-from ..core import Inputs, Maps, drop_keys, pooled_rows, register
+from ..core import Inputs, Maps, Values, drop_keys, pooled_rows, register
 
 
-@register("attention", caption_blind=True)
+@register("attention", Values("positive", "attention weight"), caption_blind=True)
 def attention(x: Inputs, layer: int = -1, head: int | None = None, exclude_high_norm: float | None = None) -> Maps:
     v_layer, t_layer = x.layers("vision", layer, "layer")[0], x.layers("text", layer, "layer")[0]
     if head is not None:  # checked before the model runs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import Inputs, Maps, per_caption, per_image, register
+from ..core import Inputs, Maps, Values, per_caption, per_image, register
 
 
 def cam(activations: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -22,7 +22,7 @@ def cam(activations: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor) -> t
     return ((activations * weights[:, None]).sum(-1)).clamp(min=0) * keep
 
 
-@register("gradcam")
+@register("gradcam", Values("positive", "Grad-CAM"))
 def gradcam(x: Inputs, layer: int = -1) -> Maps:
     v_name = f"vision.blocks.{x.layers('vision', layer, 'layer')[0]}.hook_resid_pre"
     t_name = f"text.blocks.{x.layers('text', layer, 'layer')[0]}.hook_resid_pre"

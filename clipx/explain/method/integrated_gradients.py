@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import check_int
-from ..core import Inputs, Maps, register
+from ..core import Inputs, Maps, Values, register
 
 # Rows (interpolated inputs) per forward unless internal_batch_size says: their graph is kept for one
 # backward per target, so this bounds memory; see _rows_per_forward.
 ACTIVATION_BUDGET_BYTES = 1 << 30
 
 
-@register("integrated_gradients")
+@register("integrated_gradients", Values("signed", "attribution (logit units)"))
 def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Tensor | float = 0.0,
                          text_baseline_token: int | None = None, internal_batch_size: int | None = None) -> Maps:
     n_steps = check_int("n_steps", n_steps, minimum=1)

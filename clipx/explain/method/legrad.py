@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...model.towers import VisionTower
-from ..core import Inputs, Maps, drop_keys, per_caption, register
+from ..core import Inputs, Maps, Values, drop_keys, per_caption, register
 
 
 def layer_embedding(vision: VisionTower, tokens: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,7 @@ def layer_embedding(vision: VisionTower, tokens: torch.Tensor) -> torch.Tensor:
     return vision.readout(tokens, class_token=tokens.mean(1))
 
 
-@register("legrad")
+@register("legrad", Values("positive", "LeGrad (0..1 per map)"))
 def legrad(x: Inputs, start_layer: int = -2, exclude_high_norm: float | None = None) -> Maps:
     layers = x.layers("vision", start_layer)
     names = [f"vision.blocks.{i}.{h}" for i in layers for h in ("attn.hook_pattern", "hook_resid_post")]

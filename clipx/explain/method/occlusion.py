@@ -16,7 +16,7 @@ import itertools
 import torch
 
 from ...errors import check_int
-from ..core import Inputs, Maps, register
+from ..core import Inputs, Maps, Values, register
 from .perturbation import Captions, check_baseline, check_batch_size, perturbed_embeddings
 
 
@@ -38,7 +38,7 @@ def windows(grid: tuple[int, int], window: tuple[int, int], stride: tuple[int, i
     return masks
 
 
-@register("occlusion")
+@register("occlusion", Values("signed", "logit drop when hidden"))
 def occlusion(x: Inputs, window: int | tuple[int, int] = 1, stride: int | tuple[int, int] = 1,
               baseline: str = "zero", batch_size: int = 64, progress: bool | None = None) -> Maps:
     size, step = window_pair("window", window), window_pair("stride", stride)

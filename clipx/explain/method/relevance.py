@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core import Inputs, Maps, drop_keys, image_rows, pattern_names, per_caption, per_image, register, text_rows
+from ..core import (Inputs, Maps, Values, drop_keys, image_rows, pattern_names, per_caption, per_image, register,
+                    text_rows)
 
 
 def weighted(pattern: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ def relevance_matrix(patterns: list[torch.Tensor], grads: list[torch.Tensor],
     return r
 
 
-@register("relevance")
+@register("relevance", Values("positive", "relevance"))
 def relevance(x: Inputs, start_layer: int = 0, start_layer_text: int = -1,
               exclude_high_norm: float | None = None) -> Maps:
     v_names = pattern_names("vision", x.layers("vision", start_layer))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import check_int
-from ..core import Inputs, Maps, register
+from ..core import Inputs, Maps, Values, register
 from .perturbation import Captions, check_baseline, check_batch_size, perturbed_embeddings
 
 
@@ -31,7 +31,7 @@ def check_probability(name: str, value: float) -> float:
     return float(value)
 
 
-@register("rise")
+@register("rise", Values("level", "expected logit when visible"))
 def rise(x: Inputs, n_masks: int = 1000, cell_size: int = 2, p: float = 0.5, seed: int = 0,
          baseline: str = "zero", batch_size: int = 64, progress: bool | None = None) -> Maps:
     n_masks = check_int("n_masks", n_masks, minimum=1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import Inputs, Maps, drop_keys, pattern_names, pooled_rows, register
+from ..core import Inputs, Maps, Values, drop_keys, pattern_names, pooled_rows, register
 
 
 def rollout_matrix(patterns: list[torch.Tensor]) -> torch.Tensor:
@@ -26,7 +26,7 @@ def rollout_matrix(patterns: list[torch.Tensor]) -> torch.Tensor:
     return result
 
 
-@register("rollout", caption_blind=True)
+@register("rollout", Values("positive", "attention rollout"), caption_blind=True)
 def rollout(x: Inputs, start_layer: int = 0, exclude_high_norm: float | None = None) -> Maps:
     v_names = pattern_names("vision", x.layers("vision", start_layer))
     t_names = pattern_names("text", x.layers("text", start_layer))

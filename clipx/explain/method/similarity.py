@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ...model.towers import refuse
-from ..core import Inputs, Maps, register
+from ..core import Inputs, Maps, Values, register
 
 VARIANTS = ("tokens", "maskclip")
 
@@ -27,7 +27,7 @@ def check_variant(variant: str) -> None:
         raise ValueError(f"unknown similarity variant {variant!r}; choose one of {', '.join(VARIANTS)}")
 
 
-@register("similarity")
+@register("similarity", Values("signed", "cosine similarity"))
 def similarity(x: Inputs, variant: str = "tokens") -> Maps:
     check_variant(variant)
     vision, text = x.model.vision, x.model.text
