@@ -5,7 +5,10 @@
 Prints seconds per call, per pair and the peak memory each call adds; then batched `relevance`
 against one call per pair, and against one plain forward + backward of the same batch; then
 `occlusion` (every caption scored from one forward of each occluded image) against Captum's
-`Occlusion` called once per caption with the same windows and forward.
+`Occlusion` called once per caption with the same windows and forward; and `integrated_gradients`
+(each interpolated input through its tower once for all targets) against Captum's
+`LayerIntegratedGradients` called once per caption (image side) and once per image (text side), with
+its cost for B images x 1 caption beside B x T.
 """
 
 from __future__ import annotations
@@ -80,6 +83,50 @@ def occlusion_against_captum(model, px: torch.Tensor, texts: list[str], repeats:
           f"(largest map value {maps['captum'].abs().max():.3g})")
 
 
+def integrated_gradients_against_captum(model, px: torch.Tensor, texts: list[str], n_steps: int,
+                                        repeats: int) -> None:
+    """clipx's integrated gradients for B x T pairs, for B x 1, and Captum's LayerIntegratedGradients on the
+    embedding layers once per caption and once per image (what clipx ran before sharing the forwards)."""
+    from captum.attr import LayerIntegratedGradients
+
+    tok = model.tokenize(texts)
+    with torch.no_grad():
+        out = model(pixel_values=px, **tok)
+    scale = model.logit_scale.exp()
+    vision = LayerIntegratedGradients(
+        lambda p: scale * F.normalize(model.encode_image(p), dim=-1) @ out.text_embeds.T, model.vision.patch_embedding)
+    text = LayerIntegratedGradients(
+        lambda ids, mask: scale * F.normalize(model.encode_text(ids, mask), dim=-1) @ out.image_embeds.T,
+        model.text.token_embedding)
+    special = torch.tensor([model.tokenizer.bos_token_id, model.tokenizer.eos_token_id])
+    keep = torch.isin(tok.input_ids, special) | (tok.attention_mask == 0)  # the caption without its words
+    blank = torch.where(keep, tok.input_ids, model.tokenizer.pad_token_id)
+    maps = {}
+
+    def clipx_all():
+        maps["clipx"] = clipx.explain(model, px, texts, method="integrated_gradients", n_steps=n_steps).image
+
+    def clipx_one_caption():
+        clipx.explain(model, px, texts[:1], method="integrated_gradients", n_steps=n_steps)
+
+    def captum_per_target():
+        maps["captum"] = torch.stack([vision.attribute(px, torch.zeros_like(px), target=j, n_steps=n_steps).sum(1)
+                                      for j in range(len(texts))], 1)
+        for i in range(len(px)):
+            text.attribute(tok.input_ids, blank, target=i, n_steps=n_steps,
+                           additional_forward_args=(tok.attention_mask,))
+
+    t = time_alternately({"clipx": clipx_all, "one caption": clipx_one_caption, "captum": captum_per_target},
+                         repeats)
+    memory = {name: peak_memory(fn) / 2 ** 20 for name, fn in (("clipx", clipx_all), ("captum", captum_per_target))}
+    n = len(px)
+    print(f"\nintegrated_gradients (n_steps={n_steps}), {n} images x {len(texts)} captions, both towers: clipx "
+          f"{t['clipx']:.2f} s ({memory['clipx']:.0f} MB), Captum's LayerIntegratedGradients per caption and per "
+          f"image {t['captum']:.2f} s ({memory['captum']:.0f} MB): {t['captum'] / t['clipx']:.1f}x faster; clipx "
+          f"for {n} x {len(texts)} over {n} x 1: {t['clipx'] / t['one caption']:.2f}x; max |difference| "
+          f"{(maps['clipx'] - maps['captum']).abs().max():.2g} (largest map value {maps['captum'].abs().max():.3g})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=8)
@@ -126,6 +173,7 @@ def main() -> None:
               f"backward {t['forward+backward']:.3f} s (batched relevance = {t['batched'] / t['forward+backward']:.2f}x it)")
 
     occlusion_against_captum(model, px, texts, args.repeats)
+    integrated_gradients_against_captum(model, px[:4], texts, CHEAP["integrated_gradients"]["n_steps"], args.repeats)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,30 @@ def test_integrated_gradients_equals_captums_layer_integrated_gradients(model):
         assert_float32_close(exp.text[i], expected * tok.attention_mask)
 
 
+
+def test_integrated_gradients_runs_each_interpolated_image_once_for_all_captions(model):
+    """The path of an image does not depend on the caption: the vision tower sees n_steps rows per image,
+    however many captions there are, and each text path n_steps rows per caption; the maps are the same
+    whatever the internal batch size."""
+    px, n_steps = images(2), 4
+    rows = {"vision": 0, "text": 0}
+
+    def counter(tower):
+        def count(tensor, hook):
+            rows[tower] += tensor.shape[0]
+        return count
+
+    with model.hooks(fwd_hooks=[("vision.hook_embed", counter("vision")), ("text.hook_embed", counter("text"))]):
+        whole = clipx.explain(model, px, CAPTIONS, method="integrated_gradients", n_steps=n_steps)
+    # one plain forward of every input, its baseline, then the paths
+    assert rows == {"vision": 2 + 2 + 2 * n_steps, "text": 3 + 3 + 3 * n_steps}
+    for internal_batch_size in (1, 5):
+        chunked = clipx.explain(model, px, CAPTIONS, method="integrated_gradients", n_steps=n_steps,
+                                internal_batch_size=internal_batch_size)
+        assert_float32_close(chunked.image, whole.image)
+        assert_float32_close(chunked.text, whole.text)
+
+
 # --- sanity checks (Adebayo et al. 2018) --------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["relevance", "gradcam", "legrad", "integrated_gradients", "similarity"])

@@ -1,13 +1,16 @@
-"""Integrated Gradients (Sundararajan, Taly & Yan, ICML 2017) through Captum: attributions of
-logit[i, j] to the patch embeddings (image map, summed over channels) and to the token embeddings
-(text map, summed over channels), integrating along the straight line from a baseline input.
+"""Integrated Gradients (Sundararajan, Taly & Yan, ICML 2017): attributions of logit[i, j] to the patch
+embeddings (image map, summed over channels) and to the token embeddings (text map, summed over
+channels), integrating along the straight line from a baseline input with Captum's Gauss-Legendre
+quadrature, so the maps equal Captum's LayerIntegratedGradients on the embedding layers.
 Image baseline: pixel_values of zeros (the dataset mean colour after normalisation) unless given;
 text baseline: every non-special token replaced by `text_baseline_token` (default the pad token),
 BOS, EOS and padding kept.
 
-What Captum's LayerIntegratedGradients computes, but with the embeddings fed in through the towers'
-own `hook_embed` points rather than torch module hooks: those are per thread, module hooks are
-not, and two threads explaining with one model would interpolate each other's embeddings.
+The path of an image does not depend on the caption, which only picks the logit: each interpolated
+image goes through the vision tower once for every caption, and each caption's map is one
+input-gradient backward over that graph (Captum, called per caption, would repeat the forwards);
+the same for the captions' paths and the images. The embeddings go in through the towers' own
+`hook_embed` points, not torch module hooks: those are per thread, module hooks are not.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import torch.nn.functional as F
 from ...errors import check_has_values, check_int
 from ..core import Inputs, Maps, Values, register
 
+# Rows (interpolated inputs) per forward unless internal_batch_size says: their graph is kept for one
+# backward per target, so this bounds memory; see _rows_per_forward.
+ACTIVATION_BUDGET_BYTES = 1 << 30
+
 
 @register("integrated_gradients", Values("signed", "attribution (logit units)"))
 def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Tensor | float = 0.0,
                          text_baseline_token: int | None = None, internal_batch_size: int | None = None) -> Maps:
-    from captum.attr import IntegratedGradients  # imported here: Captum costs `import clipx` half a second
-
     n_steps = check_int("n_steps", n_steps, minimum=1)
     if internal_batch_size is not None:
         internal_batch_size = check_int("internal_batch_size", internal_batch_size, minimum=1)
@@ -47,30 +52,64 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
     image_base = _embedding(model, "vision", lambda: model.encode_image(baseline, x.interpolate_pos_encoding))
     text_base = _embedding(model, "text", lambda: model.encode_text(text_baseline, x.attention_mask))
 
-    def image_logits(embed: torch.Tensor) -> torch.Tensor:
+    def image_logits(embed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         # the pixels only give the patch grid its shape: the hook puts the interpolated embeddings in
-        pixels = x.pixel_values[:1].expand(embed.shape[0], -1, -1, -1)
         with model.hooks(fwd_hooks=[("vision.hook_embed", lambda _, hook: embed)]):
-            features = model.encode_image(pixels, x.interpolate_pos_encoding)
-        return model.hooked_logits(F.normalize(features, dim=-1), text_embeds)      # [n, n_texts]
+            features = model.encode_image(x.pixel_values[images], x.interpolate_pos_encoding)
+        return model.hooked_logits(F.normalize(features, dim=-1), text_embeds)      # [rows, n_texts]
 
-    def text_logits(embed: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def text_logits(embed: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         with model.hooks(fwd_hooks=[("text.hook_embed", lambda _, hook: embed)]):
-            features = model.encode_text(input_ids, attention_mask)
-        return model.hooked_logits(image_embeds, F.normalize(features, dim=-1)).T     # [n, n_images]
+            features = model.encode_text(x.input_ids[texts], x.attention_mask[texts])
+        return model.hooked_logits(image_embeds, F.normalize(features, dim=-1)).T     # [rows, n_images]
 
-    options = dict(n_steps=n_steps, internal_batch_size=internal_batch_size)
+    image_rows = internal_batch_size or _rows_per_forward(model.vision, cache["vision.hook_embed"])
+    text_rows = internal_batch_size or _rows_per_forward(model.text, cache["text.hook_embed"])
     with torch.enable_grad():
-        image_ig, text_ig = IntegratedGradients(image_logits), IntegratedGradients(text_logits)
-        image = torch.stack([image_ig.attribute(cache["vision.hook_embed"], image_base, target=j, **options)
-                             [:, x.prefix:].sum(-1) for j in range(len(x.texts))], dim=1)  # a class token is no place
-        text = torch.stack([text_ig.attribute(cache["text.hook_embed"], text_base, target=i,
-                                              additional_forward_args=(x.input_ids, x.attention_mask),
-                                              **options).sum(-1)
-                            for i in range(x.pixel_values.shape[0])], dim=0)
-    # Captum sums its steps in float32: the maps in the model's dtype, as every other method gives them
+        image = path_integral(image_logits, cache["vision.hook_embed"], image_base, n_steps, image_rows)
+        text = path_integral(text_logits, cache["text.hook_embed"], text_base, n_steps, text_rows)
+    image = image[:, :, x.prefix:]  # a class token is no place
+    # the steps are summed in float32: the maps in the model's dtype, as every other method gives them
     dtype = out.logits_per_image.dtype
-    return Maps(out.logits_per_image, x.patch_grid(image.detach()).to(dtype), (text.detach() * x.attention_mask).to(dtype))
+    text = text.transpose(0, 1) * x.attention_mask
+    return Maps(out.logits_per_image, x.patch_grid(image).to(dtype), text.to(dtype))
+
+
+def path_integral(logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                  baselines: torch.Tensor, n_steps: int, rows_per_forward: int) -> torch.Tensor:
+    """Integrated gradients of every output column of `logits(embeddings, which_inputs)` with respect to
+    each input [N, L, d], summed over d, in float32: [N, n_columns, L]. Captum's Gauss-Legendre steps and
+    weights, its step-major order of interpolated rows; one forward per row, one backward per column."""
+    from captum.attr._utils.approximation_methods import approximation_parameters  # Captum costs 0.5 s to import
+
+    sizes, alphas = approximation_parameters("gausslegendre")
+    step_sizes = torch.tensor(sizes(n_steps), dtype=torch.float32, device=inputs.device)
+    alphas = torch.tensor(alphas(n_steps), dtype=inputs.dtype, device=inputs.device)
+    inputs, baselines = inputs.detach(), baselines.detach()
+    difference = inputs - baselines
+    n = inputs.shape[0]
+    total = None
+    for start in range(0, n_steps * n, rows_per_forward):
+        row = torch.arange(start, min(start + rows_per_forward, n_steps * n), device=inputs.device)
+        step, which = row // n, row % n
+        path = (baselines[which] + alphas[step, None, None] * difference[which]).requires_grad_()
+        out = logits(path, which)
+        columns = out.shape[1]
+        for c in range(columns):
+            (grad,) = torch.autograd.grad(out[:, c].sum(), path, retain_graph=c < columns - 1)
+            weighted = (grad * difference[which]).float().sum(-1) * step_sizes[step, None]     # [rows, L]
+            if total is None:
+                total = weighted.new_zeros(n, columns, weighted.shape[-1])
+            total[:, c].index_add_(0, which, weighted.detach())
+    return total
+
+
+def _rows_per_forward(tower, embeddings: torch.Tensor) -> int:
+    """Interpolated inputs per forward whose kept graph fits ACTIVATION_BUDGET_BYTES: a block keeps about
+    a dozen [L, width] tensors and the heads' [L, L] scores and probabilities a row."""
+    tokens, width = embeddings.shape[1:]
+    per_row = tower.n_layers * tokens * (16 * width + 3 * tower.n_heads * tokens) * embeddings.element_size()
+    return max(1, ACTIVATION_BUDGET_BYTES // per_row)
 
 
 def _image_baseline(value: torch.Tensor | float, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -95,4 +134,3 @@ def _embedding(model, tower: str, forward: Callable[[], torch.Tensor]) -> torch.
     with torch.no_grad(), model.recording(f"{tower}.hook_embed") as cache:
         forward()
     return cache[f"{tower}.hook_embed"]
-
