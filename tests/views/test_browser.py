@@ -330,12 +330,19 @@ def point_at(picture, fraction: tuple[float, float]) -> dict:
     return {"x": box["width"] * fraction[0], "y": box["height"] * fraction[1]}
 
 
-def drive_explorer(page, lab: Lab, path: str) -> dict[str, float]:
+def open_view(page, lab: Lab, path: str, marker: str, name: str):
+    """Run the notebook at `path`, find the view `name` by a `marker` selector inside it, and wait for its
+    picture: (the view, its picture, the picture's element handle)."""
     run_all(page, lab, path)
-    explorer = find_view(page, lab, ".clipx-options", "Explorer")
-    picture = explorer.locator("img.clipx-picture")
+    view = find_view(page, lab, marker, name)
+    picture = view.locator("img.clipx-picture")
     handle = picture.element_handle()
-    wait_for(page, IMAGE_SHOWN, handle, UPDATE_S, "the Explorer's overlay to load", lab)
+    wait_for(page, IMAGE_SHOWN, handle, UPDATE_S, f"the {name}'s overlay to load", lab)
+    return view, picture, handle
+
+
+def drive_explorer(page, lab: Lab, path: str) -> dict[str, float]:
+    explorer, picture, handle = open_view(page, lab, path, ".clipx-options", "Explorer")
     method = explorer.locator(".widget-dropdown select").filter(has=page.locator(f"option[value='{METHOD_AFTER}']"))
     assert method.input_value() == METHOD_BEFORE, f"{METHOD_BEFORE} is not selected"
     times, shot_before = {}, picture.screenshot()
@@ -381,11 +388,7 @@ def drive_explorer(page, lab: Lab, path: str) -> dict[str, float]:
 
 
 def drive_token_patch_view(page, lab: Lab, path: str) -> dict[str, float]:
-    run_all(page, lab, path)
-    view = find_view(page, lab, ".clipx-tokens", "TokenPatchView")
-    picture = view.locator("img.clipx-picture")
-    handle = picture.element_handle()
-    wait_for(page, IMAGE_SHOWN, handle, UPDATE_S, "the TokenPatchView's overlay to load", lab)
+    view, picture, handle = open_view(page, lab, path, ".clipx-tokens", "TokenPatchView")
     times = {}
     src = picture.get_attribute("src")
     times["click a token"] = timed(page, lab, path, lambda: view.locator(".clipx-tokens button").nth(1).click(),
