@@ -27,15 +27,18 @@ def right_riemann_points(n_steps: int) -> torch.Tensor:
 
 
 def integrated_jacobian(embed: Embed, inputs: torch.Tensor, references: torch.Tensor, n_steps: int,
-                        dim: int, row_bytes: int, budget_bytes: int) -> torch.Tensor:
+                        dim: int, row_bytes: int, budget_bytes: int, mode: str | None = None) -> torch.Tensor:
     """U [N, dim, S] in float32 for inputs [N, S, width] and their references [N or 1, S, width].
     `embed(residuals [rows, S, width], which [rows])` gives the embeddings [rows, dim] of residual streams
-    standing in for inputs `which`; `row_bytes`: what one row keeps for a backward (to size the chunks)."""
+    standing in for inputs `which`; `row_bytes`: what one row keeps for a backward (to size the chunks);
+    mode: "forward" (S Jacobian-vector products), "reverse" (D vector-Jacobian ones) or None (the fewer)."""
     n, positions = inputs.shape[:2]
     references = references.expand_as(inputs)
     delta = inputs - references
     alphas = right_riemann_points(n_steps).to(inputs.dtype).to(inputs.device)
-    forward_mode = positions < dim
+    if mode not in (None, "forward", "reverse"):
+        raise ValueError(f"mode must be 'forward', 'reverse' or None, got {mode!r}")
+    forward_mode = positions < dim if mode is None else mode == "forward"
     products = positions if forward_mode else dim
     rows_total = n * n_steps
     rows = max(1, min(rows_total, budget_bytes // (row_bytes * min(products, 16))))

@@ -16,7 +16,8 @@ input caption is pooled; values are divided by the input embeddings' lengths, no
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -59,7 +60,8 @@ def interactions(model: CLIP, images: Any, texts: Any, *, text_layer: int = -1, 
     reference_pixels = baseline_pixels(image_reference, x.pixel_values, "image_reference")
     reference_ids = _text_reference(model, text_reference, x.input_ids)
     every = torch.ones_like(reference_ids)  # the reference is a caption of its own, read unmasked as the authors do
-    with torch.inference_mode(False), model.attention("eager"):  # forward-mode products need the eager kernels
+    # eager kernels: forward-mode products need them; frozen weights: no graph towards them is recorded
+    with torch.inference_mode(False), model.attention("eager"), _frozen(model):  # forward-mode products need the eager kernels
         image = _tower_side(model, "vision", vision_block, len(x.pixel_values),
                             lambda which: model.encode_image(x.pixel_values[which], x.interpolate_pos_encoding),
                             lambda: model.encode_image(reference_pixels, x.interpolate_pos_encoding),
@@ -111,11 +113,13 @@ def _tower_side(model: CLIP, tower: str, block: int, n: int, encode: Callable[[t
 
 
 def _text_reference(model: CLIP, reference: str | torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """The reference caption's ids [1, L] for captions [T, L]."""
+    """The reference caption's ids [1, L] for captions [T, L], padded with the padding token: the tokenizer's,
+    or where it pads with EOS (transformers' CLIP tokenizer) id 0, what OpenAI's tokenizer pads with and the
+    authors' reference holds (a reference "BOS EOS EOS ..." would be the empty caption)."""
     length = input_ids.shape[1]
     tok = model.tokenizer if model.tokenizer is not None else model.text.config
     bos, eos, pad = (getattr(tok, f"{n}_token_id", None) for n in ("bos", "eos", "pad"))
-    pad = eos if pad is None else pad
+    pad = 0 if pad is None or pad == eos else pad
     if isinstance(reference, str):
         if reference not in TEXT_REFERENCES:
             raise ValueError(f"text_reference must be one of {', '.join(map(repr, TEXT_REFERENCES))} or token ids, "
@@ -140,6 +144,20 @@ def _tokens(model: CLIP, x: Inputs) -> list[list[str]]:
     return [[str(i) for i in row.tolist()] for row in x.input_ids]
 
 
+@contextmanager
+def _frozen(model: CLIP) -> Iterator[None]:
+    """The model's parameters without requires_grad inside the block, as they were after it."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+@torch.no_grad()
 def _scale(model: CLIP, dim: int) -> float:
     """exp(logit_scale), clamped as the model clamps it: the logit of two equal unit embeddings."""
     unit = torch.zeros(1, dim, device=model.logit_scale.device)
