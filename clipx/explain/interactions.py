@@ -58,7 +58,11 @@ def interactions(model: CLIP, images: Any, texts: Any, *, text_layer: int = -1, 
     vision_block = x.layers("vision", image_layer, "image_layer")[0]
     text_block = x.layers("text", text_layer, "text_layer")[0]
     reference_pixels = baseline_pixels(image_reference, x.pixel_values, "image_reference")
-    reference_ids = _text_reference(model, text_reference, x.input_ids)
+    length = x.input_ids.shape[1]
+    # in a causal tower no position after the last pooled one reaches an embedding: its values are 0
+    kept = int(x.pooled_positions.max()) + 1 if model.text.config.causal else length
+    ids, mask = x.input_ids[:, :kept], x.attention_mask[:, :kept]
+    reference_ids = _text_reference(model, text_reference, x.input_ids)[:, :kept]
     every = torch.ones_like(reference_ids)  # the reference is a caption of its own, read unmasked as the authors do
     # eager kernels: forward-mode products need them; frozen weights: no graph towards them is recorded
     with torch.inference_mode(False), model.attention("eager"), _frozen(model):  # forward-mode products need the eager kernels
@@ -67,12 +71,13 @@ def interactions(model: CLIP, images: Any, texts: Any, *, text_layer: int = -1, 
                             lambda: model.encode_image(reference_pixels, x.interpolate_pos_encoding),
                             n_steps, memory_budget)
         text = _tower_side(model, "text", text_block, len(x.input_ids),
-                           lambda which: model.encode_text(x.input_ids[which], x.attention_mask[which]),
+                           lambda which: model.encode_text(ids[which], mask[which]),
                            lambda: model.encode_text(reference_ids, every), n_steps, memory_budget)
     e_image, r_image, u_image = image
     e_text, r_text, u_text = text
     norms = e_image.norm(dim=-1)[:, None] * e_text.norm(dim=-1)[None]                            # [B, T]
     values = torch.einsum("tdl,bdp->btlp", u_text, u_image) / norms[..., None, None]
+    values = F.pad(values, (0, 0, 0, length - kept))
     factor = _scale(model, e_image.shape[-1]) if scale else 1.0
     values = values * factor
 
