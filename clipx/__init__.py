@@ -12,6 +12,8 @@ from .apps.index import Hit, Hits, Index
 from .apps.zeroshot import ZeroShot, zeroshot, zeroshot_classifier
 from .errors import CheckpointError, CheckpointNotFoundError
 from .explain import Explanation, explain, methods
+from .explain.interaction_maps import Interactions
+from .explain.interactions import interactions
 from .io.loading import load
 from .mech.ablation import ablate, ablate_heads, patch
 from .mech.decompose import Decomposition, DirectLogits, decompose, decompose_text, logit_lens
@@ -31,10 +33,10 @@ from .version import __version__
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "Cache", "CheckpointError", "CheckpointNotFoundError", "Decomposition",
            "DirectLogits", "Explanation", "HeadDescription", "HeadTable", "HighNormTokens", "Hit", "Hits", "HookPoint",
-           "Index",
+           "Index", "Interactions",
            "RunResult", "SAEConfig", "SparseAutoencoder", "TextConfig", "TowerOutput", "VisionConfig", "ZeroShot",
            "ablate", "ablate_heads", "attach_sae", "decompose", "decompose_text", "describe_heads", "explain",
-           "explain_dataset", "high_norm_tokens", "load", "logit_lens", "methods", "metrics", "patch",
+           "explain_dataset", "high_norm_tokens", "interactions", "load", "logit_lens", "methods", "metrics", "patch",
            "patching_effect", "segmentation", "splice_effect", "sweep_heads", "templates", "train_sae", "views",
            "zeroshot", "zeroshot_classifier"]
 

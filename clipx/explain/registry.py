@@ -104,6 +104,13 @@ def explain(model: CLIP, images: Any, texts: Any, method: str | type | None = No
         token_maps=maps.token_maps, crop_boxes=inputs.crop_boxes, image_sizes=inputs.image_sizes)
 
 
+def prepare_inputs(model: CLIP, images: Any, texts: Any) -> Inputs:
+    """The Inputs `explain` gives a method, for the functions that are not methods (`interactions`): images
+    and captions or token ids, checked as `explain` checks them."""
+    with torch.inference_mode(False):
+        return _prepare(model, images, texts, _token_inputs(model, texts), None)
+
+
 def _token_inputs(model: CLIP, texts: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(input_ids, attention_mask, content mask) where `texts` holds token ids the caller made (an
     `Encoding`, or a mapping with input_ids and optionally attention_mask), checked against the model; None

@@ -25,7 +25,7 @@ from ...errors import check_has_values, check_int
 from ..core import Inputs, Maps, Values, register
 
 # Rows (interpolated inputs) per forward unless internal_batch_size says: their graph is kept for one
-# backward per target, so this bounds memory; see _rows_per_forward.
+# backward per target, so this bounds memory; see row_bytes.
 ACTIVATION_BUDGET_BYTES = 1 << 30
 
 
@@ -39,7 +39,7 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
     out, cache = x.run(["vision.hook_embed", "text.hook_embed"])
     text_embeds, image_embeds = out.text_embeds.detach(), out.image_embeds.detach()
 
-    baseline = _image_baseline(image_baseline, x.pixel_values)
+    baseline = baseline_pixels(image_baseline, x.pixel_values, "image_baseline")
     # special tokens (BOS, EOS, padding) stay: the baseline is "the same caption with no words"
     tok = model.tokenizer if model.tokenizer is not None else model.text.config
     special = [i for i in (getattr(tok, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id"))
@@ -105,27 +105,31 @@ def path_integral(logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
 
 
 def _rows_per_forward(tower, embeddings: torch.Tensor) -> int:
-    """Interpolated inputs per forward whose kept graph fits ACTIVATION_BUDGET_BYTES: a block keeps about
-    a dozen [L, width] tensors and the heads' [L, L] scores and probabilities a row."""
-    tokens, width = embeddings.shape[1:]
-    per_row = tower.n_layers * tokens * (16 * width + 3 * tower.n_heads * tokens) * embeddings.element_size()
-    return max(1, ACTIVATION_BUDGET_BYTES // per_row)
+    """Interpolated inputs per forward whose kept graph fits ACTIVATION_BUDGET_BYTES."""
+    return max(1, ACTIVATION_BUDGET_BYTES // row_bytes(tower, embeddings, tower.n_layers))
 
 
-def _image_baseline(value: torch.Tensor | float, pixel_values: torch.Tensor) -> torch.Tensor:
-    """`image_baseline` as pixel_values [B, 3, H, W]: one number, one image [3, H, W] for all, or one per image."""
+def row_bytes(tower, tokens: torch.Tensor, blocks: int) -> int:
+    """What one row of `tokens` [N, L, width] keeps for a backward through `blocks` of the tower's blocks:
+    a block keeps about a dozen [L, width] tensors and the heads' [L, L] scores and probabilities."""
+    length, width = tokens.shape[1:]
+    return blocks * length * (16 * width + 3 * tower.n_heads * length) * tokens.element_size()
+
+
+def baseline_pixels(value: torch.Tensor | float, pixel_values: torch.Tensor, name: str) -> torch.Tensor:
+    """The option `name` as pixel_values [B, 3, H, W]: one number, one image [3, H, W] for all, or one per image."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"image_baseline must be a number (in normalised pixels: 0.0 is the mean colour) or a "
+        raise TypeError(f"{name} must be a number (in normalised pixels: 0.0 is the mean colour) or a "
                         f"tensor of preprocessed pixels, got {value!r:.80}")
-    check_has_values("image_baseline", value)
+    check_has_values(name, value)
     baseline = torch.as_tensor(value, dtype=pixel_values.dtype, device=pixel_values.device)
     try:
         baseline = baseline.expand_as(pixel_values).contiguous()
     except RuntimeError:
-        raise ValueError(f"image_baseline of shape {tuple(baseline.shape)} does not fit the pixel_values "
+        raise ValueError(f"{name} of shape {tuple(baseline.shape)} does not fit the pixel_values "
                          f"{tuple(pixel_values.shape)}: give one number, one image [3, H, W] or one per image") from None
     if not torch.isfinite(baseline).all():
-        raise ValueError("image_baseline holds NaN or infinite values")
+        raise ValueError(f"{name} holds NaN or infinite values")
     return baseline
 
 
