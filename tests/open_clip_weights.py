@@ -3,7 +3,9 @@ random ones, or a transformers CLIPModel's renamed."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -87,3 +89,14 @@ def hf_to_openai(state: dict) -> dict:
         else:
             out[simple[k2]] = v
     return out
+
+
+def write_release(folder: Path, state: dict[str, torch.Tensor], model_cfg: dict | None,
+                  preprocess_cfg: dict | None = None) -> Path:
+    """An open_clip release folder: the state dict, and open_clip_config.json unless model_cfg is None."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / "open_clip_pytorch_model.bin")
+    if model_cfg is not None:
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+        (folder / "open_clip_config.json").write_text(json.dumps(config))
+    return folder

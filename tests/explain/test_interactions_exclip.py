@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import clipx
-from families.test_open_clip import write_release
 from floats import max_relative_error
-from open_clip_weights import open_clip_state
+from open_clip_weights import open_clip_state, write_release
 from openai_layout import OpenAICLIP
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*has no tokenizer files:UserWarning")]
@@ -28,7 +27,7 @@ def models(tmp_path_factory):
     state = open_clip_state(CFG)
     openai = OpenAICLIP(CFG)
     openai.load_state_dict(state)
-    return clipx.load(write_release(tmp_path_factory.mktemp("openai-layout"), CFG, state=state)), openai.eval()
+    return clipx.load(write_release(tmp_path_factory.mktemp("openai-layout"), state, CFG)), openai.eval()
 
 
 def inputs():

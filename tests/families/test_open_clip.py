@@ -19,6 +19,7 @@ from clipx.families import open_clip
 from clipx.families.openai import OpenAIShapes
 from clipx.errors import CheckpointError
 from floats import assert_float32_close, max_relative_error
+import open_clip_weights
 from open_clip_weights import open_clip_state
 
 # the vocabulary is not CLIP's, so clipx rightly says it has no tokenizer for it; these tests pass ids
@@ -84,13 +85,9 @@ def clipx_logits(model):
         return model(pixel_values=pixels, input_ids=ids).logits_per_image
 
 
-def write_release(folder, model_cfg=MODEL_CFG, preprocess_cfg=None, state=None):
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(state if state is not None else open_clip_state(MODEL_CFG), folder / "open_clip_pytorch_model.bin")
-    if model_cfg is not None:
-        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
-        (folder / "open_clip_config.json").write_text(json.dumps(config))
-    return folder
+def write_release(folder, model_cfg=MODEL_CFG, preprocess_cfg=None):
+    """This file's release: MODEL_CFG's weights, under `model_cfg`'s config (none: no config file)."""
+    return open_clip_weights.write_release(folder, open_clip_state(MODEL_CFG), model_cfg, preprocess_cfg)
 
 
 @pytest.mark.parametrize("quick", [False, True])
