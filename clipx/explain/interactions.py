@@ -28,7 +28,7 @@ from ..model.clip import CLIP
 from .core import Inputs
 from .integrated_jacobian import integrated_jacobian
 from .interaction_maps import Interactions
-from .method.integrated_gradients import baseline_pixels, row_bytes
+from .paths import baseline_pixels, row_bytes
 from .registry import prepare_inputs
 
 MEMORY_BUDGET_BYTES = 1 << 30
@@ -65,7 +65,7 @@ def interactions(model: CLIP, images: Any, texts: Any, *, text_layer: int = -1, 
     reference_ids = _text_reference(model, text_reference, x.input_ids)[:, :kept]
     every = torch.ones_like(reference_ids)  # the reference is a caption of its own, read unmasked as the authors do
     # eager kernels: forward-mode products need them; frozen weights: no graph towards them is recorded
-    with torch.inference_mode(False), model.attention("eager"), _frozen(model):  # forward-mode products need the eager kernels
+    with torch.inference_mode(False), model.attention("eager"), _frozen(model):
         image = _tower_side(model, "vision", vision_block, len(x.pixel_values),
                             lambda which: model.encode_image(x.pixel_values[which], x.interpolate_pos_encoding),
                             lambda: model.encode_image(reference_pixels, x.interpolate_pos_encoding),
@@ -78,7 +78,7 @@ def interactions(model: CLIP, images: Any, texts: Any, *, text_layer: int = -1, 
     norms = e_image.norm(dim=-1)[:, None] * e_text.norm(dim=-1)[None]                            # [B, T]
     values = torch.einsum("tdl,bdp->btlp", u_text, u_image) / norms[..., None, None]
     values = F.pad(values, (0, 0, 0, length - kept))
-    factor = _scale(model, e_image.shape[-1]) if scale else 1.0
+    factor = float(model.exp_logit_scale()) if scale else 1.0
     values = values * factor
 
     def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -160,11 +160,3 @@ def _frozen(model: CLIP) -> Iterator[None]:
     finally:
         for p in trainable:
             p.requires_grad_(True)
-
-
-@torch.no_grad()
-def _scale(model: CLIP, dim: int) -> float:
-    """exp(logit_scale), clamped as the model clamps it: the logit of two equal unit embeddings."""
-    unit = torch.zeros(1, dim, device=model.logit_scale.device)
-    unit[0, 0] = 1
-    return float(model.logits(unit, unit, bias=False)[0, 0])

@@ -225,13 +225,18 @@ class CLIP(HookedModule):
         exp(logit_scale) * cosine, plus logit_bias where the model has one (SigLIP); bias=False for a
         difference of embeddings, whose logit the bias does not enter. The scale and bias take the
         embeddings' dtype (float32 embeddings of a half model are scored in float32)."""
-        scale = self.logit_scale.to(image_embeds.dtype)
-        if self.config.max_logit_scale is not None:
-            scale = scale.clamp(0, math.log(self.config.max_logit_scale))
-        logits = image_embeds @ text_embeds.T * scale.exp()
+        logits = image_embeds @ text_embeds.T * self.exp_logit_scale(image_embeds.dtype)
         if not bias or self.logit_bias is None:
             return logits
         return logits + self.logit_bias.to(image_embeds.dtype)
+
+    def exp_logit_scale(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """exp(logit_scale) in `dtype`, clamped where the family clamps it (max_logit_scale): what a cosine
+        is multiplied by to make a logit."""
+        scale = self.logit_scale.to(dtype)
+        if self.config.max_logit_scale is not None:
+            scale = scale.clamp(0, math.log(self.config.max_logit_scale))
+        return scale.exp()
 
     def hooked_logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """`logits` through `hook_logits_per_image`, as `forward` scores: what every explanation method that

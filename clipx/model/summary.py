@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -31,8 +30,7 @@ def describe(model: nn.Module) -> str:
         lines.append("  vision: " + _vision(model.vision))
     if model.text is not None:
         lines.append("  text:   " + _text(model.text))
-    one = torch.ones(1, 1)
-    scale = f"exp(logit_scale)={model.logits(one, one, bias=False).item():.4g}"  # clamped where the family clamps it
+    scale = f"exp(logit_scale)={model.exp_logit_scale().item():.4g}"  # clamped where the family clamps it
     bias = f" + logit_bias ({model.logit_bias.item():.4g})" if model.logit_bias is not None else ""
     compared = "a softmax over captions" if config.scoring == "softmax" else "a sigmoid per pair"
     lines.append(f"  logits: {scale} x cosine{bias}; probabilities by {compared}")

@@ -15,14 +15,14 @@ the same for the captions' paths and the images. The embeddings go in through th
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ...errors import check_has_values, check_int
+from ...errors import check_int
 from ..core import Inputs, Maps, Values, register
+from ..paths import baseline_pixels, row_bytes
 
 # Rows (interpolated inputs) per forward unless internal_batch_size says: their graph is kept for one
 # backward per target, so this bounds memory; see row_bytes.
@@ -107,30 +107,6 @@ def path_integral(logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
 def _rows_per_forward(tower, embeddings: torch.Tensor) -> int:
     """Interpolated inputs per forward whose kept graph fits ACTIVATION_BUDGET_BYTES."""
     return max(1, ACTIVATION_BUDGET_BYTES // row_bytes(tower, embeddings, tower.n_layers))
-
-
-def row_bytes(tower, tokens: torch.Tensor, blocks: int) -> int:
-    """What one row of `tokens` [N, L, width] keeps for a backward through `blocks` of the tower's blocks:
-    a block keeps about a dozen [L, width] tensors and the heads' [L, L] scores and probabilities."""
-    length, width = tokens.shape[1:]
-    return blocks * length * (16 * width + 3 * tower.n_heads * length) * tokens.element_size()
-
-
-def baseline_pixels(value: torch.Tensor | float, pixel_values: torch.Tensor, name: str) -> torch.Tensor:
-    """The option `name` as pixel_values [B, 3, H, W]: one number, one image [3, H, W] for all, or one per image."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"{name} must be a number (in normalised pixels: 0.0 is the mean colour) or a "
-                        f"tensor of preprocessed pixels, got {value!r:.80}")
-    check_has_values(name, value)
-    baseline = torch.as_tensor(value, dtype=pixel_values.dtype, device=pixel_values.device)
-    try:
-        baseline = baseline.expand_as(pixel_values).contiguous()
-    except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(baseline.shape)} does not fit the pixel_values "
-                         f"{tuple(pixel_values.shape)}: give one number, one image [3, H, W] or one per image") from None
-    if not torch.isfinite(baseline).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
-    return baseline
 
 
 def _embedding(model, tower: str, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
