@@ -19,6 +19,7 @@ VIT_B_32 = dict(
                        image_size=224, patch_size=32),
     projection_dim=512,
 )
+VIT_B_16 = {**VIT_B_32, "vision_config": {**VIT_B_32["vision_config"], "patch_size": 16}}
 VIT_L_14 = dict(
     text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                      max_position_embeddings=77, vocab_size=49408, eos_token_id=2),
@@ -26,6 +27,9 @@ VIT_L_14 = dict(
                        image_size=224, patch_size=14),
     projection_dim=768,
 )
+
+
+SHAPES = {"ViT-B/32": VIT_B_32, "ViT-B/16": VIT_B_16, "ViT-L/14": VIT_L_14}
 
 
 def cpu_name() -> str:

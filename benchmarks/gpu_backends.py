@@ -21,10 +21,9 @@ import torch
 import transformers
 
 import clipx
-from common import VIT_B_32, VIT_L_14, captions, model_inputs, random_checkpoint, time_alternately
+from common import VIT_B_16, VIT_L_14, captions, model_inputs, random_checkpoint, time_alternately
 
 HF_BACKEND = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
-VIT_B_16 = {**VIT_B_32, "vision_config": {**VIT_B_32["vision_config"], "patch_size": 16}}
 TINY = dict(  # 224 px images on a 7 x 7 grid, two layers: every code path in seconds on a CPU
     text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                      max_position_embeddings=77, vocab_size=49408, eos_token_id=2),
