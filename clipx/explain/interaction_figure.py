@@ -18,18 +18,16 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .interaction_maps import Interactions
-
 LABEL = "interaction"
 MARKED = (255, 214, 10)   # the span's words: a highlighter's yellow, neither end of the diverging scale
 UNMARKED = (236, 236, 236)
 
 
-def interaction_figure(inter: Interactions, image: int = 0, text: int = 0, span: Any = None,
+def interaction_figure(inter: Any, image: int = 0, text: int = 0, span: Any = None,
                        rows: slice | int | None = None, cols: slice | int | None = None, *,
                        mask: torch.Tensor | None = None, alpha: float = ALPHA, cmap: str | None = None,
                        cell_size: float = 3.0, pyplot: bool = False) -> Figure:
-    """The figure of pair (image, text) of `inter`.
+    """The figure of pair (image, text) of `inter`, an `Interactions` (which imports this module).
 
     span: the caption's token positions whose region map is drawn (an index, a slice or a list, as
     `Interactions.span` takes them; default: the caption's last word). rows, cols or mask: a region of
