@@ -90,6 +90,13 @@ class Interactions:
         shaded by their interaction with it. Keywords: `interaction_figure.interaction_figure`'s."""
         return interaction_figure(self, image, text, **kwargs)
 
+    def show(self, image: int = 0, text: int = 0, **kwargs: Any) -> None:
+        """The figure, shown by pyplot (inline in a notebook); the keywords are `figure`'s."""
+        import matplotlib.pyplot as plt
+
+        self.figure(image, text, pyplot=True, **kwargs)
+        plt.show()
+
     def _pair(self, image: int, text: int) -> torch.Tensor:
         n_images, n_texts = self.values.shape[:2]
         if not (isinstance(image, int) and -n_images <= image < n_images):
