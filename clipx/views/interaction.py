@@ -47,6 +47,7 @@ class InteractionView(View):
         self.start: tuple[tuple[int, int], bool] | None = None  # the patch pressed and whether shift was held
         self.summary = ""
         self.token = TokenSpan()
+        self.token.add_class("clipx-span")  # what tells this view's strip from TokenPatchView's on a page
         self.token.value = (-1, -1)  # none chosen yet: render starts on the caption's last word
         # presses and releases, not clicks: a drag is a press on one patch and a release on another; preventing
         # the default action keeps the browser from dragging the picture itself away
