@@ -405,6 +405,13 @@ def drive_token_patch_view(page, lab: Lab, path: str) -> dict[str, float]:
     times["click a patch (tokens)"] = timed(
         page, lab, path, lambda: picture.click(position=point_at(picture, (0.9, 0.9))),
         "([el, old]) => el.innerText !== old", [strip.element_handle(), text], "clicking a patch")
+    # the "before" picture: "star" and a patch of the star, as the InteractionView's "after" shows "red star"
+    src = picture.get_attribute("src")
+    timed(page, lab, path, lambda: view.locator(".clipx-tokens button").nth(3).click(), IMAGE_REPLACED, [handle, src],
+          "clicking 'star'")
+    src = picture.get_attribute("src")
+    timed(page, lab, path, lambda: picture.click(position=point_at(picture, (0.3, 0.4))), IMAGE_REPLACED,
+          [handle, src], "clicking the star")
     view.screenshot(path=ARTIFACTS / "browser-token-patch-widget.png")
     return times
 
@@ -423,6 +430,23 @@ def drive_interaction_view(page, lab: Lab, path: str) -> dict[str, float]:
     bold = [b.evaluate("el => getComputedStyle(el).fontWeight") for b in tokens.all()[1:5]]
     assert [int(w) >= 600 for w in bold] == [False, True, True, False], f"the span is not marked: {bold}"
 
+    strip = view.locator(".clipx-span")
+    text = strip.inner_text()
+    box = picture.bounding_box()
+
+    def drag_box():
+        # from patch (2, 1) to patch (4, 3) of the 8 x 8 grid: around the star
+        page.mouse.move(box["x"] + 0.15 * box["width"], box["y"] + 0.28 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.48 * box["width"], box["y"] + 0.6 * box["height"], steps=5)
+        page.mouse.up()
+
+    times["region: drag a box"] = timed(page, lab, path, drag_box, "([el, old]) => el.innerText !== old",
+                                        [strip.element_handle(), text], "dragging a box on the picture")
+    assert "region 9 patches" in view.inner_text(), "the summary does not say the box's 9 patches"
+    # the "after" picture: the span "red star" and the box around the star
+    view.screenshot(path=ARTIFACTS / "browser-interaction-widget.png")
+
     def drag(source, target):
         source.hover()
         page.mouse.down()
@@ -432,25 +456,11 @@ def drive_interaction_view(page, lab: Lab, path: str) -> dict[str, float]:
     src = picture.get_attribute("src")
     times["span: drag along the strip"] = timed(page, lab, path, lambda: drag(tokens.nth(5), tokens.nth(7)),
                                                 IMAGE_REPLACED, [handle, src], "dragging along the tokens")
-    strip = view.locator(".clipx-span")
-    text = strip.inner_text()
-    box = picture.bounding_box()
-
-    def drag_box():
-        page.mouse.move(box["x"] + 0.05 * box["width"], box["y"] + 0.05 * box["height"])
-        page.mouse.down()
-        page.mouse.move(box["x"] + 0.45 * box["width"], box["y"] + 0.45 * box["height"], steps=5)
-        page.mouse.up()
-
-    times["region: drag a box"] = timed(page, lab, path, drag_box, "([el, old]) => el.innerText !== old",
-                                        [strip.element_handle(), text], "dragging a box on the picture")
-    assert "region 16 patches" in view.inner_text(), "the summary does not say the box's 16 patches"
     text = strip.inner_text()
     times["region: click a patch"] = timed(
         page, lab, path, lambda: picture.click(position=point_at(picture, (0.8, 0.3))),
         "([el, old]) => el.innerText !== old", [strip.element_handle(), text], "clicking a patch")
     assert "region 1 patch:" in view.inner_text()
-    view.screenshot(path=ARTIFACTS / "browser-interaction-widget.png")
     return times
 
 
