@@ -4,6 +4,8 @@ computed once, and bad selections are refused clearly."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from PIL import Image
 
 import clipx
 import clipx.views.cache
-from clipx.explain.legend import region_edges
+from clipx.explain.legend import Scale, region_edges
 from clipx.views import InteractionView, interaction_figure, outline_cells
 from floats import assert_float32_close
 from widgets import event
@@ -151,6 +153,16 @@ def test_the_figure_marks_the_span_and_shades_the_region_words(eager_model, imag
         float(strip[2]), abs=0.5 * 10 ** -len(labels[1].split(".")[-1]))
     only_span = interaction_figure(every_pair, 0, 1)  # no region: one picture, the last word's map
     assert [ax.get_title() for ax in only_span.axes if ax.get_title()] == ["span: square"]
+    assert tuple(every_pair.images.shape) == (2, 32, 32, 3)  # what the model saw, drawn under the map
+
+
+def test_without_pictures_the_figure_draws_the_map_itself(every_pair):
+    bare = dataclasses.replace(every_pair, images=None)
+    fig = bare.figure(0, 0, span=2, rows=0)
+    drawn = fig.axes[0].get_images()[0].get_array()
+    values = every_pair.span(0, 0, 2)
+    scale = Scale.fit(values, "signed", "interaction")
+    assert drawn.shape == (4, 4, 3) and np.array_equal(np.asarray(drawn), scale.colours(values))
 
 
 def test_bad_selections_are_refused_clearly(eager_model, images, every_pair):
