@@ -87,18 +87,22 @@ def colour_bar(fig: Figure, scale: Scale, ax: Any, label: str | None = None, **k
     # the scale's own ticks, written as literal text too: under text.usetex matplotlib would hand them to LaTeX
     bar.set_ticks(scale.ticks, labels=[scale.format(v) for v in scale.ticks], fontsize=7, **LITERAL)
 
+
 def draw_tokens(ax: Axes, tokens: list[str], values: Any, scale: Scale) -> None:
     """The caption's words under the image, each shaded by its value on `scale` and labelled with it (BOS,
     EOS and padding left out)."""
     words = word_positions(tokens)
-    if not words:
-        return
+    draw_words(ax, [(f"{tokens[k]}\n{scale.format(float(values[k]))}", tuple(colour))
+                    for k, colour in zip(words, scale.colours(values[words]).tolist())] if words else [])
+
+
+def draw_words(ax: Axes, words: list[tuple[str, tuple[int, int, int]]]) -> None:
+    """Words in a row under the image, each on its own background colour (RGB, 0-255)."""
     previous = None
-    for k, (r, g, b) in zip(words, scale.colours(values[words]).tolist()):
+    for text, (r, g, b) in words:
         ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
         style = dict(fontsize=7, color=ink, ha="left", multialignment="center", **LITERAL,
                      bbox=dict(boxstyle="round,pad=0.2", fc=(r / 255, g / 255, b / 255), lw=0))
-        text = f"{tokens[k]}\n{scale.format(float(values[k]))}"
         if previous is None:  # the first word hangs under the image's left edge
             previous = ax.annotate(text, xy=(0, -0.04), xycoords="axes fraction", va="top", **style)
         else:  # each next word sits right of the one before

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .interaction_figure import interaction_figure
+
 Positions = int | slice | list[int] | tuple[int, ...] | torch.Tensor
 
 
@@ -21,7 +23,8 @@ class Interactions:
     tokens[j]: caption j's token at every position (padding included, as the model read it).
     similarity, image_reference_similarity, text_reference_similarity, reference_similarity
     [n_images, n_texts]: s(x, y), s(r_x, y), s(x, r_y) and s(r_x, r_y), the cosines (times the logit scale
-    where `options["scale"]`) whose combination the values add up to, up to the path integral's error."""
+    where `options["scale"]`) whose combination the values add up to, up to the path integral's error.
+    images: the preprocessed images as uint8 [n_images, H, W, 3], for figures (None without a processor)."""
 
     values: torch.Tensor
     prefix_values: torch.Tensor
@@ -32,6 +35,7 @@ class Interactions:
     text_reference_similarity: torch.Tensor
     reference_similarity: torch.Tensor
     options: dict[str, Any] = field(default_factory=dict)
+    images: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -58,14 +62,19 @@ class Interactions:
         """[grid_h, grid_w] the region map of a span of caption `text`'s token positions (an index, a slice, or
         a list): the sum of their rows."""
         pair = self._pair(image, text)
-        return pair[self._positions(tokens, pair.shape[0])].reshape(-1, *pair.shape[1:]).sum(0)
+        return pair[self.positions(tokens, pair.shape[0])].sum(0)
 
     def box(self, image: int, text: int, rows: slice | int | None = None, cols: slice | int | None = None, *,
             mask: torch.Tensor | None = None) -> torch.Tensor:
         """[L] the token strip of a region of image `image`: the patches in `rows` x `cols` (slices of the
         grid), or those a boolean `mask` [grid_h, grid_w] marks; the sum of their columns."""
         pair = self._pair(image, text)
-        grid = tuple(pair.shape[1:])
+        return pair[:, self.region(rows, cols, mask=mask).to(pair.device)].sum(-1)
+
+    def region(self, rows: slice | int | None = None, cols: slice | int | None = None, *,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The boolean mask [grid_h, grid_w] of the patches in `rows` x `cols`, or `mask` itself once checked."""
+        grid = tuple(self.values.shape[3:])
         if mask is None:
             mask = torch.zeros(grid, dtype=torch.bool)
             mask[_cells(rows, "rows"), _cells(cols, "cols")] = True
@@ -73,7 +82,20 @@ class Interactions:
             raise ValueError(f"mask must be a boolean tensor shaped like the patch grid {grid}, got {mask!r:.80}")
         if not mask.any():
             raise ValueError(f"the box rows={rows!r}, cols={cols!r} holds no patch of the {grid} grid")
-        return pair[:, mask.to(pair.device)].sum(-1)
+        return mask
+
+    def figure(self, image: int = 0, text: int = 0, **kwargs: Any):
+        """A matplotlib Figure of one pair in the paper's style: the caption with a span marked and the span's
+        map over the image; with a region (rows, cols or mask), the region outlined and the caption's words
+        shaded by their interaction with it. Keywords: `interaction_figure.interaction_figure`'s."""
+        return interaction_figure(self, image, text, **kwargs)
+
+    def show(self, image: int = 0, text: int = 0, **kwargs: Any) -> None:
+        """The figure, shown by pyplot (inline in a notebook); the keywords are `figure`'s."""
+        import matplotlib.pyplot as plt
+
+        self.figure(image, text, pyplot=True, **kwargs)
+        plt.show()
 
     def _pair(self, image: int, text: int) -> torch.Tensor:
         n_images, n_texts = self.values.shape[:2]
@@ -84,11 +106,12 @@ class Interactions:
         return self.values[image, text]
 
     @staticmethod
-    def _positions(tokens: Positions, length: int) -> Positions:
+    def positions(tokens: Positions, length: int) -> torch.Tensor:
+        """The positions [n] a span (an index, a slice, a list) picks of a caption's `length`."""
         index = torch.arange(length)[tokens if not isinstance(tokens, (list, tuple)) else list(tokens)]
         if index.numel() == 0:
             raise ValueError(f"the span {tokens!r} holds none of the caption's {length} positions")
-        return index
+        return index.reshape(-1)
 
     def __repr__(self) -> str:
         n_images, n_texts, length, grid_h, grid_w = self.values.shape

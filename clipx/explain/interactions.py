@@ -29,7 +29,7 @@ from .core import Inputs
 from .integrated_jacobian import integrated_jacobian
 from .interaction_maps import Interactions
 from .paths import baseline_pixels, row_bytes
-from .registry import prepare_inputs
+from .registry import display_images, prepare_inputs
 
 MEMORY_BUDGET_BYTES = 1 << 30
 TEXT_REFERENCES = ("pad", "empty")
@@ -89,7 +89,7 @@ def interactions(model: CLIP, images: Any, texts: Any, *, text_layer: int = -1, 
         values=x.patch_grid(values[..., prefix:]), prefix_values=values[..., :prefix], tokens=_tokens(model, x),
         texts=x.texts, similarity=cosine(e_image, e_text), image_reference_similarity=cosine(r_image, e_text),
         text_reference_similarity=cosine(e_image, r_text).expand_as(norms),
-        reference_similarity=cosine(r_image, r_text).expand_as(norms),
+        reference_similarity=cosine(r_image, r_text).expand_as(norms), images=display_images(model, x.pixel_values),
         options={"text_layer": text_layer, "image_layer": image_layer, "n_steps": n_steps,
                  "image_reference": image_reference, "text_reference": text_reference, "scale": scale})
 

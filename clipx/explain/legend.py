@@ -160,6 +160,22 @@ def word_positions(tokens: Sequence[str]) -> list[int]:
     return [k for k, t in enumerate(tokens) if t not in SPECIAL]
 
 
+def region_edges(mask: Any) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The outline of a region of a patch grid (`mask` [grid_h, grid_w], any shape, several pieces too) as line
+    segments ((x0, y0), (x1, y1)) between patch corners, in patches from the grid's top left: each edge between a
+    marked patch and an unmarked one or the grid's border."""
+    mask = np.asarray(mask, bool)
+    padded = np.pad(mask, 1)
+    edges = []
+    for r, c in zip(*np.nonzero(mask)):
+        r, c = int(r), int(c)
+        for (dr, dc), edge in (((-1, 0), ((c, r), (c + 1, r))), ((1, 0), ((c, r + 1), (c + 1, r + 1))),
+                               ((0, -1), ((c, r), (c, r + 1))), ((0, 1), ((c + 1, r), (c + 1, r + 1)))):
+            if not padded[r + 1 + dr, c + 1 + dc]:
+                edges.append(edge)
+    return edges
+
+
 def text_scale(exp: Any, pair: tuple[int, int] | None = None, cmap: str | None = None) -> Scale:
     """The scale of an Explanation's text maps over the captions' words (special tokens, whose values mean
     something else, such as EOS's own relevance, left out), as words on white are shaded (`Scale.on_white`):

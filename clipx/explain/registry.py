@@ -100,7 +100,7 @@ def explain(model: CLIP, images: Any, texts: Any, method: str | type | None = No
     return Explanation(
         image=maps.image, text=text, scores=maps.scores.detach(), tokens=tokens, texts=inputs.texts,
         method=method, options={**used, **({"neutral": neutral} if neutral is not None else {})},
-        images=_display(model, inputs.pixel_values),
+        images=display_images(model, inputs.pixel_values),
         token_maps=maps.token_maps, crop_boxes=inputs.crop_boxes, image_sizes=inputs.image_sizes)
 
 
@@ -177,7 +177,8 @@ def _caption_first(text: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     return text.gather(2, order[None].expand(text.shape[0], -1, -1))
 
 
-def _display(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor | None:
+def display_images(model: CLIP, pixel_values: torch.Tensor) -> torch.Tensor | None:
+    """The images the model saw, as uint8 [B, H, W, 3] to draw maps over; None for a model without a processor."""
     if model.processor is None:
         return None
     return torch.stack([torch.from_numpy(np.array(im)) for im in model.processor.to_pil(pixel_values.detach().float().cpu())])

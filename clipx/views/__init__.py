@@ -6,12 +6,14 @@ from .compare import Compare
 from .explorer import Explorer
 from .feature import FeatureView, patch_strip
 from ..explain.figure import explanation_figure
+from ..explain.interaction_figure import interaction_figure
 from .gallery import Gallery, hits_grid
 from .render import (colour_bar, colour_bar_html, explanation_card, explanation_grid, grid, heads_grid, labelled,
-                     mark_patch, matrix, overlay, scores_table, to_png, token_html)
+                     mark_patch, matrix, outline_cells, overlay, scores_table, to_png, token_html)
+from .interaction import InteractionView
 from .token_patch import TokenPatchView
 
-__all__ = ["AttentionView", "Compare", "Explorer", "FeatureView", "Gallery", "TokenPatchView", "colour_bar",
-           "colour_bar_html", "explanation_card", "explanation_figure", "explanation_grid", "grid", "heads_grid",
-           "hits_grid", "labelled", "mark_patch", "matrix", "overlay", "patch_strip", "scores_table", "to_png",
-           "token_html"]
+__all__ = ["AttentionView", "Compare", "Explorer", "FeatureView", "Gallery", "InteractionView", "TokenPatchView",
+           "colour_bar", "colour_bar_html", "explanation_card", "explanation_figure", "explanation_grid", "grid",
+           "heads_grid", "hits_grid", "interaction_figure", "labelled", "mark_patch", "matrix", "outline_cells",
+           "overlay", "patch_strip", "scores_table", "to_png", "token_html"]

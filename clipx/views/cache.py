@@ -1,5 +1,5 @@
-"""What the explorers compute once and then only re-render: explanations per method, and
-every attention pattern of both towers."""
+"""What the explorers compute once and then only re-render: explanations per method, every
+attention pattern of both towers, and each image-caption pair's token x patch interactions."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 from ..explain import Explanation, explain
+from ..explain.interaction_maps import Interactions
+from ..explain.interactions import interactions
 from ..model.clip import CLIP
 
 Progress = Callable[[str], AbstractContextManager]
@@ -60,3 +62,20 @@ class Patterns:
             keep = self.positions[index]
             pattern = pattern[:, keep][:, :, keep]
         return pattern.mean(0) if head is None else pattern[head]
+
+
+class PairInteractions:
+    """Each (image, caption) pair's `interactions`, computed the first time the pair is asked for: one pair
+    costs one image's and one caption's integrals, which every span and region of it then only re-slices."""
+
+    def __init__(self, model: CLIP, pixel_values: torch.Tensor, progress: Progress, **options: Any) -> None:
+        self.model, self.pixel_values, self.progress, self.options = model, pixel_values, progress, options
+        self._done: dict[tuple[int, str], Interactions] = {}
+
+    def get(self, image: int, text: str) -> Interactions:
+        """The Interactions of image `image` with caption `text`: 1 image x 1 caption."""
+        if (image, text) not in self._done:
+            with self.progress(f"computing the interactions of image {image} with {text!r}…"):
+                self._done[image, text] = interactions(self.model, self.pixel_values[image:image + 1], [text],
+                                                       **self.options)
+        return self._done[image, text]

@@ -12,6 +12,7 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 import traitlets
+from ipyevents import Event
 
 from ..explain import method_options
 from ..explain.legend import Scale, word_positions
@@ -39,7 +40,7 @@ class TokenButtons(widgets.HBox):
         """Tokens with these values, the `value`-th one selected; buttons are reused while the tokens stay."""
         if list(tokens) != self.tokens:
             self.tokens = list(tokens)
-            self.children = [self._button(k) for k in range(len(tokens))]
+            self.children = self._buttons(len(tokens))
         words = set(word_positions(tokens))
         colours = scale.on_white().colours(np.asarray(values, np.float32))
         for k, (button, token) in enumerate(zip(self.children, tokens)):
@@ -49,14 +50,68 @@ class TokenButtons(widgets.HBox):
             button.tooltip = f"{token}: {v:.4g}"
             button.style.button_color = f"rgb({r},{g},{b})" if k in words else "#f4f4f4"
             button.style.text_color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 or k not in words else "white"
-            button.style.font_weight = "bold" if k == value else "normal"
-            button.layout.border = "2px solid #222" if k == value else "2px solid transparent"
+            chosen = self.chosen(k, value)
+            button.style.font_weight = "bold" if chosen else "normal"
+            button.layout.border = "2px solid #222" if chosen else "2px solid transparent"
         self.value = value
 
-    def _button(self, k: int) -> widgets.Button:
-        button = widgets.Button(layout=compact())
-        button.on_click(lambda _: setattr(self, "value", k))
-        return button
+    @staticmethod
+    def chosen(k: int, value: Any) -> bool:
+        """Whether token k is the selection `value` (or in it)."""
+        return k == value
+
+    def _buttons(self, n: int) -> list[widgets.Button]:
+        buttons = [widgets.Button(layout=compact()) for _ in range(n)]
+        for k, button in enumerate(buttons):
+            button.on_click(lambda _, k=k: setattr(self, "value", k))
+        return buttons
+
+
+class TokenSpan(TokenButtons):
+    """TokenButtons whose `value` is a span of tokens (first, last), both included: pressing a token picks it,
+    shift-pressing one extends the span from the last token picked to it, and dragging from one token to
+    another picks those between. Plain buttons tell Python no modifier keys, so each one's presses come
+    through ipyevents."""
+
+    value = traitlets.Tuple((0, 0))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[Event] = []
+        self.anchor = 0  # the token a shift-press extends from
+        self.down: int | None = None  # the token pressed, until released
+
+    @staticmethod
+    def chosen(k: int, value: Any) -> bool:
+        return value[0] <= k <= value[1]
+
+    def show(self, tokens: Sequence[str], values: Any, scale: Scale, value: tuple[int, int]) -> None:
+        if list(tokens) != self.tokens:  # another caption: shift-presses extend from its own span
+            self.anchor, self.down = value[0], None
+        super().show(tokens, values, scale, value)
+
+    def _buttons(self, n: int) -> list[widgets.Button]:
+        for events in self.events:  # the old buttons' listeners would otherwise live on in the kernel
+            events.close()
+        buttons = [widgets.Button(layout=compact()) for _ in range(n)]
+        # preventing the default action keeps a drag from selecting the buttons' text
+        self.events = [Event(source=b, watched_events=["mousedown", "mouseup"], prevent_default_action=True)
+                       for b in buttons]
+        for k, events in enumerate(self.events):
+            events.on_dom_event(lambda event, k=k: self.pressed(k, event))
+        return buttons
+
+    def pressed(self, k: int, event: dict) -> None:
+        """A mousedown or mouseup on token k, as ipyevents sends it."""
+        if event.get("type") == "mousedown":
+            if not event.get("shiftKey"):
+                self.anchor = k
+            self.down = k
+            self.value = (min(self.anchor, k), max(self.anchor, k))
+        elif event.get("type") == "mouseup" and self.down is not None:
+            if k != self.down:  # released on another token: a drag
+                self.value = (min(self.anchor, k), max(self.anchor, k))
+            self.down = None
 
 
 class MethodOptions(widgets.HBox):

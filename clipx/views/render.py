@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
-from ..explain.legend import (ALPHA, Scale, as_array, image_scale, method_title, pair_title, score_title,
-                              word_positions)
+from ..explain.legend import (ALPHA, Scale, as_array, image_scale, method_title, pair_title, region_edges,
+                              score_title, word_positions)
 
 if TYPE_CHECKING:
     from ..explain.explanation import Explanation
@@ -95,6 +95,20 @@ def mark_patch(image: Image.Image, row: int, col: int, grid: tuple[int, int], co
     out = image.copy()
     h, w = out.height / grid[0], out.width / grid[1]
     ImageDraw.Draw(out).rectangle([col * w, row * h, (col + 1) * w - 1, (row + 1) * h - 1], outline=colour, width=2)
+    return out
+
+
+def outline_cells(image: Image.Image, mask: Any, colour: str = "white") -> Image.Image:
+    """A copy of the image with a region of its patch grid outlined (`mask` [grid_h, grid_w] marks the region's
+    patches: any shape, several pieces too); a region that is the whole grid is left unmarked."""
+    mask = np.asarray(mask, bool)
+    out = image.copy()
+    if mask.all():
+        return out
+    w, h = (out.width - 1) / mask.shape[1], (out.height - 1) / mask.shape[0]  # the last pixel row is the border
+    draw = ImageDraw.Draw(out)
+    for (x0, y0), (x1, y1) in region_edges(mask):
+        draw.line([x0 * w, y0 * h, x1 * w, y1 * h], fill=colour, width=2)
     return out
 
 

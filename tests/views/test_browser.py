@@ -6,10 +6,12 @@ repository's files are never served), opens each, runs all its cells and points 
 displays last. On the Explorer (01): hovering the picture shows the map's value there, a click on
 a patch, on a caption row, a changed option and another method each change the view. On the
 TokenPatchView (04): a click on a token and on a patch each change the view (the picture; the
-token strip). It prints how long each update took, from the browser's event to the new picture or
+token strip). On the InteractionView (04): a click on a token, a shift-click on another (a span) and a
+drag along the strip each change the region map; a drag of a box and a click on a patch each change
+the token strip. It prints how long each update took, from the browser's event to the new picture or
 strip on the page; bounds are generous timeouts, not speed checks. Screenshots go to
 tests/artifacts/browser-explorer.png (the page), browser-explorer-widget.png (the Explorer) and
-browser-token-patch-widget.png; a failure saves browser-explorer-failure.png. The server and the
+browser-token-patch-widget.png and browser-interaction-widget.png (before and after, on the same scene); a failure saves browser-explorer-failure.png. The server and the
 browser are stopped in every outcome.
 
 Needs Debian's `chromium` (`apt-get install chromium`; .ci/run installs it) and the `playwright`
@@ -263,6 +265,7 @@ def test_explorer_in_jupyterlab(pw, lab, tmp_path):
         try:
             times = drive_explorer(page, lab, path)
             times.update(drive_token_patch_view(page, lab, TOKEN_NOTEBOOK.name))
+            times.update(drive_interaction_view(page, lab, TOKEN_NOTEBOOK.name))
         except BaseException:
             save_failure_screenshot(page)
             raise
@@ -292,10 +295,13 @@ def run_all(page, lab: Lab, path: str) -> None:
     wait_for(page, KERNEL_IDLE, path, UPDATE_S, f"the kernel of {path} to go idle after Run All", lab)
 
 
-def find_view(page, lab: Lab, has: str, what: str):
-    """The last output holding a view's picture and the element `has` (a CSS selector)."""
+def find_view(page, lab: Lab, has: str, what: str, has_not: str | None = None):
+    """The last output holding a view's picture and the element `has` (a CSS selector), without `has_not`."""
     view = (page.locator(".jp-OutputArea-output").filter(has=page.locator("img.clipx-picture"))
-            .filter(has=page.locator(has)).last)
+            .filter(has=page.locator(has)))
+    if has_not is not None:
+        view = view.filter(has_not=page.locator(has_not))
+    view = view.last
     if not wait_visible(view):
         fallback = page.locator(".jp-OutputArea-output img[src^='data:image/png']").count()
         pytest.fail(f"no {what} widget on the page" + (
@@ -330,11 +336,12 @@ def point_at(picture, fraction: tuple[float, float]) -> dict:
     return {"x": box["width"] * fraction[0], "y": box["height"] * fraction[1]}
 
 
-def open_view(page, lab: Lab, path: str, marker: str, name: str):
-    """Run the notebook at `path`, find the view `name` by a `marker` selector inside it, and wait for its
-    picture: (the view, its picture, the picture's element handle)."""
-    run_all(page, lab, path)
-    view = find_view(page, lab, marker, name)
+def open_view(page, lab: Lab, path: str, marker: str, name: str, run: bool = True, has_not: str | None = None):
+    """Run the notebook at `path` (unless it ran already), find the view `name` by a `marker` selector inside it
+    (and not `has_not`), and wait for its picture: (the view, its picture, the picture's element handle)."""
+    if run:
+        run_all(page, lab, path)
+    view = find_view(page, lab, marker, name, has_not)
     picture = view.locator("img.clipx-picture")
     handle = picture.element_handle()
     wait_for(page, IMAGE_SHOWN, handle, UPDATE_S, f"the {name}'s overlay to load", lab)
@@ -388,7 +395,7 @@ def drive_explorer(page, lab: Lab, path: str) -> dict[str, float]:
 
 
 def drive_token_patch_view(page, lab: Lab, path: str) -> dict[str, float]:
-    view, picture, handle = open_view(page, lab, path, ".clipx-tokens", "TokenPatchView")
+    view, picture, handle = open_view(page, lab, path, ".clipx-tokens", "TokenPatchView", has_not=".clipx-span")
     times = {}
     src = picture.get_attribute("src")
     times["click a token"] = timed(page, lab, path, lambda: view.locator(".clipx-tokens button").nth(1).click(),
@@ -398,7 +405,62 @@ def drive_token_patch_view(page, lab: Lab, path: str) -> dict[str, float]:
     times["click a patch (tokens)"] = timed(
         page, lab, path, lambda: picture.click(position=point_at(picture, (0.9, 0.9))),
         "([el, old]) => el.innerText !== old", [strip.element_handle(), text], "clicking a patch")
+    # the "before" picture: "star" and a patch of the star, as the InteractionView's "after" shows "red star"
+    src = picture.get_attribute("src")
+    timed(page, lab, path, lambda: view.locator(".clipx-tokens button").nth(3).click(), IMAGE_REPLACED, [handle, src],
+          "clicking 'star'")
+    src = picture.get_attribute("src")
+    timed(page, lab, path, lambda: picture.click(position=point_at(picture, (0.3, 0.4))), IMAGE_REPLACED,
+          [handle, src], "clicking the star")
     view.screenshot(path=ARTIFACTS / "browser-token-patch-widget.png")
+    return times
+
+
+def drive_interaction_view(page, lab: Lab, path: str) -> dict[str, float]:
+    """The notebook ran already (drive_token_patch_view): select spans on the strip, regions on the picture."""
+    view, picture, handle = open_view(page, lab, path, ".clipx-span", "InteractionView", run=False)
+    tokens = view.locator(".clipx-span button")
+    times = {}
+    src = picture.get_attribute("src")
+    times["span: click a token"] = timed(page, lab, path, lambda: tokens.nth(2).click(), IMAGE_REPLACED,
+                                         [handle, src], "clicking a token")
+    src = picture.get_attribute("src")
+    times["span: shift-click"] = timed(page, lab, path, lambda: tokens.nth(3).click(modifiers=["Shift"]),
+                                       IMAGE_REPLACED, [handle, src], "shift-clicking a token")
+    bold = [b.evaluate("el => getComputedStyle(el).fontWeight") for b in tokens.all()[1:5]]
+    assert [int(w) >= 600 for w in bold] == [False, True, True, False], f"the span is not marked: {bold}"
+
+    strip = view.locator(".clipx-span")
+    text = strip.inner_text()
+    box = picture.bounding_box()
+
+    def drag_box():
+        # from patch (2, 1) to patch (4, 3) of the 8 x 8 grid: around the star
+        page.mouse.move(box["x"] + 0.15 * box["width"], box["y"] + 0.28 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.48 * box["width"], box["y"] + 0.6 * box["height"], steps=5)
+        page.mouse.up()
+
+    times["region: drag a box"] = timed(page, lab, path, drag_box, "([el, old]) => el.innerText !== old",
+                                        [strip.element_handle(), text], "dragging a box on the picture")
+    assert "region 9 patches" in view.inner_text(), "the summary does not say the box's 9 patches"
+    # the "after" picture: the span "red star" and the box around the star
+    view.screenshot(path=ARTIFACTS / "browser-interaction-widget.png")
+
+    def drag(source, target):
+        source.hover()
+        page.mouse.down()
+        target.hover()
+        page.mouse.up()
+
+    src = picture.get_attribute("src")
+    times["span: drag along the strip"] = timed(page, lab, path, lambda: drag(tokens.nth(5), tokens.nth(7)),
+                                                IMAGE_REPLACED, [handle, src], "dragging along the tokens")
+    text = strip.inner_text()
+    times["region: click a patch"] = timed(
+        page, lab, path, lambda: picture.click(position=point_at(picture, (0.8, 0.3))),
+        "([el, old]) => el.innerText !== old", [strip.element_handle(), text], "clicking a patch")
+    assert "region 1 patch:" in view.inner_text()
     return times
 
 
