@@ -230,8 +230,9 @@ def read_saev(path: Path, hook_name: str, positions: str, subtract_b_dec: bool |
     elif name == "BatchTopK":
         if threshold is None:
             raise ValueError(f"{path}: a BatchTopK SAE without its inference threshold (activation.threshold)")
-        fields.update(activation="jumprelu")  # saev's eval mode: x where x > max(threshold, 0)
-        tensors["threshold"] = threshold.clamp(min=0).expand(d_sae if isinstance(d_sae, int) else 0).clone()
+        # saev's eval mode keeps x where x > max(threshold, 0): the JumpReLU's own ReLU covers threshold <= 0
+        fields.update(activation="jumprelu")
+        tensors["threshold"] = threshold.expand(d_sae if isinstance(d_sae, int) else 0).clone()
     else:
         raise ValueError(f"{path}: saev activation {name!r} is none clipx runs (Relu, TopK, BatchTopK)")
     if subtract_b_dec is None:
