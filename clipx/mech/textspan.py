@@ -19,7 +19,8 @@ weights, where clipx's default ("clipx") chooses differently, for these reasons:
 - the bank: the paper scores unit caption embeddings, uncentred, projected onto the span of the head's top
   `rank` (80) right singular vectors of its uncentred outputs. clipx centres the bank (what every caption
   shares, "a photo of", says nothing about one image; uncentred, that shared direction is picked wherever a
-  head's outputs vary along it) and keeps each caption's own direction.
+  head's outputs vary along it) and keeps each caption's own direction. `describe_heads` takes the rank as
+  the model's head width (the rank of a head's W_OV, which the paper's 80 is for ViT-H/14).
 - the final LayerNorm: the paper gives each of the 2L + 1 residual parts (embedding, L attention layers,
   L MLPs), and each head within a layer, an even share of the residual's mean and of the norm's bias, adds
   out_proj's bias / heads to each head, and divides every part by the image embedding's norm. clipx takes
@@ -45,7 +46,7 @@ from ..errors import check_int
 from ..model.clip import CLIP
 
 PROTOCOLS = ("clipx", "paper")
-PAPER_RANK = 80  # compute_complete_text_set.py's --w_ov_rank default
+PAPER_RANK = 80  # compute_complete_text_set.py's --w_ov_rank default (ViT-H/14's head width)
 
 
 @dataclass(repr=False)
@@ -96,8 +97,9 @@ def describe_heads(model: CLIP, images: Any, captions: list[str] | torch.Tensor,
     n_layers, n_heads = outputs.shape[1:3]
     layers, heads = _indices("layers", layers, n_layers), _indices("heads", heads, n_heads)
     embeds, names = _bank(model, captions)
+    rank = model.vision.blocks[0].attn.head_dim  # the paper's W_OV rank: a head writes from d_head dimensions
     return [text_span(outputs[:, layer, head], embeds, n_descriptions, names, labels[layer * n_heads + head],
-                      protocol) for layer in layers for head in heads]
+                      protocol, rank) for layer in layers for head in heads]
 
 
 @torch.no_grad()
@@ -141,7 +143,9 @@ def text_span(outputs: torch.Tensor, embeds: torch.Tensor, n_descriptions: int =
               rank: int = PAPER_RANK) -> HeadDescription:
     """TextSpan on one component's outputs [n_images, dim] against a bank's text embeddings [n_captions, dim]
     (see the module's docstring); `captions` names the bank's rows. With protocol="paper" the bank is
-    projected onto the outputs' top `rank` right singular vectors (the paper's W_OV rank)."""
+    projected onto the outputs' top `rank` right singular vectors (the paper's `--w_ov_rank`: 80, ViT-H/14's
+    head width; `describe_heads` passes the model's own head width). A rank above the outputs' own lets
+    rounding noise choose the extra directions, in the paper's code as here."""
     n_descriptions = check_int("n_descriptions", n_descriptions, minimum=1)
     protocol = _check_protocol(protocol)
     if outputs.ndim != 2 or outputs.shape[0] < 2:
