@@ -15,7 +15,7 @@ truncated file, or a save interrupted between its two files, fails loudly rather
 Folders saved before digests (no `weights_xxh3_128`) load as before.
 
 SAEs trained elsewhere load too (`layouts.py` reads their files): SAELens' folders, saev's files and
-ViT-Prisma's checkpoints, each run with its source's forward. That needs three choices clipx's own SAEs
+ViT-Prisma's checkpoints, each run with its source's forward. That needs four choices clipx's own SAEs
 leave at their defaults: a JumpReLU (Rajamanoharan et al. 2024: a feature passes only above its learned
 `threshold`), whether b_dec is subtracted before encoding (`subtract_b_dec`; SAELens' apply_b_dec_to_input,
 off in saev since July 2025), whether TopK rectifies the kept values (`topk_relu`; saev's does not), and a
