@@ -1,13 +1,15 @@
 """TextSpan on the demo model: every vision head described with the default shapes caption bank, then the
 heads most about colour and most about shape.
 
-    python benchmarks/head_descriptions.py [--scenes 300 --seed 20000 --model demo]
+    python benchmarks/head_descriptions.py [--scenes 300 --seed 20000 --model demo --protocol clipx]
 
 Scenes are fresh: integer seeds from 20000 (training draws scenes by (seed, index, split) tuples). A head's
 colour share is the share of its output variance (over the scenes) in the span of the 6 colour-word
 captions ("red", ...), its shape share that in the span of the 6 shape words ("circle", ...), both as
 TextSpan sees captions (normalised, centred over the whole bank). The most colour-related head has the
 largest colour share less shape share, the most shape-related the largest shape share less colour share.
+With `--protocol paper` the heads are described as the paper's code does, and the script prints how many
+heads' first caption the two protocols share.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=300)
     ap.add_argument("--seed", type=int, default=20_000)
     ap.add_argument("--model", default="demo")
+    ap.add_argument("--protocol", default="clipx", choices=["clipx", "paper"])
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {cpu_name()}")
 
@@ -35,10 +38,17 @@ def main() -> None:
     images = [shapes.scene(args.seed + k, n_objects=1 + k % 3).image for k in range(args.scenes)]
     parts = clipx.decompose(model, images)
     bank = shapes.caption_bank()
-    described = clipx.describe_heads(model, parts, bank, n_descriptions=3)
-    print(f"{args.model}: {args.scenes} scenes, {len(bank)} captions; each head's top 3 (share of its variance)\n")
+    described = clipx.describe_heads(model, parts if args.protocol == "clipx" else images, bank, n_descriptions=3,
+                                     protocol=args.protocol)
+    print(f"{args.model}: {args.scenes} scenes, {len(bank)} captions; each head's top 3 (share of its variance), "
+          f"protocol {args.protocol!r}\n")
     for d in described:
         print(d)
+
+    if args.protocol == "paper":
+        ours = clipx.describe_heads(model, parts, bank, n_descriptions=3)
+        same = sum(a.indices[0] == b.indices[0] for a, b in zip(ours, described))
+        print(f"\nfirst caption the same under both protocols: {same}/{len(described)} heads")
 
     directions = text_directions(text_embeds(model, bank))
     groups = {"colour": list(shapes.COLORS), "shape": shapes.SHAPES}

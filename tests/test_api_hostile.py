@@ -121,7 +121,7 @@ def test_an_sae_config_that_is_not_json_names_the_file(tmp_path):
 
 
 def test_sae_config_refuses_a_bool_l1_in_python_too():
-    with pytest.raises(ValueError, match="needs an L1 coefficient l1 >= 0, got l1=True"):
+    with pytest.raises(ValueError, match=r"the L1 coefficient l1 must be a number >= 0 \(or None\), got l1=True"):
         SAEConfig("vision.blocks.0.hook_resid_post", 16, 8, activation="relu", l1=True)
 
 

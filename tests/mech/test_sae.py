@@ -82,8 +82,12 @@ def test_tied_decoder_is_the_encoder():
 def test_config_refuses_inconsistent_sparsity():
     with pytest.raises(ValueError, match="needs an int k"):
         SAEConfig(HOOK, 48, 64, activation="topk", k=None)
-    with pytest.raises(ValueError, match="L1 coefficient"):
-        SAEConfig(HOOK, 48, 64, activation="relu")
+    with pytest.raises(ValueError, match="L1 coefficient l1 must be a number"):
+        SAEConfig(HOOK, 48, 64, activation="relu", l1=-1.0)
+    # an SAE trained elsewhere may not say its L1 coefficient: it runs, but fit cannot train it
+    untrained_l1 = SparseAutoencoder(SAEConfig(HOOK, 48, 64, activation="relu"))
+    with pytest.raises(ValueError, match="fit trains TopK SAEs and ReLU SAEs with an L1 coefficient"):
+        fit(untrained_l1, torch.randn(10, 48), steps=1, progress=False)
     with pytest.raises(ValueError, match="exactly one of k"):
         new_sae(torch.randn(10, 4), "x", 8, k=2, l1=0.1)
 

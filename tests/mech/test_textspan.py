@@ -4,6 +4,7 @@ the default shapes bank speaks the demo's words; bad input is an error naming it
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 import clipx
 from clipx import shapes
 from clipx.families.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
-from clipx.mech.textspan import text_directions, text_span, variance_share
+from clipx.mech.textspan import paper_head_outputs, text_directions, text_span, variance_share
+from floats import assert_float32_close
 from inputs import pixels
 
 DIM = 64
@@ -137,3 +139,83 @@ def test_bad_input_is_an_error_naming_it(model):
     siglip = clipx.CLIP(SiglipConfig(text_config=SiglipTextConfig(**text), vision_config=SiglipVisionConfig(**vision)))
     with pytest.raises(ValueError, match="pools through an attention head"):
         clipx.describe_heads(siglip, px, torch.randn(4, 48), n_descriptions=1)
+
+
+# --- the paper's protocol -----------------------------------------------------------------------------
+@torch.no_grad()
+def paper_prs_heads(model, px):
+    """prs_hook.py's PRSLogger (non-spatial) on the class token, written out: each head's output plus
+    out_proj.bias / heads, ln_post with the residual's mean and ln_post's bias split evenly over the
+    len_intermediates = 2L + 1 parts and the heads, projected, divided by the representation's norm."""
+    vision = model.vision
+    names = [f"vision.blocks.{i}.attn.hook_z" for i in range(vision.n_layers)]
+    last = f"vision.blocks.{vision.n_layers - 1}.hook_resid_post"
+    with model.recording(names + [last]) as cache:
+        representation = model.encode_image(px)
+    x = cache[last][:, 0].double()
+    post_ln_mean = x.mean(-1, keepdim=True)  # [b, 1], as ln_post logs it
+    post_ln_std = ((x - post_ln_mean).pow(2).mean(-1, keepdim=True) + vision.ln_post.eps).sqrt()
+    attentions = []
+    for i, name in enumerate(names):
+        attn = vision.blocks[i].attn
+        z = cache[name][:, 0].double()  # [b, h, d_head]
+        w = attn.out_proj.weight.double()  # [d, h * d_head]
+        per_head = torch.stack([z[:, h] @ w[:, h * attn.head_dim:(h + 1) * attn.head_dim].T
+                                for h in range(attn.num_heads)], 1)
+        attentions.append(per_head + attn.out_proj.bias.double() / per_head.shape[1])
+    attentions = torch.stack(attentions, 1)  # [b, l, h, d]
+    len_intermediates = attentions.shape[1] + attentions.shape[1] + 1
+    normalization_term = attentions.shape[2]
+    mean_centered = attentions - post_ln_mean[:, :, None, None] / (len_intermediates * normalization_term)
+    weighted_mean_by_std = vision.ln_post.weight.double() * mean_centered / post_ln_std[:, :, None, None]
+    post_ln = weighted_mean_by_std + vision.ln_post.bias.double() / (len_intermediates * normalization_term)
+    projected = post_ln @ vision.proj.weight.double().T
+    return projected / representation.double().norm(dim=-1)[:, None, None, None]
+
+
+def paper_iterative_removal(data, text_features, iters, rank):
+    """compute_complete_text_set.py's replace_with_iterative_removal (its picks), written out in float64."""
+    data, text_features = data.double().numpy(), text_features.double().numpy()
+    _, _, vh = np.linalg.svd(data, full_matrices=False)
+    vh = vh[:rank]
+    text_features = vh.T.dot(np.linalg.inv(vh.dot(vh.T)).dot(vh)).dot(text_features.T).T
+    data = data - data.mean(axis=0, keepdims=True)
+    results = []
+    for _ in range(iters):
+        top_n = int(np.argmax((data @ text_features.T).std(axis=0, ddof=1)))
+        results.append(top_n)
+        t = text_features[top_n]
+        text_norm = t @ t
+        data = data - (data @ t / text_norm)[:, None] * t[None, :]
+        text_features = text_features - (text_features @ t / text_norm)[:, None] * t[None, :]
+    return results
+
+
+@pytest.mark.parametrize("rank", [80, 5])  # 5: fewer than the outputs span (10 images), more than the picks
+def test_paper_protocol_picks_as_the_papers_code_on_the_same_weights(model, rank):
+    px, captions = pixels(10), shapes.caption_bank()[:60]
+    outputs, labels = paper_head_outputs(model, px)
+    expected = paper_prs_heads(model, px)
+    assert outputs.shape == expected.shape == (10, 2, 4, 24)
+    assert_float32_close(outputs, expected.float())
+    tok = model.tokenize(captions)
+    with torch.no_grad():
+        text_features = F.normalize(model.encode_text(tok.input_ids, tok.attention_mask), dim=-1)  # their bank
+    picks = [text_span(outputs[:, i, h], text_features, 4, protocol="paper", rank=rank).indices
+             for i in range(2) for h in range(4)]
+    reference = [paper_iterative_removal(expected[:, i, h], text_features, 4, rank) for i in range(2) for h in range(4)]
+    assert picks == reference
+    if rank == 80:
+        described = clipx.describe_heads(model, px, captions, n_descriptions=4, protocol="paper")
+        assert [d.indices for d in described] == reference and [d.label for d in described] == labels
+        clipx_picks = [d.indices for d in clipx.describe_heads(model, px, captions, n_descriptions=4)]
+        assert clipx_picks != reference  # the protocols differ on this bank: the option is no alias
+
+
+def test_paper_protocol_refuses_what_it_cannot_follow(model):
+    px, captions = pixels(3), ["a red circle", "a blue square", "a green star"]
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        clipx.describe_heads(model, px, captions, n_descriptions=1, protocol="gandelsman")
+    with pytest.raises(ValueError, match="protocol='paper' takes images, not a Decomposition"):
+        clipx.describe_heads(model, clipx.decompose(model, px), captions, n_descriptions=1, protocol="paper")
+    assert len(clipx.describe_heads(model, px, captions, n_descriptions=3, protocol="paper")[0].indices) == 3

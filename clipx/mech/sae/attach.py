@@ -44,11 +44,12 @@ def attach_sae(model: CLIP, sae: SparseAutoencoder, splice: bool = False,
         if x.shape[-1] != sae.config.d_in:
             raise ValueError(f"the SAE reads {sae.config.d_in}-wide activations but hook {name!r} carries "
                              f"{x.shape[-1]}-wide ones: it was trained on another model's {name}")
-        features = sae.encode(x.to(sae.b_dec.dtype))
+        inputs = x.to(sae.b_dec.dtype)
+        features = sae.encode(inputs)
         attached.features = features
         if not splice:
             return None
-        reconstruction = sae.decode(features[:, skip:]).to(x.dtype)
+        reconstruction = sae.decode(features[:, skip:], inputs[:, skip:]).to(x.dtype)
         return torch.cat([x[:, :skip], reconstruction], dim=1)
 
     with model.hooks(fwd_hooks=[(name, hook)]):

@@ -108,6 +108,9 @@ def fit(sae: SparseAutoencoder, activations: torch.Tensor, steps: int = 2000, lr
         raise ValueError(f"activations should be [n_tokens, d_in], got shape {tuple(activations.shape)}")
     sae._check_width(activations)
     config = sae.config
+    if config.activation == "jumprelu" or (config.activation == "relu" and config.l1 is None):
+        raise ValueError("fit trains TopK SAEs and ReLU SAEs with an L1 coefficient; this one is "
+                         f"activation={config.activation!r}, l1={config.l1!r}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     fired = torch.zeros(config.d_sae, dtype=torch.bool, device=activations.device)
