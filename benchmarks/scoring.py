@@ -15,7 +15,9 @@ from clipx import metrics
 ROWS = [("default", {}), ("relevance (last layer)", {"start_layer": -1}), ("relevance (all layers)", {"start_layer": 0}),
         ("rollout", {}),
         ("attention", {}), ("gradcam", {}), ("legrad", {}), ("similarity", {}),
-        ("similarity (maskclip)", {"variant": "maskclip"}), ("integrated_gradients", {"n_steps": 16}),
+        ("similarity (maskclip)", {"variant": "maskclip"}), ("similarity (sclip)", {"variant": "sclip"}),
+        ("similarity (clearclip)", {"variant": "clearclip"}), ("similarity (naclip)", {"variant": "naclip"}),
+        ("integrated_gradients", {"n_steps": 16}),
         ("occlusion", {}), ("rise", {})]
 BASELINES = ("random map", "centre prior")
 

@@ -21,7 +21,8 @@ from .render import mark_patch, token_html
 class TokenPatchView(View):
     """Token-to-patch similarity (the "similarity" method's token_maps): click a caption's token to see the
     patches that match it; click a patch on the picture to see the tokens that match that patch.
-    `variant` picks the patch features: "maskclip" (default; they localise) or the plain last-layer "tokens"."""
+    `variant` picks the patch features: "maskclip" (default; they localise), the plain last-layer "tokens", or
+    the training-free dense-map papers' last block ("sclip", "clearclip", "naclip"; see `similarity`)."""
 
     def __init__(self, model: CLIP, images: Any, texts: str | Sequence[str], variant: str = "maskclip",
                  cmap: str | None = None, size: int = 448) -> None:

@@ -9,6 +9,15 @@ projection, cosine with the image embedding (text map) and with every patch (`to
 `maskclip` (Zhou, Loy & Dai, "Extract Free Dense Labels from CLIP", ECCV 2022): the patch
 features instead come through the last block's value path alone, out_proj(v_proj(ln1(x))),
 skipping the query-key attention, the residual and the MLP, which keeps them local.
+`sclip`, `clearclip`, `naclip` (training-free open-vocabulary segmentation, see `last_block` for the
+papers and their code): the patch features come through the last block as each paper rewires it, for
+this call only: SCLIP's correlative attention softmax(q q^T s) + softmax(k k^T s) in the block as it
+stands (residual and MLP kept, as its code has it); ClearCLIP's self-self attention softmax(q q^T s) with
+no residual and no MLP; NACLIP's softmax(k k^T s + a Gaussian over the patch grid, std 5 patches) with no
+residual and no MLP. The attention runs over every token of the last block (a class token included, as
+in the papers); a SigLIP has none, and its patches then go through the pooling head's per-patch readout
+as for MaskCLIP. MaskCLIP's and these variants' rewired block runs from its weights, outside its hook
+points. A post-norm tower (no ln1(x) to read values from) is refused by name.
 The maps are cosines, which no logit enters: a hook on `hook_logits_per_image` changes the scores only,
 and a warning says so.
 """
@@ -24,8 +33,9 @@ from ...errors import caller_level
 
 from ...model.towers import refuse
 from ..core import Inputs, Maps, Values, register
+from . import last_block
 
-VARIANTS = ("tokens", "maskclip")
+VARIANTS = ("tokens", "maskclip", *last_block.VARIANTS)
 
 
 def check_variant(variant: str) -> None:
@@ -41,12 +51,16 @@ def similarity(x: Inputs, variant: str = "tokens") -> Maps:
                       "changes its scores, not its maps (the gradient and perturbation methods follow it)",
                       stacklevel=caller_level())
     vision, text = x.model.vision, x.model.text
-    if variant == "maskclip":
-        refuse(vision.cannot_value_path(), "similarity variant 'maskclip' needs the last block's value path")
-    name = f"vision.blocks.{vision.n_layers - 1}." + ("hook_resid_pre" if variant == "maskclip" else "hook_resid_post")
+    if variant != "tokens":
+        needs = "needs the last block's value path" if variant == "maskclip" else "rewires the last block's attention"
+        refuse(vision.cannot_value_path(), f"similarity variant {variant!r} {needs}")
+    name = f"vision.blocks.{vision.n_layers - 1}." + ("hook_resid_post" if variant == "tokens" else "hook_resid_pre")
     with torch.no_grad():
         out, cache = x.run([name])
-        patches = cache[name][:, x.prefix:]
+        tokens = cache[name]
+        if variant in last_block.VARIANTS:
+            tokens = last_block.rewired_last_block(vision, tokens, variant, x.grid, x.prefix)
+        patches = tokens[:, x.prefix:]
         if variant == "maskclip":
             patches = vision.value_path(patches)
         patches = F.normalize(vision.patch_features(patches), dim=-1)          # [B, N, D]
