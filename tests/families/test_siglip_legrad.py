@@ -1,0 +1,137 @@
+"""LeGrad on SigLIP as its authors do it (WalBouss/LeGrad's `compute_legrad_siglip`): the pooling head re-run
+on each layer's tokens, gradients with respect to its probe's attention, and the "a photo of a" mask;
+checked against their code written out on transformers' SiglipModel with the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clipx
+from checkpoints import SIGLIP_VISION, hf_siglip, save_siglip
+from explain_checks import check_batched_equals_single, map_change_after_rerandomising
+from floats import assert_float32_close
+from siglip_head import pooling_head_by_hand
+from transformers_parity import load_strictly
+
+CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
+N_LAYERS = SIGLIP_VISION["num_hidden_layers"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-siglip-legrad")
+    hf = hf_siglip()
+    save_siglip(hf, folder)
+    return folder, hf
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_strictly(checkpoint[0])
+
+
+def pixels(n=2, seed=3):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def min_max(maps):
+    low, high = maps.amin(-1, keepdim=True), maps.amax(-1, keepdim=True)
+    return (maps - low) / (high - low)
+
+
+def authors_reference(hf, px, tok, layers, neutral_tok=None, threshold=0.8, ln_post=False):
+    """Their SigLIP path, one image and one caption at a time: for each layer, the pooling head on the block's
+    output (no post_layernorm: their hook feeds `feat_post_mlp` to `attn_pool`), s = caption . unit pooled
+    feature, relu(ds / d probe attention) averaged over heads, the probe's row; summed over layers. With a
+    neutral prompt, the same map of s = pooled . neutral, min-max normalised, > threshold zeroes the caption's
+    sum; then min-max."""
+    maps = torch.zeros(px.shape[0], len(tok.input_ids), 16)
+    for i in range(px.shape[0]):
+        for j in range(len(tok.input_ids)):
+            out = hf(pixel_values=px[i:i + 1], input_ids=tok.input_ids[j:j + 1],
+                     attention_mask=tok.attention_mask[j:j + 1], output_hidden_states=True)
+            neutral = None if neutral_tok is None else hf(
+                pixel_values=px[i:i + 1], input_ids=neutral_tok.input_ids,
+                attention_mask=neutral_tok.attention_mask).text_embeds.detach()  # unit, as transformers returns it
+            own, empty = torch.zeros(16), torch.zeros(16)
+            for l in layers:
+                tokens = out.vision_model_output.hidden_states[l + 1]
+                if ln_post:
+                    tokens = hf.vision_model.post_layernorm(tokens)
+                pattern, pooled = pooling_head_by_hand(hf, tokens)
+                pooled = F.normalize(pooled, dim=-1)
+                grad = torch.autograd.grad((out.text_embeds @ pooled.T).sum(), pattern, retain_graph=True)[0]
+                own += grad.clamp(min=0).mean(1)[0, 0]
+                if neutral is not None:
+                    grad = torch.autograd.grad((pooled @ neutral.T).sum(), pattern, retain_graph=True)[0]
+                    empty += grad.clamp(min=0).mean(1)[0, 0]
+            if neutral is not None:
+                own[min_max(empty) > threshold] = 0
+            maps[i, j] = own
+    return min_max(maps)
+
+
+@pytest.mark.parametrize("start_layer", [0, -1])
+def test_probe_variant_equals_the_authors_siglip_path(checkpoint, model, start_layer):
+    hf, px, tok = checkpoint[1], pixels(), model.tokenize(CAPTIONS)
+    layers = range(N_LAYERS + start_layer if start_layer < 0 else start_layer, N_LAYERS)
+    neutral_tok = model.tokenize(["a photo of a"])
+    ref = authors_reference(hf, px, tok, layers, neutral_tok)
+    plain = authors_reference(hf, px, tok, layers)
+    assert (ref == 0).sum() > (plain == 0).sum()  # the mask zeroes patches the plain map kept
+    assert (authors_reference(hf, px, tok, layers, ln_post=True) - plain).abs().max() > 1e-2  # ln_post matters
+    exp = clipx.explain(model, px, CAPTIONS, method="legrad", start_layer=start_layer)
+    assert exp.options["variant"] is None  # the default picks the probe for an attention-pooled tower
+    assert_float32_close(exp.image.flatten(2), ref)
+    exp = clipx.explain(model, px, CAPTIONS, method="legrad", start_layer=start_layer, variant="probe",
+                        correction=False)
+    assert_float32_close(exp.image.flatten(2), plain)
+
+
+def test_the_correction_masks_the_same_patches_for_every_caption(model):
+    px = pixels(3)
+    kept = clipx.explain(model, px, CAPTIONS, method="legrad", start_layer=0, correction=False).image
+    masked = clipx.explain(model, px, CAPTIONS, method="legrad", start_layer=0).image
+    zeroed = (masked == 0) & (kept > 0)
+    assert zeroed.any()
+    assert (zeroed == zeroed[:, :1]).all()  # the neutral map is the image's, whatever the caption
+    # a threshold nothing exceeds (the neutral map's max is 1) is no correction
+    loose = clipx.explain(model, px, CAPTIONS, method="legrad", start_layer=0, correction_threshold=1.0).image
+    assert_float32_close(loose, kept)
+    other = clipx.explain(model, px, CAPTIONS, method="legrad", start_layer=0, correction="two birds").image
+    assert ((other == 0) != (masked == 0)).any()  # the prompt chooses the mask
+
+
+@pytest.mark.parametrize("options", [{"variant": "blocks"}, {"variant": "blocks", "correction": "a photo"},
+                                     {"correction": "two birds", "correction_threshold": 0.5}])
+def test_variants_batched_equal_single_pairs(model, options):
+    check_batched_equals_single(model, pixels(3), CAPTIONS, "legrad", **options)
+
+
+@pytest.mark.parametrize("variant", ["blocks", "probe"])
+def test_both_variants_change_when_the_last_block_is_rerandomised(checkpoint, variant):
+    change = map_change_after_rerandomising(load_strictly(checkpoint[0]), pixels(), CAPTIONS, "legrad",
+                                            variant=variant)
+    assert change > 1e-3
+
+
+def test_blocks_variant_has_no_correction_unless_asked(model):
+    px = pixels()
+    base = clipx.explain(model, px, CAPTIONS, method="legrad", variant="blocks").image
+    assert_float32_close(base, clipx.explain(model, px, CAPTIONS, method="legrad", variant="blocks",
+                                             correction=False).image)
+    assert (clipx.explain(model, px, CAPTIONS, method="legrad", variant="blocks", correction="a photo of a").image
+            != base).any()
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"variant": "cls"}, "variant 'cls' is not one of"),
+    ({"correction": ""}, "correction must be True, False or a non-empty prompt"),
+    ({"correction": 3}, "correction must be True, False or a non-empty prompt"),
+    ({"correction_threshold": 1.5}, "correction_threshold must lie in 0..1"),
+])
+def test_bad_options_are_refused(model, options, match):
+    with pytest.raises(ValueError, match=match):
+        clipx.explain(model, pixels(1), CAPTIONS[:1], method="legrad", **options)
