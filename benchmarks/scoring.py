@@ -11,10 +11,13 @@ import torch
 from clipx import metrics
 
 # (row name, options); the method is the name before " (": "relevance (all layers)" is relevance; "default"
-# is the model's own (default_method in clipx.explain). Relevance's rows name their start layer, whose default changed.
+# is the model's own (default_method in clipx.explain). Relevance's rows name their start layer, whose default
+# changed. "legrad" is each model's default variant (the probe's on an attention-pooled tower), "legrad
+# (blocks)" the authors' CLIP path on every model.
 ROWS = [("default", {}), ("relevance (last layer)", {"start_layer": -1}), ("relevance (all layers)", {"start_layer": 0}),
         ("rollout", {}),
-        ("attention", {}), ("gradcam", {}), ("legrad", {}), ("similarity", {}),
+        ("attention", {}), ("gradcam", {}), ("legrad", {}),
+        ("legrad (blocks)", {"variant": "blocks"}), ("similarity", {}),
         ("similarity (maskclip)", {"variant": "maskclip"}), ("integrated_gradients", {"n_steps": 16}),
         ("occlusion", {}), ("rise", {})]
 BASELINES = ("random map", "centre prior")

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import clipx
 from checkpoints import SIGLIP_VISION, hf_siglip, save_siglip
 from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
-from siglip_head import pooling_head_by_hand
+from siglip_head import legrad_authors
 from transformers_parity import load_strictly
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
@@ -36,52 +35,15 @@ def pixels(n=2, seed=3):
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def min_max(maps):
-    low, high = maps.amin(-1, keepdim=True), maps.amax(-1, keepdim=True)
-    return (maps - low) / (high - low)
-
-
-def authors_reference(hf, px, tok, layers, neutral_tok=None, threshold=0.8, ln_post=False):
-    """Their SigLIP path, one image and one caption at a time: for each layer, the pooling head on the block's
-    output (no post_layernorm: their hook feeds `feat_post_mlp` to `attn_pool`), s = caption . unit pooled
-    feature, relu(ds / d probe attention) averaged over heads, the probe's row; summed over layers. With a
-    neutral prompt, the same map of s = pooled . neutral, min-max normalised, > threshold zeroes the caption's
-    sum; then min-max."""
-    maps = torch.zeros(px.shape[0], len(tok.input_ids), 16)
-    for i in range(px.shape[0]):
-        for j in range(len(tok.input_ids)):
-            out = hf(pixel_values=px[i:i + 1], input_ids=tok.input_ids[j:j + 1],
-                     attention_mask=tok.attention_mask[j:j + 1], output_hidden_states=True)
-            neutral = None if neutral_tok is None else hf(
-                pixel_values=px[i:i + 1], input_ids=neutral_tok.input_ids,
-                attention_mask=neutral_tok.attention_mask).text_embeds.detach()  # unit, as transformers returns it
-            own, empty = torch.zeros(16), torch.zeros(16)
-            for l in layers:
-                tokens = out.vision_model_output.hidden_states[l + 1]
-                if ln_post:
-                    tokens = hf.vision_model.post_layernorm(tokens)
-                pattern, pooled = pooling_head_by_hand(hf, tokens)
-                pooled = F.normalize(pooled, dim=-1)
-                grad = torch.autograd.grad((out.text_embeds @ pooled.T).sum(), pattern, retain_graph=True)[0]
-                own += grad.clamp(min=0).mean(1)[0, 0]
-                if neutral is not None:
-                    grad = torch.autograd.grad((pooled @ neutral.T).sum(), pattern, retain_graph=True)[0]
-                    empty += grad.clamp(min=0).mean(1)[0, 0]
-            if neutral is not None:
-                own[min_max(empty) > threshold] = 0
-            maps[i, j] = own
-    return min_max(maps)
-
-
 @pytest.mark.parametrize("start_layer", [0, -1])
 def test_probe_variant_equals_the_authors_siglip_path(checkpoint, model, start_layer):
     hf, px, tok = checkpoint[1], pixels(), model.tokenize(CAPTIONS)
     layers = range(N_LAYERS + start_layer if start_layer < 0 else start_layer, N_LAYERS)
     neutral_tok = model.tokenize(["a photo of a"])
-    ref = authors_reference(hf, px, tok, layers, neutral_tok)
-    plain = authors_reference(hf, px, tok, layers)
+    ref = legrad_authors(hf, px, tok, layers, neutral_tok)
+    plain = legrad_authors(hf, px, tok, layers)
     assert (ref == 0).sum() > (plain == 0).sum()  # the mask zeroes patches the plain map kept
-    assert (authors_reference(hf, px, tok, layers, ln_post=True) - plain).abs().max() > 1e-2  # ln_post matters
+    assert (legrad_authors(hf, px, tok, layers, ln_post=True) - plain).abs().max() > 1e-2  # ln_post matters
     exp = clipx.explain(model, px, CAPTIONS, method="legrad", start_layer=start_layer)
     assert exp.options["variant"] is None  # the default picks the probe for an attention-pooled tower
     assert_float32_close(exp.image.flatten(2), ref)
