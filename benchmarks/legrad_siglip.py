@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
-import torch
 import transformers
 
 import clipx

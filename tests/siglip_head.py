@@ -8,16 +8,20 @@ import torch
 import torch.nn.functional as F
 
 
-def pooling_head_by_hand(hf, tokens):
-    """transformers' pooling head written out from its weights: (pattern [B, heads, 1, n], embedding [B, d])."""
+def pooling_head_by_hand(hf, tokens, mask=None):
+    """transformers' pooling head written out from its weights, the padding (`mask` [B, n] 0) masked out as
+    keys: (pattern [B, heads, 1, n], embedding [B, d])."""
     head = hf.vision_model.head
     b, n, d = tokens.shape
     heads = hf.config.vision_config.num_attention_heads
     wq, wk, wv = head.attention.in_proj_weight.chunk(3)
     bq, bk, bv = head.attention.in_proj_bias.chunk(3)
     split = lambda x: x.view(b, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
-    q, k, v = split(head.probe @ wq.T + bq), split(tokens @ wk.T + bk), split(tokens @ wv.T + bv)
-    pattern = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, dim=-1)
+    q, k, v = split(head.probe.expand(b, -1, -1) @ wq.T + bq), split(tokens @ wk.T + bk), split(tokens @ wv.T + bv)
+    scores = q @ k.transpose(-1, -2) / (d // heads) ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool()[:, None, None], -torch.inf)
+    pattern = torch.softmax(scores, dim=-1)
     h = head.attention.out_proj((pattern @ v).transpose(1, 2).reshape(b, 1, d))
     return pattern, (h + head.mlp(head.layernorm(h)))[:, 0]
 

@@ -19,16 +19,16 @@ N_LAYERS = SIGLIP_VISION["num_hidden_layers"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-siglip-legrad")
-    hf = hf_siglip()
+def siglip(tmp_path_factory):
+    """(the weights' folder, transformers' tiny SiglipModel that wrote them)."""
+    hf, folder = hf_siglip(), tmp_path_factory.mktemp("tiny-siglip-legrad")
     save_siglip(hf, folder)
     return folder, hf
 
 
 @pytest.fixture(scope="module")
-def model(checkpoint):
-    return load_strictly(checkpoint[0])
+def model(siglip):
+    return load_strictly(siglip[0])
 
 
 def pixels(n=2, seed=3):
@@ -36,8 +36,8 @@ def pixels(n=2, seed=3):
 
 
 @pytest.mark.parametrize("start_layer", [0, -1])
-def test_probe_variant_equals_the_authors_siglip_path(checkpoint, model, start_layer):
-    hf, px, tok = checkpoint[1], pixels(), model.tokenize(CAPTIONS)
+def test_probe_variant_equals_the_authors_siglip_path(siglip, model, start_layer):
+    hf, px, tok = siglip[1], pixels(), model.tokenize(CAPTIONS)
     layers = range(N_LAYERS + start_layer if start_layer < 0 else start_layer, N_LAYERS)
     neutral_tok = model.tokenize(["a photo of a"])
     ref = legrad_authors(hf, px, tok, layers, neutral_tok)
@@ -73,8 +73,8 @@ def test_variants_batched_equal_single_pairs(model, options):
 
 
 @pytest.mark.parametrize("variant", ["blocks", "probe"])
-def test_both_variants_change_when_the_last_block_is_rerandomised(checkpoint, variant):
-    change = map_change_after_rerandomising(load_strictly(checkpoint[0]), pixels(), CAPTIONS, "legrad",
+def test_both_variants_change_when_the_last_block_is_rerandomised(siglip, variant):
+    change = map_change_after_rerandomising(load_strictly(siglip[0]), pixels(), CAPTIONS, "legrad",
                                             variant=variant)
     assert change > 1e-3
 
