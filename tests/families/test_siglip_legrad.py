@@ -97,3 +97,13 @@ def test_blocks_variant_has_no_correction_unless_asked(model):
 def test_bad_options_are_refused(model, options, match):
     with pytest.raises(ValueError, match=match):
         clipx.explain(model, pixels(1), CAPTIONS[:1], method="legrad", **options)
+
+
+def test_the_correction_without_a_tokenizer_says_how_to_go_on(siglip):
+    bare = load_strictly(siglip[0])
+    tok = bare.tokenize(CAPTIONS[:1])
+    bare.tokenizer = None
+    with pytest.raises(ValueError, match="needs the model's tokenizer.*correction=False"):
+        clipx.explain(bare, pixels(1), tok, method="legrad")
+    exp = clipx.explain(bare, pixels(1), tok, method="legrad", correction=False)
+    assert exp.image.shape == (1, 1, 4, 4)
