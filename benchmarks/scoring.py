@@ -11,10 +11,13 @@ import torch
 from clipx import metrics
 
 # (row name, options); the method is the name before " (": "relevance (all layers)" is relevance; "default"
-# is the model's own (default_method in clipx.explain). Relevance's rows name their start layer, whose default changed.
+# is the model's own (default_method in clipx.explain). Relevance's rows name their start layer, whose default
+# changed. "legrad" is its default variant (the authors' CLIP path, on every model), "legrad (probe)" the
+# authors' SigLIP path (an attention-pooling head re-run on each layer).
 ROWS = [("default", {}), ("relevance (last layer)", {"start_layer": -1}), ("relevance (all layers)", {"start_layer": 0}),
         ("rollout", {}),
-        ("attention", {}), ("gradcam", {}), ("legrad", {}), ("similarity", {}),
+        ("attention", {}), ("gradcam", {}), ("legrad", {}), ("legrad (probe)", {"variant": "probe"}),
+        ("similarity", {}),
         ("similarity (maskclip)", {"variant": "maskclip"}), ("similarity (sclip)", {"variant": "sclip"}),
         ("similarity (clearclip)", {"variant": "clearclip"}), ("similarity (naclip)", {"variant": "naclip"}),
         ("integrated_gradients", {"n_steps": 16}),

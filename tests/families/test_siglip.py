@@ -17,6 +17,7 @@ from clipx.families.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionCo
 from checkpoints import SIGLIP_TEXT, SIGLIP_VISION, hf_siglip, save_siglip
 from explain_checks import check_batched_equals_single, map_change_after_rerandomising
 from floats import assert_float32_close
+from siglip_head import pooling_head_by_hand
 from transformers_parity import assert_outputs_match, check_tower_round_trip, load_strictly, load_weights_only
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
@@ -236,20 +237,6 @@ def test_relevance_flows_through_the_probe(checkpoint, model):
                 r = r + (g * a).clamp(min=0).mean(1)[0] @ r
             row = (grads[-1] * attentions[-1]).clamp(min=0).mean(1)[0] @ r
             assert_float32_close(exp.image[i, j].flatten(), row[0], floor=1)
-
-
-def pooling_head_by_hand(hf, tokens):
-    """transformers' pooling head written out from its weights: (pattern [B, heads, 1, n], embedding [B, d])."""
-    head = hf.vision_model.head
-    b, n, d = tokens.shape
-    heads = hf.config.vision_config.num_attention_heads
-    wq, wk, wv = head.attention.in_proj_weight.chunk(3)
-    bq, bk, bv = head.attention.in_proj_bias.chunk(3)
-    split = lambda x: x.view(b, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
-    q, k, v = split(head.probe @ wq.T + bq), split(tokens @ wk.T + bk), split(tokens @ wv.T + bv)
-    pattern = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, dim=-1)
-    h = head.attention.out_proj((pattern @ v).transpose(1, 2).reshape(b, 1, d))
-    return pattern, (h + head.mlp(head.layernorm(h)))[:, 0]
 
 
 def test_views_and_cli_speak_sigmoid(model):

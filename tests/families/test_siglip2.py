@@ -20,6 +20,7 @@ from clipx.preprocess.image import ImageProcessor
 from clipx.preprocess.naflex import NaFlexImageProcessor, PatchedImages, size_for_patch_budget
 from checkpoints import randomise
 from floats import assert_float32_close
+from siglip_head import pooling_head_by_hand
 from transformers_parity import assert_outputs_match, check_tower_round_trip, load_strictly, load_weights_only
 
 CAPTIONS = ["a photo of a cat", "a red dog on a blue sofa", "two birds"]
@@ -76,22 +77,6 @@ def captions(seed=1):
 def pictures(sizes=((40, 70), (64, 64), (30, 200), (90, 20))):
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
-
-
-def pooling_head_by_hand(hf, tokens, mask):
-    """transformers' pooling head written out from its weights, the padding masked out as keys:
-    (pattern [B, heads, 1, n], pooled [B, d])."""
-    head = hf.vision_model.head
-    b, n, d = tokens.shape
-    heads = hf.config.vision_config.num_attention_heads
-    wq, wk, wv = head.attention.in_proj_weight.chunk(3)
-    bq, bk, bv = head.attention.in_proj_bias.chunk(3)
-    split = lambda x: x.view(b, -1, heads, d // heads).transpose(1, 2)  # noqa: E731
-    q, k, v = split(head.probe.expand(b, -1, -1) @ wq.T + bq), split(tokens @ wk.T + bk), split(tokens @ wv.T + bv)
-    scores = (q @ k.transpose(-1, -2) / (d // heads) ** 0.5).masked_fill(~mask.bool()[:, None, None], -torch.inf)
-    pattern = torch.softmax(scores, dim=-1)
-    h = head.attention.out_proj((pattern @ v).transpose(1, 2).reshape(b, 1, d))
-    return pattern, (h + head.mlp(head.layernorm(h)))[:, 0]
 
 
 # --- the model against transformers ------------------------------------------------------------
