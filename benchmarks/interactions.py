@@ -66,6 +66,14 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def cpu_timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every thread of this process): on a shared machine the CPU time is the
+    steadier figure of the two."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def child(args) -> None:
     """One tool at one block in this process: its values [n, n, L, grid, grid] to args.child_out, and a JSON
     line with its seconds and peak memory (after a one-pair, one-step call of the same tool)."""
@@ -97,13 +105,13 @@ def child(args) -> None:
     run = run_clipx if args.child == "clipx" else run_exclip
     run(1, 1)  # one-time costs (lazy imports, first allocations) out of the timing
     seconds = []
-    memory = peak_memory(lambda: seconds.append(timed(run)[1]))
+    memory = peak_memory(lambda: seconds.extend(cpu_timed(run)))
     torch.save(out["values"], args.child_out)
-    print(json.dumps({"seconds": seconds[0], "peak": memory}))
+    print(json.dumps({"seconds": seconds[0], "cpu": seconds[1], "peak": memory}))
 
 
-def measure(args, tool: str, block: int, folder: Path) -> tuple[float, int, torch.Tensor]:
-    """(seconds per pair, peak bytes, values) of one tool at one block, in a fresh process."""
+def measure(args, tool: str, block: int, folder: Path) -> tuple[float, float, int, torch.Tensor]:
+    """(wall and CPU seconds per pair, peak bytes, values) of one tool at one block, in a fresh process."""
     out = folder / f"{tool}-{block}.pt"
     command = [sys.executable, __file__, *sys.argv[1:], "--child", tool, "--child-block", str(block),
                "--child-out", str(out)]
@@ -114,7 +122,8 @@ def measure(args, tool: str, block: int, folder: Path) -> tuple[float, int, torc
     if done.returncode != 0:
         raise RuntimeError(f"{tool} at block {block} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["seconds"] / args.pairs ** 2, result["peak"], torch.load(out)
+    pairs = args.pairs ** 2
+    return result["seconds"] / pairs, result["cpu"] / pairs, result["peak"], torch.load(out)
 
 
 def main() -> None:
@@ -142,14 +151,16 @@ def main() -> None:
           f"(text {args.text_width or args.width}, embedding {args.embed_dim or args.width}), {args.image_size} px / "
           f"{args.patch}, {n} images x {n} captions of {args.words} words, n_steps {args.steps}; each tool in a "
           "process of its own")
-    print("block | exclip s/pair | clipx s/pair | speed-up | exclip peak MB | clipx peak MB | max rel diff")
+    print("block | exclip s/pair (CPU s) | clipx s/pair (CPU s) | speed-up (CPU) | exclip peak MB | clipx peak MB "
+          "| max rel diff")
     with tempfile.TemporaryDirectory() as folder:
         for block in dict.fromkeys(b % args.layers for b in args.blocks):
-            t_ours, m_ours, ours = measure(args, "clipx", block, Path(folder))
-            t_theirs, m_theirs, theirs = measure(args, "exclip", block, Path(folder))
+            t_ours, c_ours, m_ours, ours = measure(args, "clipx", block, Path(folder))
+            t_theirs, c_theirs, m_theirs, theirs = measure(args, "exclip", block, Path(folder))
             length = args.words + 2  # exclip cuts the caption after its EOS
             diff = max_relative_error(ours[..., :length, :, :], theirs[..., :length, :, :])
-            print(f"{block:5d} | {t_theirs:13.2f} | {t_ours:12.3f} | {t_theirs / t_ours:7.1f}x | "
+            print(f"{block:5d} | {t_theirs:8.2f} ({c_theirs:7.2f}) | {t_ours:8.3f} ({c_ours:7.3f}) | "
+                  f"{t_theirs / t_ours:5.1f}x ({c_theirs / c_ours:5.1f}x) | "
                   f"{m_theirs / 2**20:14.0f} | {m_ours / 2**20:13.0f} | {diff:.1e}", flush=True)
     if args.no_extras:
         return

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import check_int
 from ..model.clip import CLIP
+from ..model.hooks import HookPoint
 from .core import Inputs
 from .integrated_jacobian import Embed, integrated_jacobian
 from .interaction_maps import Interactions
@@ -119,9 +120,9 @@ def _vision_from(model: CLIP, block: int) -> Embed:
     tower = model.vision
 
     def embed(residuals: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-        for layer in tower.blocks[block:]:
-            residuals = layer(residuals)[0]
-        return tower.readout(residuals)
+        if tower.head is not None:  # an attention-pooling head reads every token
+            return tower.readout(_run_blocks(tower, block, residuals, None))
+        return tower.readout(_run_blocks(tower, block, residuals, torch.zeros_like(which))[:, None])
 
     return embed
 
@@ -133,13 +134,34 @@ def _text_from(model: CLIP, block: int, mask: torch.Tensor, pooled: torch.Tensor
 
     def embed(residuals: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         padding = None if bool(mask[which].all()) else mask[which] == 0
-        for layer in tower.blocks[block:]:
-            residuals = layer(residuals, causal=tower.config.causal, key_padding=padding)[0]
+        residuals = _run_blocks(tower, block, residuals, pooled[which], causal=tower.config.causal,
+                                key_padding=padding)
         if tower.ln_final is not None:
             residuals = tower.ln_final(residuals)
-        return tower.project(residuals[torch.arange(len(which), device=which.device), pooled[which]])
+        return tower.project(residuals)
 
     return embed
+
+
+def _run_blocks(tower, block: int, residuals: torch.Tensor, at: torch.Tensor | None, causal: bool = False,
+                key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """The tower's blocks from `block` on: [rows, S, width], or where only position `at` [rows] of each row is
+    read after them (a pooled one), that position's [rows, width], the last block computing its query alone:
+    every product runs these blocks, and the last one's other positions would cost most of its work for nothing."""
+    last = tower.blocks[-1]
+    trimmed = at is not None and last.post_norm is False and not any(
+        isinstance(m, HookPoint) and m.active for m in last.modules())  # a hook there sees the whole block
+    for layer in tower.blocks[block:len(tower.blocks) - trimmed]:
+        residuals = layer(residuals, causal=causal, key_padding=key_padding)[0]
+    rows = torch.arange(len(residuals), device=residuals.device)
+    if not trimmed:
+        return residuals if at is None else residuals[rows, at]
+    if causal:  # one query: the causal mask becomes the keys after it
+        later = torch.arange(residuals.shape[1], device=residuals.device) > at[:, None]
+        key_padding = later if key_padding is None else key_padding | later
+    h = last.ln1(residuals)
+    out = residuals[rows, at] + last.attn(h[rows, at][:, None], context=h, key_padding=key_padding)[0][:, 0]
+    return out + last.mlp(last.ln2(out))
 
 
 def _text_reference(model: CLIP, reference: str | torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
