@@ -139,10 +139,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--blocks", type=int, nargs="+", default=[-1, 1], help="negative counts from the end")
     parser.add_argument("--no-extras", action="store_true", help="skip the B x T scaling and the gap")
+    parser.add_argument("--threads", type=int, help="torch threads for both tools (1 on a shared machine: "
+                        "waiting threads spin and bill CPU time)")
     parser.add_argument("--child", choices=["clipx", "exclip"], help=argparse.SUPPRESS)
     parser.add_argument("--child-block", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         return child(args)
 
