@@ -17,6 +17,7 @@ entering block k of both towers (-1: the last block, the authors' choice).
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +116,7 @@ def score(model, rows: list[tuple[str, int | None]], scenes: range, seed: int, n
                 spans, boxes = score_scene(cube, words, scene)
                 hits[row][0].extend(spans)
                 hits[row][1].extend(boxes)
+        print(f"  {start + len(chosen)} scenes scored", file=sys.stderr, flush=True)
     return {row: (sum(s) / len(s), sum(b) / len(b)) for row, (s, b) in hits.items()}
 
 
