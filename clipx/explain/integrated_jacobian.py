@@ -41,7 +41,8 @@ def integrated_jacobian(embed: Embed, inputs: torch.Tensor, references: torch.Te
     forward_mode = positions < dim if mode is None else mode == "forward"
     products = positions if forward_mode else dim
     rows_total = n * n_steps
-    rows = max(1, min(rows_total, budget_bytes // (row_bytes * min(products, 16))))
+    # every product of a row in one call where the budget allows (each call runs the forward once), then rows
+    rows = max(1, min(rows_total, budget_bytes // (row_bytes * products)))
     chunk = max(1, min(products, budget_bytes // (rows * row_bytes)))
     total = torch.zeros(n, dim, positions, dtype=torch.float32, device=inputs.device)
     for start in range(0, rows_total, rows):
