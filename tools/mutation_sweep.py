@@ -39,7 +39,7 @@ MUTATIONS = {
                      "weights = softmax(q @ k.transpose(-1, -2) * attn.scale)\n    else:"),
     "naclip-grid": ("clipx/explain/method/last_block.py", "neighbourhood(grid, prefix,",
                     "neighbourhood(grid[::-1], prefix,"),
-    "legrad-relu": ("clipx/explain/method/legrad.py", "g[0].clamp(min=0).mean(1)", "g[0].mean(1)"),
+    "legrad-relu": ("clipx/explain/method/legrad.py", "grads[0].clamp(min=0).mean(1)", "grads[0].mean(1)"),
     "rollout-identity": ("clipx/explain/method/rollout.py", "pattern.mean(1) + torch.eye(",
                          "pattern.mean(1) + 0 * torch.eye("),
     "relevance-relu": ("clipx/explain/method/relevance.py", "(grad * pattern).clamp(min=0)", "(grad * pattern)"),
