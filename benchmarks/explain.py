@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 import clipx
 from clipx.model.inputs import embed_texts
-from common import SHAPES, VIT_B_32, captions, cpu_name, random_checkpoint, time_alternately
+from common import CHEAP, SHAPES, VIT_B_32, captions, cpu_name, random_checkpoint, time_alternately
 
 
 def rss_bytes() -> int:
@@ -60,9 +60,6 @@ def peak_memory(fn) -> int:
         running[0] = False
         thread.join()
     return peak[0]
-
-
-CHEAP = {"integrated_gradients": {"n_steps": 8}, "rise": {"n_masks": 64}}
 
 
 def occlusion_against_captum(model, px: torch.Tensor, texts: list[str], repeats: int) -> None:

@@ -22,14 +22,9 @@ import torch
 import torch.nn.functional as F
 
 import clipx
-from clipx.explain.method.integrated_gradients import ACTIVATION_BUDGET_BYTES
+from clipx.explain.method.integrated_gradients import rows_within_budget
 from clipx.explain.method.legrad import layer_embedding
-from clipx.explain.paths import row_bytes
-from common import SHAPES, captions, cpu_name, random_checkpoint, time_alternately
-
-# the cheaper settings every benchmark uses for the methods whose default runs for minutes on a CPU
-CHEAP = {"integrated_gradients": {"n_steps": 8}, "rise": {"n_masks": 64}}
-
+from common import CHEAP, SHAPES, captions, cpu_name, random_checkpoint, time_alternately
 
 def count(method: str, n_images: int, n_texts: int, n_layers: int, n_patches: int) -> str:
     """The passes `method`'s maths needs for n_images x n_texts pairs, in words."""
@@ -88,8 +83,7 @@ def floors(model, px: torch.Tensor, tok) -> dict[str, Callable[[], None]]:
                                                                               tok.attention_mask[rows]),
                                        out.image_embeds)):
             embed = cache[f"{tower}.hook_embed"]
-            tower_module = getattr(model, tower)
-            per_forward = max(1, ACTIVATION_BUDGET_BYTES // row_bytes(tower_module, embed, tower_module.n_layers))
+            per_forward = rows_within_budget(getattr(model, tower), embed)
             rows = torch.arange(len(embed)).repeat(steps)
             for start in range(0, len(rows), per_forward):
                 which = rows[start:start + per_forward]

@@ -63,8 +63,8 @@ def integrated_gradients(x: Inputs, n_steps: int = 32, image_baseline: torch.Ten
             features = model.encode_text(x.input_ids[texts], x.attention_mask[texts])
         return model.hooked_logits(image_embeds, F.normalize(features, dim=-1)).T     # [rows, n_images]
 
-    image_rows = internal_batch_size or _rows_per_forward(model.vision, cache["vision.hook_embed"])
-    text_rows = internal_batch_size or _rows_per_forward(model.text, cache["text.hook_embed"])
+    image_rows = internal_batch_size or rows_within_budget(model.vision, cache["vision.hook_embed"])
+    text_rows = internal_batch_size or rows_within_budget(model.text, cache["text.hook_embed"])
     with torch.enable_grad():
         image = path_integral(image_logits, cache["vision.hook_embed"], image_base, n_steps, image_rows)
         text = path_integral(text_logits, cache["text.hook_embed"], text_base, n_steps, text_rows)
@@ -104,7 +104,7 @@ def path_integral(logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     return total
 
 
-def _rows_per_forward(tower, embeddings: torch.Tensor) -> int:
+def rows_within_budget(tower, embeddings: torch.Tensor) -> int:
     """Interpolated inputs per forward whose kept graph fits ACTIVATION_BUDGET_BYTES."""
     return max(1, ACTIVATION_BUDGET_BYTES // row_bytes(tower, embeddings, tower.n_layers))
 
